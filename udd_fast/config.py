@@ -7,10 +7,10 @@ FORMS = ("batched", "sequential")
 PRESETS = {
     "paper": "IDC's published budget: 2000 outer x 100 inner iterations, network updates of 2000 "
              "(CIFAR) or 500 real images; evaluation 1000 epochs x 5 runs. GPU hours.",
-    "quick": "a demo that fits a few minutes of a 2-core CPU: 20 outer x 5 inner iterations, network "
-             "updates of 256 images; evaluation 300 epochs x 3 runs.",
+    "quick": "a demo that fits a few minutes of a 2-core CPU: 10 outer x 5 inner iterations, network "
+             "updates of 256 images; evaluation 300 epochs x 3 runs, tested once at the end.",
     "smoke": "seconds, for tests: 2 outer x 2 inner iterations, network updates of 64 images, real "
-             "batches of 16; evaluation 4 epochs x 2 runs.",
+             "batches of 16; evaluation 4 epochs x 2 runs on the first 1000 test images.",
 }
 
 
@@ -48,6 +48,8 @@ class Config:
     eval_batch: int = 64
     eval_aug: str = "color_crop_cutout_flip_scale_rotate"
     eval_cutmix: bool = True
+    eval_validations: int = 4  # IDC validates 4 times and logs the best beside the last
+    eval_test_limit: int = 0  # 0: the whole test set; smoke tests use a prefix to stay fast
 
     def to_dict(self):
         return asdict(self)
@@ -82,11 +84,14 @@ def dataset_defaults(dataset: str, ipc: int, factor: int) -> dict:
 
 def preset_values(preset: str) -> dict:
     if preset == "paper":
-        return dict(iterations=2000, inner_loop=100, batch_real=64, eval_epochs=1000, eval_runs=5)
+        return dict(iterations=2000, inner_loop=100, batch_real=64, eval_epochs=1000, eval_runs=5,
+                    eval_validations=4)
     if preset == "quick":
-        return dict(iterations=20, inner_loop=5, n_data=256, batch_real=64, eval_epochs=300, eval_runs=3)
+        return dict(iterations=10, inner_loop=5, n_data=256, batch_real=64, eval_epochs=300, eval_runs=3,
+                    eval_validations=1)
     if preset == "smoke":
-        return dict(iterations=2, inner_loop=2, n_data=64, batch_real=16, eval_epochs=4, eval_runs=2)
+        return dict(iterations=2, inner_loop=2, n_data=64, batch_real=16, eval_epochs=4, eval_runs=2,
+                    eval_validations=1, eval_test_limit=1000)
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 

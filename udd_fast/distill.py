@@ -1,0 +1,222 @@
+"""`python -m udd_fast.distill`: distill a dataset, evaluate the result and save the artifacts.
+
+Writes into --out: distilled.pt, summary.json, grid.png (one row per class) and log.txt.
+Every input is checked before any long work starts, and nothing is written on bad input.
+"""
+import argparse
+import datetime
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import __version__, rng
+from .artifacts import ArtifactError, ensure_writable_dir, save_distilled, write_grid, write_json
+from .config import FORMS, METHODS, PRESETS, build_config
+from .data import DataError, RealData, canonical_name, load_dataset
+from .engine import Distiller
+from .evaluate import evaluate_set
+from .models import ARCHS
+
+
+class UsageError(ValueError):
+    """An impossible combination of flags."""
+
+
+def _parser():
+    presets = "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
+    p = argparse.ArgumentParser(prog="python -m udd_fast.distill",
+                                description="Distill a labelled image dataset into IPC synthetic images per class, "
+                                            "evaluate them and save the artifacts.",
+                                epilog=f"Presets -- {presets}")
+    p.add_argument("--dataset", required=True,
+                   help="mnist, fashionmnist, svhn, cifar10, cifar100, a .npz file (images, labels) or a folder "
+                        "of class subfolders")
+    p.add_argument("--ipc", type=int, default=1, help="stored images per class (default 1)")
+    p.add_argument("--method", default="idc", choices=METHODS)
+    p.add_argument("--preset", default="quick", choices=tuple(PRESETS))
+    p.add_argument("--out", default=None, help="output directory (default runs/<dataset>-ipc<N>-<method>-<preset>-s<seed>)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+    g = p.add_argument_group("overrides of the preset")
+    g.add_argument("--factor", type=int, default=2, help="multi-formation factor k (1 = no multi-formation)")
+    g.add_argument("--iterations", type=int, default=None, help="outer iterations (0 evaluates the initialization)")
+    g.add_argument("--inner-loop", type=int, default=None)
+    g.add_argument("--lr-img", type=float, default=None)
+    g.add_argument("--batch-real", type=int, default=None)
+    g.add_argument("--n-data", type=int, default=None, help="real images per network update")
+    g.add_argument("--form", default=None, choices=FORMS, help="batched (default) or IDC's sequential loop")
+    g.add_argument("--eval-runs", type=int, default=None, help="0 skips evaluation")
+    g.add_argument("--eval-epochs", type=int, default=None)
+    g.add_argument("--eval-arch", default=None, choices=ARCHS)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _check_flags(args):
+    if args.ipc <= 0:
+        raise UsageError(f"--ipc must be >= 1 (got {args.ipc})")
+    if args.ipc > 50:
+        print(f"note: IPC {args.ipc} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
+    if args.factor < 1:
+        raise UsageError(f"--factor must be >= 1 (got {args.factor})")
+    for name in ("iterations", "eval_runs"):
+        v = getattr(args, name)
+        if v is not None and v < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (got {v})")
+    for name in ("inner_loop", "batch_real", "n_data", "eval_epochs"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+    if args.lr_img is not None and not args.lr_img > 0:
+        raise UsageError(f"--lr-img must be a positive number (got {args.lr_img})")
+    if args.method == "udd":
+        raise UsageError("--method udd is not available in this version yet (the UDD parts land in their own "
+                         "release); use --method idc or random")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device; use --device cpu")
+
+
+def _check_class_sizes(data, ipc, need_per_class, what):
+    counts = data.class_counts.cpu()
+    small = int(counts.argmin())
+    if int(counts[small]) < need_per_class:
+        raise UsageError(f"{what} needs {need_per_class} training images per class, but class {small} "
+                         f"({data.info.class_names[small]}) has {int(counts[small])}: lower --ipc or --factor")
+
+
+class RunLog:
+    """Lines to stderr and to log.txt in the output directory (appended as the run goes)."""
+
+    def __init__(self, path: Path):
+        self.fh = open(path, "a", buffering=1)
+
+    def __call__(self, msg):
+        line = f"[{datetime.datetime.now().isoformat(timespec='seconds')}] {msg}"
+        tqdm.write(line, file=sys.stderr)
+        self.fh.write(line + "\n")
+
+    def close(self):
+        self.fh.close()
+
+
+def random_selection(data, ipc, seed):
+    """IPC random real images per class (keyed): the same stored pixels as a distilled set, factor 1."""
+    K = data.info.num_classes
+    keys = rng.subkeys(rng.key(seed, "random_selection"), torch.arange(K, device=data.images.device))
+    perm = rng.permutation(keys, data.class_indices.shape[1], valid=data.class_counts)[:, :ipc]
+    idx = torch.gather(data.class_indices, 1, perm).reshape(-1)
+    return data.to_float(idx), data.labels[idx]
+
+
+def run(args):
+    _check_flags(args)
+    dataset = args.dataset
+    if not Path(dataset).exists():
+        dataset = canonical_name(dataset)
+    ds = load_dataset(dataset, args.data_dir, download=not args.no_download)
+    info = ds.info
+    data = RealData(ds, args.device)
+    factor = 1 if args.method == "random" else args.factor
+    cfg = build_config(info.name, args.ipc, args.preset, info.size, info.size_base, factor=factor,
+                       seed=args.seed, device=args.device, method=args.method, iterations=args.iterations,
+                       inner_loop=args.inner_loop, lr_img=args.lr_img, batch_real=args.batch_real,
+                       n_data=args.n_data, form=args.form, eval_runs=args.eval_runs, eval_epochs=args.eval_epochs,
+                       eval_arch=args.eval_arch)
+    if args.method == "random":
+        _check_class_sizes(data, args.ipc, args.ipc, f"--method random with IPC {args.ipc}")
+    else:
+        _check_class_sizes(data, args.ipc, args.ipc * factor ** 2,
+                           f"the mix initialization (IPC {args.ipc} x factor^2 {factor ** 2})")
+        _check_class_sizes(data, args.ipc, cfg.batch_real, f"a real batch of {cfg.batch_real} per class")
+    short = info.name.split(":")[0] if ":" in info.name else info.name
+    out = Path(args.out or f"runs/{short}-ipc{args.ipc}-{args.method}-{args.preset}-s{args.seed}")
+    ensure_writable_dir(out)
+
+    log = RunLog(out / "log.txt")
+    try:
+        return _distill_and_evaluate(cfg, data, out, log, progress=not args.no_progress)
+    finally:
+        log.close()
+
+
+def _distill_and_evaluate(cfg, data, out, log, progress):
+    info = data.info
+    log(f"udd_fast {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"device {cfg.device}")
+    log(f"dataset {info.name}: {data.images.shape[0]} train / {data.test_images.shape[0]} test, "
+        f"{info.num_classes} classes, {info.channels}x{info.size}x{info.size}")
+    log(f"method {cfg.method}, IPC {cfg.ipc}, factor {cfg.factor}, preset {cfg.preset}: {PRESETS[cfg.preset]}")
+    log(f"config {cfg.to_dict()}")
+    t0 = time.time()
+    final_loss = None
+    if cfg.method == "random":
+        images, labels = random_selection(data, cfg.ipc, cfg.seed)
+        iterations = 0
+    else:
+        d = Distiller(cfg, data, log=log)
+        iterations = cfg.iterations
+        bar = tqdm(total=cfg.iterations, desc="distill", unit="outer", disable=not progress, mininterval=1.0)
+
+        def on_outer(outer, loss, seconds):
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}")
+            if (outer + 1) % max(1, cfg.iterations // 10) == 0 or outer + 1 == cfg.iterations:
+                log(f"outer {outer + 1}/{cfg.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
+
+        images = d.run(on_outer)
+        bar.close()
+        labels = d.labels()
+        final_loss = d.last_loss if cfg.iterations else None
+        if not torch.isfinite(images).all():
+            raise FloatingPointError("the synthetic images became NaN or infinite; lower --lr-img")
+    distill_seconds = time.time() - t0
+    log(f"distillation done in {distill_seconds:.1f} s")
+    save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict())
+    write_grid(out / "grid.png", images, labels, info.num_classes)
+
+    summary = {
+        "dataset": info.name, "ipc": cfg.ipc, "method": cfg.method, "preset": cfg.preset, "device": cfg.device,
+        "seed": cfg.seed, "factor": cfg.factor, "iterations": iterations, "inner_loop": cfg.inner_loop,
+        "form": cfg.form, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
+        "num_stored": int(images.shape[0]), "version": __version__, "torch": torch.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
+    }
+    if cfg.eval_runs > 0:
+        log(f"evaluating: {cfg.eval_arch}, {cfg.eval_epochs} epochs x {cfg.eval_runs} runs")
+        res = evaluate_set(images, labels, cfg.factor, data, cfg.eval_arch, cfg.eval_epochs, cfg.eval_runs,
+                           cfg.seed, cfg.eval_aug, cfg.eval_cutmix, cfg.eval_batch, cfg.eval_validations,
+                           cfg.eval_test_limit, progress)
+        summary.update({k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean",
+                                            "best_runs", "eval_seconds", "num_train")})
+        summary["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
+                                               "num_test")}
+        log(f"accuracy ({cfg.eval_arch}, last epoch): {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % "
+            f"over {cfg.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
+            f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
+    write_json(out / "summary.json", summary)
+    log(f"saved {out}/distilled.pt, summary.json, grid.png, log.txt")
+    return summary
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
+    except (UsageError, DataError, ArtifactError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no artifact was written for the unfinished stage", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

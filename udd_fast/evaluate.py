@@ -1,0 +1,158 @@
+"""IDC's evaluation protocol, and `python -m udd_fast.evaluate DIR_OR_FILE`.
+
+Decode the stored images (formations), train a fresh network from scratch on them (SGD 0.01,
+momentum 0.9, wd 5e-4, batch 64, lr x0.2 at 2/3 and 5/6 of the epochs, per-sample augmentation,
+CutMix p 0.5), test on the real test set. IDC validates 4 times and logs best and last; we report
+the last-epoch accuracy as mean +- std over runs, with best-of-4 beside it.
+
+The evaluation augmentation follows IDC's code (its `dsa_strategy`, cutout included).
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from . import rng
+from .augment import Strategy
+from .decode import decode_plan
+from .models import ARCHS, make_model
+from .sampling import EpochBatches
+from .train import accuracy, make_sgd, normalize, train_step
+from . import ops
+
+
+def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
+    """Every stored image decoded into its factor^2 formations (labels repeated)."""
+    if factor <= 1:
+        return images, labels
+    src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device)
+    return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
+
+
+def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy, use_cutmix: bool,
+               batch: int = 64, validations: int = 4, test_limit: int = 0, progress: bool = False, desc: str = ""):
+    """Train a fresh `arch` on normalized x; test `validations` times, evenly spaced, the last at the
+    final epoch (IDC: 4). Returns (last accuracy, best validation accuracy)."""
+    info = data.info
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng.key(key, "init") & 0x7FFF_FFFF_FFFF_FFFF)
+        model = make_model(arch, info.num_classes, info.channels, info.size)
+    model = model.to(x.device).train()
+    opt = make_sgd(model)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * epochs // 3, 5 * epochs // 6], gamma=0.2)
+    batches = EpochBatches(x.shape[0], batch, key, "batches", x.device)
+    val_every = max(1, epochs // max(1, validations))
+    n_test = test_limit or data.test_images.shape[0]
+    best, last = 0.0, 0.0
+    bar = tqdm(range(1, epochs + 1), desc=desc, leave=False, disable=not progress, mininterval=1.0)
+    for epoch in bar:
+        for j in range(batches.per_epoch):
+            b = (epoch - 1) * batches.per_epoch + j
+            idx = batches.indices(b)
+            train_step(model, opt, x[idx], y[idx], strategy, use_cutmix, rng.key(key, "step", b))
+        sched.step()
+        if (epoch % val_every == 0 and epoch // val_every <= validations) or epoch == epochs:
+            last = accuracy(model, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
+            best = max(best, last)
+            bar.set_postfix(acc=f"{last:.1f}")
+    return last, best
+
+
+def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs=5, seed=0,
+                 strategy="color_crop_cutout_flip_scale_rotate", use_cutmix=True, batch=64, validations=4,
+                 test_limit=0, progress=True):
+    """Evaluate stored images in [0,1] with IDC's protocol; returns a dict of the results."""
+    if runs < 1 or epochs < 1:
+        raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    dev = data.images.device
+    images = images.to(dev).float().clamp(0, 1)
+    x, y = decode_all(images, labels.to(dev).long(), factor)
+    x = normalize(x, data.mean, data.std)
+    strat = Strategy.parse(strategy)
+    t0 = time.time()
+    last, best = [], []
+    for r in range(runs):
+        a, b = train_once(x, y, data, arch, epochs, rng.key(seed, "eval", arch, r), strat, use_cutmix, batch,
+                          validations, test_limit, progress, desc=f"eval {arch} run {r + 1}/{runs}")
+        last.append(a)
+        best.append(b)
+    return {
+        "arch": arch, "epochs": epochs, "runs": runs, "num_train": int(x.shape[0]),
+        "accuracy_runs": last,
+        "accuracy_mean": statistics.fmean(last),
+        "accuracy_std": statistics.stdev(last) if runs > 1 else 0.0,
+        "validations": validations,
+        "num_test": int(test_limit or data.test_images.shape[0]),
+        "best_runs": best,
+        "best_mean": statistics.fmean(best),
+        "eval_seconds": time.time() - t0,
+        "augmentation": str(strat), "cutmix": bool(use_cutmix),
+    }
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m udd_fast.evaluate",
+                                description="Evaluate a saved distilled set with IDC's protocol.")
+    p.add_argument("path", help="a run directory holding distilled.pt, or the file itself")
+    p.add_argument("--arch", default="convnet", choices=ARCHS)
+    p.add_argument("--eval-runs", type=int, default=None, help="default: the run's own setting")
+    p.add_argument("--eval-epochs", type=int, default=None, help="default: the run's own setting")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+    p.add_argument("--seed", type=int, default=None, help="default: the run's own seed")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None):
+    from .artifacts import ArtifactError, load_distilled, write_json
+    from .data import DataError, RealData, load_dataset
+    from .config import Config
+
+    args = _parser().parse_args(argv)
+    try:
+        saved = load_distilled(args.path)
+        cfg = Config.from_dict(saved.get("config", {}))
+        runs = args.eval_runs if args.eval_runs is not None else cfg.eval_runs
+        epochs = args.eval_epochs if args.eval_epochs is not None else cfg.eval_epochs
+        if runs < 1 or epochs < 1:
+            raise ValueError(f"--eval-runs and --eval-epochs must be >= 1 (got {runs}, {epochs})")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but this torch build sees no CUDA device")
+        name = saved["dataset"]
+        if name.startswith(("npz:", "folder:")):
+            name = name.split(":", 1)[1]
+        data = RealData(load_dataset(name, args.data_dir, download=not args.no_download), args.device)
+        if data.info.channels != saved["images"].shape[1] or data.info.size != saved["images"].shape[-1]:
+            raise ArtifactError(f"{args.path}: images {tuple(saved['images'].shape[1:])} do not match "
+                                f"{data.info.name} ({data.info.channels}x{data.info.size}x{data.info.size})")
+        res = evaluate_set(saved["images"], saved["labels"], saved["factor"], data, args.arch, epochs, runs,
+                           cfg.seed if args.seed is None else args.seed, cfg.eval_aug, cfg.eval_cutmix,
+                           cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit, progress=not args.no_progress)
+    except (DataError, ArtifactError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    res["path"] = str(args.path)
+    print(json.dumps(res, indent=2))
+    from pathlib import Path
+    out = Path(args.path)
+    out_dir = out if out.is_dir() else out.parent
+    try:
+        write_json(out_dir / f"eval_{args.arch}.json", res)
+    except OSError as e:
+        print(f"warning: could not write eval_{args.arch}.json next to the set: {e}", file=sys.stderr)
+    print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {runs} runs "
+          f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
