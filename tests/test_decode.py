@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from udd_fast import ops
 from udd_fast.decode import crop_resize_ref, decode_plan, formation_boxes, mix_init
@@ -96,6 +98,25 @@ def test_crop_resize_random_boxes_odd_sizes():
         out, exp = _run(images, src, boxes, out_size)
         assert out.shape == (10, 3) + out_size and out.dtype == torch.float64
         np.testing.assert_allclose(out.numpy(), exp, rtol=0, atol=1e-12, err_msg=f"out_size {out_size}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), oh=st.integers(1, 12), ow=st.integers(1, 12),
+       data=st.data(), seed=st.integers(0, 2 ** 31 - 1))
+def test_crop_resize_hypothesis_boxes(h, w, oh, ow, data, seed):
+    # boxes anywhere in the image, possibly reaching up to 3 pixels into the padding
+    n = data.draw(st.integers(1, 4))
+    boxes, src = [], []
+    for _ in range(n):
+        y0 = data.draw(st.integers(0, h - 1))
+        x0 = data.draw(st.integers(0, w - 1))
+        y1 = data.draw(st.integers(y0 + 1, h + 3))
+        x1 = data.draw(st.integers(x0 + 1, w + 3))
+        boxes.append((y0, x0, y1, x1))
+        src.append(data.draw(st.integers(0, 1)))
+    images = torch.randn(2, 2, h, w, generator=_gen(seed), dtype=torch.float64)
+    out, exp = _run(images, src, boxes, (oh, ow))
+    np.testing.assert_allclose(out.numpy(), exp, rtol=0, atol=1e-12)
 
 
 def test_crop_resize_float32_and_duplicate_sizes():

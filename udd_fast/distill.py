@@ -173,8 +173,6 @@ def _distill_and_evaluate(cfg, data, out, log, progress):
         bar.close()
         labels = d.labels()
         final_loss = d.last_loss if cfg.iterations else None
-        if not torch.isfinite(images).all():
-            raise FloatingPointError("the synthetic images became NaN or infinite; lower --lr-img")
     distill_seconds = time.time() - t0
     log(f"distillation done in {distill_seconds:.1f} s")
     save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict())

@@ -9,6 +9,7 @@ Two forms compute the same thing:
   (1 - mu**K) / (1 - mu), and the clamp at each outer boundary splits the last step as section 4
   prescribes, so every gradient is taken at the same image values as in the sequential form.
 """
+import math
 import time
 
 import torch
@@ -211,8 +212,11 @@ class Distiller:
         for inner in range(cfg.inner_loop):
             loss_sum = loss_sum + match(net, outer, inner)
             self.network_update(net, opt)
-        self.outer_done = outer + 1
         self.last_loss = float(loss_sum) / (self.K * cfg.inner_loop)  # IDC's logged mean loss
+        if not (math.isfinite(self.last_loss) and bool(torch.isfinite(self.S).all())):
+            raise FloatingPointError(f"the matching loss or the images became NaN/infinite in outer iteration "
+                                     f"{outer} (loss {self.last_loss}); lower --lr-img")
+        self.outer_done = outer + 1
         return self.last_loss
 
     def network_update(self, net, opt):
