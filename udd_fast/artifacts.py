@@ -73,9 +73,9 @@ def write_grid(path, images, labels, num_classes):
     _atomic(path, lambda fh: Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG"))
 
 
-def save_distilled(path, images, labels, factor, info, config: dict, boxes=None):
+def save_distilled(path, images, labels, factor, info, config: dict, regions=None):
     """distilled.pt: stored images in [0,1] (float32), labels, factor, dataset facts, normalization,
-    region boxes (or None), the full config and the package version."""
+    region boxes (`boxes` [M,4] with `region_src` [M], or None), the full config and the version."""
     write_torch(path, {
         "images": images.detach().float().clamp(0, 1).cpu(),
         "labels": labels.detach().long().cpu(),
@@ -85,7 +85,8 @@ def save_distilled(path, images, labels, factor, info, config: dict, boxes=None)
                          "num_classes": info.num_classes, "class_names": list(info.class_names)},
         "mean": list(info.mean),
         "std": list(info.std),
-        "boxes": None if boxes is None else boxes.detach().cpu(),
+        "boxes": None if regions is None else regions[1].detach().long().cpu(),
+        "region_src": None if regions is None else regions[0].detach().long().cpu(),
         "config": dict(config),
         "version": __version__,
     })
@@ -111,4 +112,10 @@ def load_distilled(path) -> dict:
         raise ArtifactError(f"{path}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
     if not torch.isfinite(x).all():
         raise ArtifactError(f"{path}: images contain NaN or infinity")
+    boxes, src = d.get("boxes"), d.get("region_src")
+    if boxes is not None:
+        ok = (src is not None and boxes.dim() == 2 and boxes.shape[1] == 4 and src.shape == (boxes.shape[0],)
+              and int(src.min()) >= 0 and int(src.max()) < x.shape[0] and bool((boxes[:, 2:] > boxes[:, :2]).all()))
+        if not ok:
+            raise ArtifactError(f"{path}: region boxes are malformed")
     return d

@@ -6,11 +6,12 @@ FORMS = ("batched", "sequential")
 
 PRESETS = {
     "paper": "IDC's published budget: 2000 outer x 100 inner iterations, network updates of 2000 "
-             "(CIFAR) or 500 real images; evaluation 1000 epochs x 5 runs. GPU hours.",
+             "(CIFAR) or 500 real images; UDD proxy 50 epochs; evaluation 1000 epochs x 5 runs. GPU hours.",
     "quick": "a demo that fits a few minutes of a 2-core CPU: 10 outer x 5 inner iterations, network "
-             "updates of 256 images; evaluation 300 epochs x 3 runs, tested once at the end.",
+             "updates of 256 images; UDD proxy 1 epoch; evaluation 300 epochs x 3 runs, tested once at the end.",
     "smoke": "seconds, for tests: 2 outer x 2 inner iterations, network updates of 64 images, real "
-             "batches of 16; evaluation 4 epochs x 2 runs on the first 1000 test images.",
+             "batches of 16; UDD proxy 1% of an epoch; evaluation 4 epochs x 2 runs on the first 1000 test "
+             "images.",
 }
 
 
@@ -41,6 +42,17 @@ class Config:
     mom_net: float = 0.9
     wd_net: float = 5e-4
     net_width: int = 128
+    # UDD (method section 2); `idc` switches all of it off
+    policy: str = "auto"  # auto | response | jitter | none
+    region_size: float = 0.5
+    region_every: int = 1
+    jitter_sigma: float = 0.2
+    jitter_draws: int = 4
+    cfc_weight: float = 0.0
+    cfc_tau: float = 0.1
+    proxy_epochs: float = 1.0
+    proxy_cache: str = ""  # "" = $UDD_FAST_CACHE/proxy, else ~/.cache/udd_fast/proxy
+    eval_region_views: bool = True
     # evaluation
     eval_arch: str = "convnet"
     eval_epochs: int = 1000
@@ -58,6 +70,10 @@ class Config:
     def from_dict(cls, d):
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# The CFC weight's default, chosen by the sweep recorded in docs/ablation.md.
+CFC_WEIGHT = 0.1
 
 
 def idc_lr_img(dataset: str, ipc: int, size: int, size_base: int) -> float:
@@ -85,13 +101,13 @@ def dataset_defaults(dataset: str, ipc: int, factor: int) -> dict:
 def preset_values(preset: str) -> dict:
     if preset == "paper":
         return dict(iterations=2000, inner_loop=100, batch_real=64, eval_epochs=1000, eval_runs=5,
-                    eval_validations=4)
+                    eval_validations=4, proxy_epochs=50.0)
     if preset == "quick":
         return dict(iterations=10, inner_loop=5, n_data=256, batch_real=64, eval_epochs=300, eval_runs=3,
-                    eval_validations=1)
+                    eval_validations=1, proxy_epochs=1.0)
     if preset == "smoke":
         return dict(iterations=2, inner_loop=2, n_data=64, batch_real=16, eval_epochs=4, eval_runs=2,
-                    eval_validations=1, eval_test_limit=1000)
+                    eval_validations=1, eval_test_limit=1000, proxy_epochs=0.01)
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 
@@ -102,6 +118,10 @@ def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int,
     values.update(dataset_defaults(dataset, ipc, factor))
     values.update(preset_values(preset))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("method", "idc") != "udd":  # `idc` (and `random`) switch every UDD part off
+        values.update(policy="none", cfc_weight=0.0, eval_region_views=False)
+    elif "cfc_weight" not in overrides or overrides["cfc_weight"] is None:
+        values["cfc_weight"] = CFC_WEIGHT
     cfg = Config(**values)
     if not cfg.lr_img:
         cfg.lr_img = idc_lr_img(dataset, ipc, size, size_base)

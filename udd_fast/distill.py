@@ -15,11 +15,14 @@ from tqdm import tqdm
 
 from . import __version__, rng
 from .artifacts import ArtifactError, ensure_writable_dir, save_distilled, write_grid, write_json
-from .config import FORMS, METHODS, PRESETS, build_config
+from .config import CFC_WEIGHT, FORMS, METHODS, PRESETS, build_config
 from .data import DataError, RealData, canonical_name, load_dataset
 from .engine import Distiller
 from .evaluate import evaluate_set
 from .models import ARCHS
+from .proxy import load_or_train_proxy
+from .regions import POLICIES
+from .train import accuracy
 
 
 class UsageError(ValueError):
@@ -54,6 +57,20 @@ def _parser():
     g.add_argument("--eval-runs", type=int, default=None, help="0 skips evaluation")
     g.add_argument("--eval-epochs", type=int, default=None)
     g.add_argument("--eval-arch", default=None, choices=ARCHS)
+    u = p.add_argument_group("UDD (with --method udd)")
+    u.add_argument("--policy", default=None, choices=POLICIES,
+                   help="region policy: auto (response where the proxy is right, jitter elsewhere; default), "
+                        "response, jitter, or none (no regions)")
+    u.add_argument("--region-size", type=float, default=None, help="window side / tile side (default 0.5)")
+    u.add_argument("--region-every", type=int, default=None, help="search regions every N outer iterations (1)")
+    u.add_argument("--jitter-sigma", type=float, default=None, help="jitter noise std (0.2)")
+    u.add_argument("--jitter-draws", type=int, default=None, help="noise draws per window (4)")
+    u.add_argument("--cfc-weight", type=float, default=None, help=f"CFC loss weight lambda ({CFC_WEIGHT}; 0 = off)")
+    u.add_argument("--cfc-tau", type=float, default=None, help="CFC temperature (0.1)")
+    u.add_argument("--proxy-epochs", type=float, default=None, help="proxy training epochs (per preset)")
+    u.add_argument("--proxy-cache", default=None, help="proxy cache directory (default ~/.cache/udd_fast/proxy)")
+    u.add_argument("--eval-region-views", default=None, choices=("on", "off"),
+                   help="evaluate formations plus region views (on, default for udd) or formations only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -75,9 +92,23 @@ def _check_flags(args):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
     if args.lr_img is not None and not args.lr_img > 0:
         raise UsageError(f"--lr-img must be a positive number (got {args.lr_img})")
-    if args.method == "udd":
-        raise UsageError("--method udd is not available in this version yet (the UDD parts land in their own "
-                         "release); use --method idc or random")
+    udd_flags = [f for f in ("policy", "region_size", "region_every", "jitter_sigma", "jitter_draws", "cfc_weight",
+                             "cfc_tau", "proxy_epochs", "proxy_cache", "eval_region_views")
+                 if getattr(args, f) is not None]
+    if udd_flags and args.method != "udd":
+        raise UsageError(f"--{udd_flags[0].replace('_', '-')} is a UDD setting: it needs --method udd")
+    if args.region_size is not None and not 0 < args.region_size <= 1:
+        raise UsageError(f"--region-size must be in (0, 1] (got {args.region_size})")
+    for name in ("region_every", "jitter_draws"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+    for name in ("jitter_sigma", "cfc_tau", "proxy_epochs"):
+        v = getattr(args, name)
+        if v is not None and not v > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {v})")
+    if args.cfc_weight is not None and not args.cfc_weight >= 0:
+        raise UsageError(f"--cfc-weight must be >= 0 (got {args.cfc_weight})")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device; use --device cpu")
 
@@ -127,7 +158,11 @@ def run(args):
                        seed=args.seed, device=args.device, method=args.method, iterations=args.iterations,
                        inner_loop=args.inner_loop, lr_img=args.lr_img, batch_real=args.batch_real,
                        n_data=args.n_data, form=args.form, eval_runs=args.eval_runs, eval_epochs=args.eval_epochs,
-                       eval_arch=args.eval_arch)
+                       eval_arch=args.eval_arch, policy=args.policy, region_size=args.region_size,
+                       region_every=args.region_every, jitter_sigma=args.jitter_sigma, jitter_draws=args.jitter_draws,
+                       cfc_weight=args.cfc_weight, cfc_tau=args.cfc_tau, proxy_epochs=args.proxy_epochs,
+                       proxy_cache=args.proxy_cache,
+                       eval_region_views=None if args.eval_region_views is None else args.eval_region_views == "on")
     if args.method == "random":
         _check_class_sizes(data, args.ipc, args.ipc, f"--method random with IPC {args.ipc}")
     else:
@@ -153,14 +188,21 @@ def _distill_and_evaluate(cfg, data, out, log, progress):
         f"{info.num_classes} classes, {info.channels}x{info.size}x{info.size}")
     log(f"method {cfg.method}, IPC {cfg.ipc}, factor {cfg.factor}, preset {cfg.preset}: {PRESETS[cfg.preset]}")
     log(f"config {cfg.to_dict()}")
+    udd_summary = {}
+    proxy = None
+    if cfg.method == "udd":
+        proxy, udd_summary = _proxy(cfg, data, log, progress)
     t0 = time.time()
     final_loss = None
+    regions = None
     if cfg.method == "random":
         images, labels = random_selection(data, cfg.ipc, cfg.seed)
         iterations = 0
     else:
-        d = Distiller(cfg, data, log=log)
+        d = Distiller(cfg, data, log=log, proxy=proxy)
         iterations = cfg.iterations
+        if proxy is not None:
+            udd_summary["mue_initial"] = d.mue(d.S)
         bar = tqdm(total=cfg.iterations, desc="distill", unit="outer", disable=not progress, mininterval=1.0)
 
         def on_outer(outer, loss, seconds):
@@ -173,9 +215,15 @@ def _distill_and_evaluate(cfg, data, out, log, progress):
         bar.close()
         labels = d.labels()
         final_loss = d.last_loss if cfg.iterations else None
+        if proxy is not None:
+            regions = d.regions()
+            udd_summary.update(mue_final=d.mue(images), policy_share=d.policy_share(),
+                               policy_counts=dict(d.policy_counts))
+            log(f"mUE {udd_summary['mue_initial']:.4f} -> {udd_summary['mue_final']:.4f}; policy share "
+                f"{udd_summary['policy_share']}")
     distill_seconds = time.time() - t0
     log(f"distillation done in {distill_seconds:.1f} s")
-    save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict())
+    save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict(), regions)
     write_grid(out / "grid.png", images, labels, info.num_classes)
 
     summary = {
@@ -186,21 +234,50 @@ def _distill_and_evaluate(cfg, data, out, log, progress):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
     }
+    summary.update(udd_summary)
     if cfg.eval_runs > 0:
-        log(f"evaluating: {cfg.eval_arch}, {cfg.eval_epochs} epochs x {cfg.eval_runs} runs")
-        res = evaluate_set(images, labels, cfg.factor, data, cfg.eval_arch, cfg.eval_epochs, cfg.eval_runs,
-                           cfg.seed, cfg.eval_aug, cfg.eval_cutmix, cfg.eval_batch, cfg.eval_validations,
-                           cfg.eval_test_limit, progress)
+        use_views = regions is not None and cfg.eval_region_views
+        res = _evaluate(cfg, data, images, labels, regions if use_views else None, log, progress)
         summary.update({k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean",
                                             "best_runs", "eval_seconds", "num_train")})
         summary["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
-                                               "num_test")}
-        log(f"accuracy ({cfg.eval_arch}, last epoch): {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % "
-            f"over {cfg.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
-            f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
+                                               "num_test", "region_views")}
+        if regions is not None:  # region views raise the decoded count: always report both readings
+            other = _evaluate(cfg, data, images, labels, None if use_views else regions, log, progress)
+            key = "without_region_views" if use_views else "with_region_views"
+            summary[key] = {k: other[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "num_train")}
+            summary["eval_seconds"] += other["eval_seconds"]
     write_json(out / "summary.json", summary)
     log(f"saved {out}/distilled.pt, summary.json, grid.png, log.txt")
     return summary
+
+
+def _proxy(cfg, data, log, progress):
+    """The UDD proxy network (cached) and its facts for the summary."""
+    t = time.time()
+    proxy, how = load_or_train_proxy(data, cfg.proxy_epochs, cfg.seed, cfg.eval_aug, cfg.eval_cutmix,
+                                     cfg.proxy_cache or None, progress, log)
+    n_test = cfg.eval_test_limit or data.test_images.shape[0]
+    acc = accuracy(proxy, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
+    log(f"proxy network ({how}, {cfg.proxy_epochs} epochs): test accuracy {acc:.2f} % on {n_test} images")
+    facts = {"proxy": {"epochs": cfg.proxy_epochs, "source": how, "test_accuracy": acc,
+                       "seconds": time.time() - t},
+             "regions": {k: getattr(cfg, k) for k in ("policy", "region_size", "region_every", "jitter_sigma",
+                                                      "jitter_draws")},
+             "cfc": {"weight": cfg.cfc_weight, "tau": cfg.cfc_tau}}
+    return proxy, facts
+
+
+def _evaluate(cfg, data, images, labels, regions, log, progress):
+    views = "with region views" if regions is not None else "formations only"
+    log(f"evaluating ({views}): {cfg.eval_arch}, {cfg.eval_epochs} epochs x {cfg.eval_runs} runs")
+    res = evaluate_set(images, labels, cfg.factor, data, cfg.eval_arch, cfg.eval_epochs, cfg.eval_runs, cfg.seed,
+                       cfg.eval_aug, cfg.eval_cutmix, cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit,
+                       progress, regions)
+    log(f"accuracy ({cfg.eval_arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % "
+        f"over {cfg.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
+        f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
+    return res
 
 
 def main(argv=None):

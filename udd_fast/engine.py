@@ -17,9 +17,11 @@ import torch.nn.functional as F
 
 from . import ops, rng
 from .augment import Strategy, sample_params
+from .cfc import cfc_loss_ref, prototypes_ref
 from .config import Config
 from .decode import decode_plan, mix_init
 from .models import ConvNet
+from .regions import RegionSearch, usage_entropy_ref
 from .sampling import EpochBatches, class_batch_indices
 from .train import make_sgd, normalize, train_step
 
@@ -43,11 +45,18 @@ class Distiller:
     `trace`, if set, is called as trace(event, outer, inner, cls, rows) with event 'grad' (rows =
     the class's stored images at which its gradient is taken) or 'boundary' (rows = all of S right
     after the clamp of an outer iteration); tests use it to compare the two forms.
+
+    UDD (cfg.method == 'udd', with a `proxy` network): regions are searched on the clamped S at
+    every `region_every`-th outer boundary, their views join each class's synthetic batch, and the
+    CFC loss is added with weight cfg.cfc_weight.
     """
 
-    def __init__(self, cfg: Config, data, log=None, trace=None):
+    def __init__(self, cfg: Config, data, log=None, trace=None, proxy=None):
         if cfg.form not in ("batched", "sequential"):
             raise ValueError(f"unknown form {cfg.form!r} (batched or sequential)")
+        udd = cfg.method == "udd"
+        if udd and proxy is None and (cfg.policy != "none"):
+            raise ValueError("method udd with a region policy needs a proxy network")
         self.cfg, self.data, self.trace = cfg, data, trace
         self.log = log or (lambda msg: None)
         self.dtype = DTYPES[cfg.dtype]
@@ -56,10 +65,20 @@ class Distiller:
         self.K, self.C, self.size = info.num_classes, info.channels, info.size
         self.mean = data.mean.to(self.dtype)
         self.std = data.std.to(self.dtype)
+        self.proxy = None if proxy is None else proxy.to(self.device, self.dtype).eval()
         self.match_strategy = Strategy.parse(cfg.match_aug)
         self.net_strategy = Strategy.parse(cfg.net_aug)
         self.n_dec = cfg.ipc * cfg.factor ** 2
-        self.n_syn = min(self.n_dec, cfg.batch_syn_max)
+        self.search = None
+        if udd and cfg.policy != "none":
+            self.search = RegionSearch(self.proxy, self.size, cfg.factor, cfg.region_size, cfg.policy, cfg.jitter_sigma,
+                                       cfg.jitter_draws, cfg.seed)
+        self.cfc_weight = cfg.cfc_weight if udd else 0.0
+        self.region_boxes = None  # [K*n_dec, 4] stored-coordinate box per formation, once searched
+        self.policy_counts = {"response": 0, "jitter": 0}
+        # formations, plus one region view per formation when regions are on
+        self.n_total = self.n_dec * (2 if self.search else 1)
+        self.n_syn = min(self.n_total, cfg.batch_syn_max)
         src, boxes = decode_plan(cfg.ipc, self.size, cfg.factor, self.device)
         # class-major plan over all of S: row c*n_dec + j decodes stored image c*ipc + src[j]
         cls = torch.arange(self.K, device=self.device).repeat_interleave(self.n_dec)
@@ -88,20 +107,50 @@ class Distiller:
             net = ConvNet(self.K, self.C, self.size, width=self.cfg.net_width)
         return net.to(self.device, self.dtype).train()
 
-    def decode(self, S, classes=None):
-        """Decoded formations [len(classes) or K, n_dec, C, H, W] of S (differentiable)."""
+    def decode(self, S, classes=None, views=True):
+        """The synthetic batch before subsampling, [len(classes) or K, n, C, H, W] (differentiable):
+        each class's formations, then (UDD) its region views in the same order."""
         src, boxes = self.dec_src.view(self.K, -1), self.dec_boxes.view(self.K, self.n_dec, 4)
+        if views and self.region_boxes is not None:
+            src = torch.cat([src, src], 1)
+            boxes = torch.cat([boxes, self.region_boxes.view(self.K, self.n_dec, 4)], 1)
         if classes is not None:
             src, boxes = src[classes], boxes[classes]
         out = ops.crop_resize(S, src.reshape(-1), boxes.reshape(-1, 4), (self.size, self.size))
-        return out.view(-1, self.n_dec, self.C, self.size, self.size)
+        return out.view(src.shape[0], src.shape[1], self.C, self.size, self.size)
 
     def subsample_index(self, outer, inner):
-        """[K, n_syn] formations to keep per class (IDC: random subset when more than batch_syn_max)."""
-        if self.n_dec <= self.n_syn:
+        """[K, n_syn] samples to keep per class (IDC: random subset when more than batch_syn_max)."""
+        if self.n_total <= self.n_syn:
             return None
         keys = rng.subkeys(rng.key(self.cfg.seed, "subsample", outer, inner), torch.arange(self.K, device=self.device))
-        return rng.permutation(keys, self.n_dec)[:, :self.n_syn]
+        return rng.permutation(keys, self.n_total)[:, :self.n_syn]
+
+    # -- UDD ----------------------------------------------------------------------------------
+    def formation_labels(self):
+        return torch.arange(self.K, device=self.device).repeat_interleave(self.n_dec)
+
+    def search_regions(self, outer):
+        """Choose each formation's underutilized window on S as it is now (clamped)."""
+        x = self.decode(self.S.detach(), views=False).flatten(0, 1).clamp(0, 1)
+        choice, used_jitter, _ = self.search.select(x, self.formation_labels(), self.mean, self.std,
+                                                    rng.key(self.cfg.seed, "jitter", outer))
+        self.region_boxes = self.search.boxes(choice, self.dec_boxes[:, :2])
+        n_jit = int(used_jitter.sum())
+        self.policy_counts["jitter"] += n_jit
+        self.policy_counts["response"] += int(used_jitter.numel()) - n_jit
+
+    def policy_share(self):
+        total = sum(self.policy_counts.values())
+        return {k: (v / total if total else 0.0) for k, v in self.policy_counts.items()}
+
+    @torch.no_grad()
+    def mue(self, images):
+        """mUE of a stored set under the proxy: mean usage entropy of its formations' response maps."""
+        x = self.decode(images.to(self.dtype), views=False).flatten(0, 1).clamp(0, 1)
+        fmap = self.proxy.feature_map((x - self.mean) / self.std)
+        wy = self.proxy.classifier.weight.view(-1, *fmap.shape[1:])[self.formation_labels()]
+        return float(usage_entropy_ref((wy * fmap).sum(1)).mean())
 
     def match_params(self, outer, inner):
         keys = rng.subkeys(rng.key(self.cfg.seed, "match_aug", outer, inner), torch.arange(self.K, device=self.device))
@@ -115,22 +164,39 @@ class Distiller:
         return normalize(x, self.mean, self.std).view(self.K, self.cfg.batch_real, self.C, self.size, self.size)
 
     # -- matching -----------------------------------------------------------------------------
-    def _class_loss(self, net, real, syn, params, c):
-        """Matching loss of one class: real [B,...], syn [n,...] normalized, one siamese draw."""
-        b = real.shape[0]
-        x = ops.diff_augment(torch.cat([real, syn]), params[c:c + 1], self.match_strategy,
-                             torch.zeros(b + syn.shape[0], dtype=torch.long, device=self.device))
+    def augmented_reals(self, outer, inner, params):
+        """[K, B, C, H, W]: class c's real batch under class c's (siamese) draw; the synthetic batch
+        gets the same draw, so augmenting the two apart equals IDC's augmenting them together."""
+        reals = self.real_batches(outer, inner)
+        b = self.cfg.batch_real
+        cls = torch.arange(self.K, device=self.device).repeat_interleave(b)
+        return ops.diff_augment(reals.flatten(0, 1), params, self.match_strategy, cls).view(reals.shape)
+
+    def _class_loss(self, net, x_real, syn, params, c, protos):
+        """Loss of class c: gradient matching (+ CFC with prototypes) for augmented real x_real [B,...]
+        and normalized, not yet augmented synthetic syn [n,...]."""
+        n = syn.shape[0]
+        x_syn = ops.diff_augment(syn, params[c:c + 1], self.match_strategy,
+                                 torch.zeros(n, dtype=torch.long, device=self.device))
         weights = net.conv_weights()
-        y = torch.full((b,), c, dtype=torch.long, device=self.device)
-        g_real = torch.autograd.grad(F.cross_entropy(net(x[:b]), y), weights)
-        y = torch.full((syn.shape[0],), c, dtype=torch.long, device=self.device)
-        g_syn = torch.autograd.grad(F.cross_entropy(net(x[b:]), y), weights, create_graph=True)
-        return sum(match_distance(gr.detach(), gs, self.cfg.metric, None) for gr, gs in zip(g_real, g_syn))
+        y = torch.full((x_real.shape[0],), c, dtype=torch.long, device=self.device)
+        g_real = torch.autograd.grad(F.cross_entropy(net(x_real), y), weights)
+        y = torch.full((n,), c, dtype=torch.long, device=self.device)
+        feats = net.features(x_syn)
+        g_syn = torch.autograd.grad(F.cross_entropy(net.classifier(feats), y), weights, create_graph=True)
+        loss = sum(match_distance(gr.detach(), gs, self.cfg.metric, None) for gr, gs in zip(g_real, g_syn))
+        if self.cfc_weight:
+            loss = loss + self.cfc_weight * cfc_loss_ref(feats, y, protos, self.cfg.cfc_tau)
+        return loss
 
     def match_sequential(self, net, outer, inner):
         mu, lr = self.cfg.mom_img, self.cfg.lr_img
-        reals = self.real_batches(outer, inner)
         params = self.match_params(outer, inner)
+        x_real = self.augmented_reals(outer, inner, params)
+        protos = None
+        if self.cfc_weight:
+            with torch.no_grad():
+                protos = prototypes_ref(torch.stack([net.features(x_real[c]) for c in range(self.K)]))
         sub = self.subsample_index(outer, inner)
         total = 0.0
         ipc = self.cfg.ipc
@@ -139,7 +205,7 @@ class Distiller:
             syn = self.decode(S, [c])[0]
             if sub is not None:
                 syn = syn[sub[c]]
-            loss = self._class_loss(net, reals[c], normalize(syn, self.mean, self.std), params, c)
+            loss = self._class_loss(net, x_real[c], normalize(syn, self.mean, self.std), params, c, protos)
             (grad,) = torch.autograd.grad(loss, S)
             if self.trace:
                 self.trace("grad", outer, inner, c, self.S[c * ipc:(c + 1) * ipc].clone())
@@ -152,8 +218,8 @@ class Distiller:
     def match_batched(self, net, outer, inner):
         cfg, K, ipc = self.cfg, self.K, self.cfg.ipc
         mu, lr = cfg.mom_img, cfg.lr_img
-        reals = self.real_batches(outer, inner)
         params = self.match_params(outer, inner)
+        x_real = self.augmented_reals(outer, inner, params)
         sub = self.subsample_index(outer, inner)
         S = self.S.detach().requires_grad_(True)
         syn = self.decode(S)
@@ -162,18 +228,26 @@ class Distiller:
         syn = normalize(syn, self.mean, self.std)
         b, n = cfg.batch_real, syn.shape[1]
         cls = torch.arange(K, device=self.device)
-        x_real = ops.diff_augment(reals.flatten(0, 1), params, self.match_strategy, cls.repeat_interleave(b))
         x_syn = ops.diff_augment(syn.flatten(0, 1), params, self.match_strategy, cls.repeat_interleave(n))
         weights = [w.detach().unsqueeze(0).repeat(K, *([1] * w.dim())).requires_grad_(True) for w in net.conv_weights()]
 
         def class_ce(x, m):
-            logits = net.forward_grouped(x.view(K, m, *x.shape[1:]), weights)  # [K, m, classes]
-            return F.cross_entropy(logits.flatten(0, 1), cls.repeat_interleave(m), reduction="sum") / m
+            feats = net.features_grouped(x.view(K, m, *x.shape[-3:]), weights)  # [K, m, D]
+            logits = net.classifier(feats)
+            return F.cross_entropy(logits.flatten(0, 1), cls.repeat_interleave(m), reduction="sum") / m, feats
 
-        g_real = torch.autograd.grad(class_ce(x_real, b), weights)
-        g_syn = torch.autograd.grad(class_ce(x_syn, n), weights, create_graph=True)
+        ce_real, feats_real = class_ce(x_real, b)
+        g_real = torch.autograd.grad(ce_real, weights)
+        ce_syn, feats_syn = class_ce(x_syn, n)
+        g_syn = torch.autograd.grad(ce_syn, weights, create_graph=True)
         per_class = sum(match_distance(gr.detach(), gs, cfg.metric, tuple(range(1, gr.dim())))
                         for gr, gs in zip(g_real, g_syn))  # [K]
+        if self.cfc_weight:
+            protos = prototypes_ref(feats_real)
+            z = F.normalize(feats_syn, dim=2)
+            logits = torch.einsum("knd,jd->knj", z, protos) / cfg.cfc_tau
+            cfc = F.cross_entropy(logits.flatten(0, 1), cls.repeat_interleave(n), reduction="none").view(K, n).mean(1)
+            per_class = per_class + self.cfc_weight * cfc
         (grad,) = torch.autograd.grad(per_class.sum(), S)
         if self.trace:
             for c in range(K):
@@ -193,11 +267,14 @@ class Distiller:
 
     # -- loop ---------------------------------------------------------------------------------
     def boundary(self, outer):
-        """Start of an outer iteration: clamp S to [0,1] (IDC), then the rest of a split step."""
+        """Start of an outer iteration: clamp S to [0,1] (IDC), (UDD) search regions on the clamped
+        S, then the rest of a split step."""
         with torch.no_grad():
             self.S.clamp_(0.0, 1.0)
             if self.trace:
                 self.trace("boundary", outer, -1, -1, self.S.clone())
+            if self.search is not None and outer % self.cfg.region_every == 0:
+                self.search_regions(outer)
             if self.pending is not None:
                 self.S.sub_(self.pending)
                 self.pending = None
@@ -244,3 +321,9 @@ class Distiller:
 
     def labels(self):
         return torch.arange(self.K, device=self.device).repeat_interleave(self.cfg.ipc)
+
+    def regions(self):
+        """(source stored index [M], box [M, 4]) of the region views in use, or None."""
+        if self.region_boxes is None:
+            return None
+        return self.dec_src.clone(), self.region_boxes.clone()

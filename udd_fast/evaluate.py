@@ -65,15 +65,21 @@ def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy,
 
 def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs=5, seed=0,
                  strategy="color_crop_cutout_flip_scale_rotate", use_cutmix=True, batch=64, validations=4,
-                 test_limit=0, progress=True):
-    """Evaluate stored images in [0,1] with IDC's protocol; returns a dict of the results."""
+                 test_limit=0, progress=True, regions=None):
+    """Evaluate stored images in [0,1] with IDC's protocol; returns a dict of the results.
+    `regions` = (source index [M], box [M, 4]) adds UDD's region views to the decoded formations."""
     if runs < 1 or epochs < 1:
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     dev = data.images.device
     images = images.to(dev).float().clamp(0, 1)
-    x, y = decode_all(images, labels.to(dev).long(), factor)
+    labels = labels.to(dev).long()
+    x, y = decode_all(images, labels, factor)
+    if regions is not None:
+        src, boxes = (t.to(dev).long() for t in regions)
+        x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
+        y = torch.cat([y, labels[src]])
     x = normalize(x, data.mean, data.std)
     strat = Strategy.parse(strategy)
     t0 = time.time()
@@ -93,7 +99,7 @@ def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs
         "best_runs": best,
         "best_mean": statistics.fmean(best),
         "eval_seconds": time.time() - t0,
-        "augmentation": str(strat), "cutmix": bool(use_cutmix),
+        "augmentation": str(strat), "cutmix": bool(use_cutmix), "region_views": regions is not None,
     }
 
 
@@ -108,8 +114,19 @@ def _parser():
     p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--seed", type=int, default=None, help="default: the run's own seed")
+    p.add_argument("--eval-region-views", default=None, choices=("on", "off"),
+                   help="add the saved region views to the formations (default: the run's own setting)")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _saved_regions(saved, cfg, flag):
+    """The saved region views to evaluate with, per --eval-region-views (default: the run's setting)."""
+    has = saved.get("boxes") is not None
+    want = cfg.eval_region_views if flag is None else flag == "on"
+    if want and flag == "on" and not has:
+        raise ValueError("--eval-region-views on: this set has no region boxes (it was not distilled with UDD regions)")
+    return (saved["region_src"], saved["boxes"]) if (want and has) else None
 
 
 def main(argv=None):
@@ -136,7 +153,8 @@ def main(argv=None):
                                 f"{data.info.name} ({data.info.channels}x{data.info.size}x{data.info.size})")
         res = evaluate_set(saved["images"], saved["labels"], saved["factor"], data, args.arch, epochs, runs,
                            cfg.seed if args.seed is None else args.seed, cfg.eval_aug, cfg.eval_cutmix,
-                           cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit, progress=not args.no_progress)
+                           cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit, not args.no_progress,
+                           _saved_regions(saved, cfg, args.eval_region_views))
     except (DataError, ArtifactError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

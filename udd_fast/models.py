@@ -49,13 +49,17 @@ class ConvNet(nn.Module):
         """Logits [K, n, classes] for K groups of n inputs x [K, n, C, H, W], group k run with its own
         conv weights conv_weights[d][k] (every other parameter shared). One grouped convolution per
         layer, so per-group weight gradients come out of one backward pass."""
+        return self.classifier(self.features_grouped(x, conv_weights))
+
+    def features_grouped(self, x, conv_weights):
+        """Features [K, n, D] of forward_grouped."""
         k, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, k * x.shape[2], *x.shape[3:])
         for conv, norm, w in zip(self.convs, self.norms, conv_weights):
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), conv.bias.repeat(k), padding=conv.padding, groups=k)
             h = F.group_norm(h, h.shape[1], norm.weight.repeat(k), norm.bias.repeat(k), norm.eps)
             h = F.avg_pool2d(F.relu(h), 2)
-        return self.classifier(h.reshape(n, k, -1)).transpose(0, 1)
+        return h.reshape(n, k, -1).transpose(0, 1)
 
     def conv_weights(self):
         """The parameters gradient matching compares (IDC: conv weights only)."""

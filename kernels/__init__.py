@@ -1,0 +1,8 @@
+"""Triton kernels of udd_fast.ops, installed as the subpackage `udd_fast.kernels` (setup.py maps
+this top-level folder there; udd_fast.ops loads it from the source tree when not installed).
+
+Same entry points and semantics as the C++/CUDA extensions: see udd_fast/ops.py."""
+from .crop_resize import crop_resize_backward, crop_resize_forward
+from .diff_augment import diff_augment_backward, diff_augment_forward
+
+__all__ = ["crop_resize_forward", "crop_resize_backward", "diff_augment_forward", "diff_augment_backward"]

@@ -1,0 +1,99 @@
+"""UDD's proxy network: a ConvNet-3 trained on the real training set with the evaluation
+augmentation, cached on disk under (dataset, data fingerprint, architecture, epochs, seed, version).
+
+A cache file that is corrupt or whose key does not match is retrained with a warning, never used.
+"""
+import hashlib
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import __version__, rng
+from .artifacts import write_torch
+from .augment import Strategy
+from .models import ConvNet
+from .sampling import EpochBatches
+from .train import make_sgd, normalize, train_step
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("UDD_FAST_CACHE", Path.home() / ".cache" / "udd_fast")) / "proxy"
+
+
+def data_fingerprint(data) -> str:
+    """sha256 of the training images and labels (so a changed dataset never reuses a proxy)."""
+    h = hashlib.sha256()
+    h.update(data.images.cpu().numpy().tobytes())
+    h.update(data.labels.cpu().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def proxy_key(data, epochs: float, seed: int, arch: str = "convnet") -> dict:
+    return {"dataset": data.info.name, "fingerprint": data_fingerprint(data), "arch": arch,
+            "epochs": float(epochs), "seed": int(seed), "version": __version__}
+
+
+def _file_for(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
+    safe = "".join(ch if ch.isalnum() else "_" for ch in key["dataset"])[-40:]
+    return Path(cache_dir) / f"{safe}-{digest}.pt"
+
+
+def new_proxy(info, seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(rng.key(seed, "proxy_init") & 0x7FFF_FFFF_FFFF_FFFF)
+        return ConvNet(info.num_classes, info.channels, info.size)
+
+
+def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, progress=True, log=None):
+    """Train on the real training set: SGD 0.01/0.9/5e-4, batch 64, lr x0.2 at 2/3 and 5/6,
+    per-sample evaluation augmentation. `epochs` may be fractional (smoke runs)."""
+    model = new_proxy(data.info, seed).to(data.images.device).train()
+    opt = make_sgd(model)
+    n = data.images.shape[0]
+    batches = EpochBatches(n, 64, seed, "proxy_batches", data.images.device)
+    steps = max(1, math.ceil(epochs * batches.per_epoch))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * steps // 3, 5 * steps // 6], gamma=0.2)
+    strat = Strategy.parse(strategy)
+    bar = tqdm(range(steps), desc="proxy", disable=not progress, mininterval=1.0, leave=False)
+    for b in bar:
+        idx = batches.indices(b)
+        x = normalize(data.to_float(idx), data.mean, data.std)
+        loss = train_step(model, opt, x, data.labels[idx], strat, use_cutmix, rng.key(seed, "proxy_step", b))
+        sched.step()
+        if b % 50 == 0:
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+    return model.eval()
+
+
+def load_or_train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, cache_dir=None,
+                        progress=True, log=None):
+    """The cached proxy for this key, else a freshly trained one (then cached). Returns (model, how)."""
+    log = log or (lambda msg: None)
+    key = proxy_key(data, epochs, seed)
+    path = _file_for(cache_dir or default_cache_dir(), key)
+    if path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(saved, dict) or saved.get("key") != key:
+                raise ValueError(f"its key {saved.get('key') if isinstance(saved, dict) else None} != {key}")
+            model = new_proxy(data.info, seed)
+            model.load_state_dict(saved["state_dict"])
+            log(f"proxy network loaded from cache {path}")
+            return model.to(data.images.device).eval(), "cached"
+        except Exception as e:  # corrupt or mismatched: never use it
+            warnings.warn(f"proxy cache {path} is unusable ({type(e).__name__}: {e}); retraining", stacklevel=2)
+            log(f"warning: proxy cache {path} unusable ({type(e).__name__}); retraining")
+    log(f"training the proxy network: {epochs} epochs on {data.images.shape[0]} real images")
+    model = train_proxy(data, epochs, seed, strategy, use_cutmix, progress, log)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_torch(path, {"key": key, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}})
+        log(f"proxy network cached at {path}")
+    except OSError as e:
+        warnings.warn(f"could not cache the proxy network at {path}: {e}", stacklevel=2)
+    return model, "trained"
