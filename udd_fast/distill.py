@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import __version__, rng
 from .artifacts import ArtifactError, ensure_writable_dir, save_distilled, write_grid, write_json
-from .config import CFC_WEIGHT, FORMS, METHODS, PRESETS, build_config
+from .config import CFC_WEIGHTS, FORMS, METHODS, PRESETS, build_config
 from .data import DataError, RealData, canonical_name, load_dataset
 from .engine import Distiller
 from .evaluate import evaluate_set
@@ -65,7 +65,8 @@ def _parser():
     u.add_argument("--region-every", type=int, default=None, help="search regions every N outer iterations (1)")
     u.add_argument("--jitter-sigma", type=float, default=None, help="jitter noise std (0.2)")
     u.add_argument("--jitter-draws", type=int, default=None, help="noise draws per window (4)")
-    u.add_argument("--cfc-weight", type=float, default=None, help=f"CFC loss weight lambda ({CFC_WEIGHT}; 0 = off)")
+    u.add_argument("--cfc-weight", type=float, default=None,
+                   help=f"CFC loss weight lambda (default by matching metric: {CFC_WEIGHTS}; 0 = off)")
     u.add_argument("--cfc-tau", type=float, default=None, help="CFC temperature (0.1)")
     u.add_argument("--proxy-epochs", type=float, default=None, help="proxy training epochs (per preset)")
     u.add_argument("--proxy-cache", default=None, help="proxy cache directory (default ~/.cache/udd_fast/proxy)")

@@ -243,11 +243,9 @@ class Distiller:
         per_class = sum(match_distance(gr.detach(), gs, cfg.metric, tuple(range(1, gr.dim())))
                         for gr, gs in zip(g_real, g_syn))  # [K]
         if self.cfc_weight:
-            protos = prototypes_ref(feats_real)
-            z = F.normalize(feats_syn, dim=2)
-            logits = torch.einsum("knd,jd->knj", z, protos) / cfg.cfc_tau
-            cfc = F.cross_entropy(logits.flatten(0, 1), cls.repeat_interleave(n), reduction="none").view(K, n).mean(1)
-            per_class = per_class + self.cfc_weight * cfc
+            cfc = cfc_loss_ref(feats_syn.flatten(0, 1), cls.repeat_interleave(n), prototypes_ref(feats_real),
+                               cfg.cfc_tau, reduction="none")
+            per_class = per_class + self.cfc_weight * cfc.view(K, n).mean(1)
         (grad,) = torch.autograd.grad(per_class.sum(), S)
         if self.trace:
             for c in range(K):
