@@ -213,7 +213,7 @@ def test_unwritable_output_directory(tmp_path, capsys, real_data_dir):
 
 
 def test_impossible_flags(tmp_path, capsys, real_data_dir):
-    for flags, needle in ((["--method", "udd"], "--method udd"), (["--factor", "0"], "--factor"),
+    for flags, needle in ((["--method", "random", "--cfc-weight", "1"], "--method udd"), (["--factor", "0"], "--factor"),
                           (["--lr-img", "-1"], "--lr-img"), (["--inner-loop", "0"], "--inner-loop")):
         rc, out = _distill(tmp_path, real_data_dir, "--dataset", "mnist", *flags)
         _refused(capsys, out, rc, needle)

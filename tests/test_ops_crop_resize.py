@@ -1,0 +1,126 @@
+"""udd_fast.ops.crop_resize on every live backend against decode.crop_resize_ref (forward and
+backward), on fresh random inputs: odd sizes, formation boxes of factor 1-4, random boxes at the
+borders and into the 0.5 padding, one-pixel boxes, non-contiguous inputs."""
+import pytest
+import torch
+
+from conftest import ops_device
+from udd_fast import ops
+from udd_fast.decode import crop_resize_ref, decode_plan
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def random_boxes(g, n, h, w):
+    """Boxes anywhere in the image and up to 3 pixels into the padding, 1 to h+3 pixels tall."""
+    y0 = torch.randint(0, h + 1, (n,), generator=g)
+    x0 = torch.randint(0, w + 1, (n,), generator=g)
+    y1 = y0 + 1 + (torch.rand(n, generator=g) * (h + 3 - y0)).long()
+    x1 = x0 + 1 + (torch.rand(n, generator=g) * (w + 3 - x0)).long()
+    return torch.stack([y0, x0, y1, x1], 1)
+
+
+def edge_boxes(h, w):
+    """One-pixel boxes at the corners, whole image, whole image plus padding, boxes in the padding."""
+    return torch.tensor([[0, 0, 1, 1], [h - 1, w - 1, h, w], [0, w - 1, 1, w], [h - 1, 0, h, 1],
+                         [0, 0, h, w], [0, 0, h + 1, w + 2], [h, w, h + 1, w + 1], [h - 1, w - 2, h + 2, w + 1],
+                         [h // 2, 0, h // 2 + 1, w]])
+
+
+def cases(seed):
+    """(images, src, boxes, out_size): formation plans of factor 1-4 on odd and even sizes, then
+    random and edge boxes."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for size, factor in ((29, 1), (15, 2), (17, 3), (16, 4)):
+        m = 2
+        src, boxes = decode_plan(m, size, factor)
+        out.append((torch.rand(m, 3, size, size, generator=g), src, boxes, (size, size)))
+    h, w = 13, 10
+    boxes = torch.cat([random_boxes(g, 12, h, w), edge_boxes(h, w)])
+    src = torch.randint(0, 3, (boxes.shape[0],), generator=g)
+    out.append((torch.rand(3, 1, h, w, generator=g), src, boxes, (11, 14)))
+    out.append((torch.rand(3, 3, h, w, generator=g), src, boxes, (7, 5)))
+    return out
+
+
+def check(images, src, boxes, out_size, dtype, device):
+    tol = TOL[dtype]
+    x = images.to(device, dtype).requires_grad_(True)
+    out = ops.crop_resize(x, src.to(device), boxes.to(device), out_size)
+    # The reference in float32 at least (half precision is compared with an upcast reference).
+    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    xr = images.to(device, ref_dtype).requires_grad_(True)
+    ref = crop_resize_ref(xr, src.to(device), boxes.to(device), out_size)
+    assert out.dtype == dtype and out.shape == ref.shape
+    torch.testing.assert_close(out.to(ref_dtype), ref, atol=tol, rtol=tol)
+    grad = torch.randn(ref.shape, dtype=ref_dtype, device=device)
+    out.backward(grad.to(dtype))
+    ref.backward(grad)
+    scale = max(1.0, float(xr.grad.abs().max()))
+    torch.testing.assert_close(x.grad.to(ref_dtype), xr.grad, atol=4 * tol * scale, rtol=4 * tol)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_crop_resize_matches_reference(ops_backend, seed):
+    device = ops_device(ops_backend)
+    for images, src, boxes, out_size in cases(seed):
+        check(images, src, boxes, out_size, torch.float32, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_crop_resize_other_dtypes(ops_backend, dtype):
+    device = ops_device(ops_backend)
+    if dtype != torch.float64 and device.type != "cuda":
+        pytest.skip(f"{dtype} is checked on a GPU only (no CUDA device here)")
+    if ops_backend == "cpp" and dtype != torch.float64:
+        pytest.skip("the C++ backend is float32/float64")
+    for images, src, boxes, out_size in cases(7)[-2:]:
+        check(images, src, boxes, out_size, dtype, device)
+
+
+def test_crop_resize_non_contiguous(ops_backend):
+    device = ops_device(ops_backend)
+    g = torch.Generator().manual_seed(3)
+    h, w = 11, 9
+    images = torch.rand(3, w, h, 3, generator=g).permute(0, 3, 2, 1)  # [3, 3, h, w], not contiguous
+    boxes = torch.cat([random_boxes(g, 8, h, w), edge_boxes(h, w)])
+    boxes = torch.stack([boxes, boxes], 2).reshape(-1, 8)[:, ::2]  # strided view of the same boxes
+    src = torch.randint(0, 3, (2 * boxes.shape[0],), generator=g, dtype=torch.int32)[::2]
+    assert not images.is_contiguous() and not boxes.is_contiguous() and not src.is_contiguous()
+    check(images, src, boxes, (8, 13), torch.float32, device)
+
+
+def test_crop_resize_rejects_bad_boxes(ops_backend):
+    if ops_device(ops_backend).type != "cpu":
+        pytest.skip("on CUDA the check is an asynchronous device assert")
+    images = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError):
+        ops.crop_resize(images, torch.tensor([0]), torch.tensor([[2, 2, 2, 5]]), (4, 4))
+
+
+def test_crop_resize_empty(ops_backend):
+    device = ops_device(ops_backend)
+    out = ops.crop_resize(torch.rand(2, 3, 8, 8, device=device), torch.zeros(0, dtype=torch.long, device=device),
+                          torch.zeros(0, 4, dtype=torch.long, device=device), (8, 8))
+    assert out.shape == (0, 3, 8, 8)
+
+
+def test_crop_resize_reference_gradcheck():
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(2, 2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    src = torch.tensor([0, 1, 1, 0])
+    boxes = torch.tensor([[0, 0, 3, 2], [1, 1, 6, 5], [4, 3, 5, 4], [0, 0, 5, 4]])
+    assert torch.autograd.gradcheck(lambda x: crop_resize_ref(x, src, boxes, (3, 6)), (images,), fast_mode=True)
+
+
+def test_crop_resize_cpp_gradcheck():
+    live, why = ops.available_backends(reasons=True)["cpp"]
+    if not live:
+        pytest.skip(f"cpp not live: {why}")
+    g = torch.Generator().manual_seed(6)
+    images = torch.rand(2, 2, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    src = torch.tensor([0, 1, 1, 0])
+    boxes = torch.tensor([[0, 0, 3, 2], [1, 1, 6, 5], [4, 3, 5, 4], [0, 0, 5, 4]])
+    with ops.use_backend("cpp"):
+        assert torch.autograd.gradcheck(lambda x: ops.crop_resize(x, src, boxes, (3, 6)), (images,), fast_mode=True)
