@@ -1,11 +1,14 @@
-// CPU kernels of udd_fast.ops (extension udd_fast._C): crop_resize and diff_augment, forward and
-// backward, float and double. Semantics are those of udd_fast/decode.py::crop_resize_ref and
-// udd_fast/augment.py::diff_augment_ref; the Python side (udd_fast/ops.py) validates and
-// contiguous-izes the inputs and computes the per-sample mean used by contrast.
+// CPU kernels of udd_fast.ops (extension udd_fast._C): crop_resize and diff_augment (forward and
+// backward), response_map and region_mask (forward), cfc_loss (forward and backward); float and
+// double. Semantics are those of the references named in udd_fast/ops.py (decode.crop_resize_ref,
+// augment.diff_augment_ref, regions.*_ref, cfc.cfc_loss_ref); the Python side validates and
+// contiguous-izes the inputs, computes the per-sample mean used by contrast and the window weights.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -255,6 +258,123 @@ void diff_augment_bwd_impl(const scalar_t* gout, const scalar_t* params, const i
   });
 }
 
+// -- response_map: R = sum over channels of W[y] * F, window scores = R @ wmat ([HW, NW], built in
+// Python: upsampling and box means are linear in R), usage entropy of ReLU(R). One pass per sample.
+template <typename scalar_t>
+void response_map_impl(const scalar_t* f, const scalar_t* head, const int64_t* labels, const scalar_t* wmat,
+                       scalar_t* R, scalar_t* scores, scalar_t* ue, int64_t N, int64_t CH, int64_t HW, int64_t NW) {
+  const scalar_t log_hw = std::log(static_cast<scalar_t>(HW));
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* fn = f + n * CH * HW;
+      const scalar_t* wy = head + labels[n] * CH * HW;
+      scalar_t* r = R + n * HW;
+      for (int64_t p = 0; p < HW; ++p) r[p] = 0;
+      for (int64_t ch = 0; ch < CH; ++ch)
+        for (int64_t p = 0; p < HW; ++p) r[p] += wy[ch * HW + p] * fn[ch * HW + p];
+      for (int64_t k = 0; k < NW; ++k) {
+        scalar_t s = 0;
+        for (int64_t p = 0; p < HW; ++p) s += r[p] * wmat[p * NW + k];
+        scores[n * NW + k] = s;
+      }
+      scalar_t total = 0, ent = 0;
+      for (int64_t p = 0; p < HW; ++p) total += r[p] > 0 ? r[p] : scalar_t(0);
+      if (total > 0) {
+        for (int64_t p = 0; p < HW; ++p) {
+          const scalar_t q = (r[p] > 0 ? r[p] : scalar_t(0)) / total;
+          if (q > 0) ent -= q * std::log(q);
+        }
+      }
+      ue[n] = ent / log_hw;
+    }
+  });
+}
+
+// -- region_mask: out[n,w,d,c] = (clamp(x[n,c] + noise inside window w, 0, 1) - mean[c]) / std[c].
+template <typename scalar_t>
+void region_mask_impl(const scalar_t* x, const uint8_t* masks, const scalar_t* noise, const scalar_t* mean,
+                      const scalar_t* stdv, scalar_t* out, int64_t N, int64_t NW, int64_t D, int64_t C, int64_t HW) {
+  at::parallel_for(0, N * NW * D * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t c = plane % C, w = (plane / (C * D)) % NW, n = plane / (C * D * NW);
+      const scalar_t* xp = x + (n * C + c) * HW;
+      const uint8_t* m = masks + w * HW;
+      const scalar_t* z = noise + plane * HW;
+      scalar_t* o = out + plane * HW;
+      const scalar_t mu = mean[c], sd = stdv[c];
+      for (int64_t p = 0; p < HW; ++p) {
+        scalar_t v = m[p] ? xp[p] + z[p] : xp[p];  // outside the window noise * 0 adds nothing
+        v = v < 0 ? scalar_t(0) : (v > 1 ? scalar_t(1) : v);
+        o[p] = (v - mu) / sd;
+      }
+    }
+  });
+}
+
+// -- cfc_loss. The two products with the prototypes (f @ mu^T forward, ds @ mu backward) go to
+// BLAS through at::mm (a hand loop loses to it on the CPU, most at K = 100); the rest is one pass
+// per row. Forward: s_k = <f, mu_k> / max(|f|, eps) / tau, lse, loss = lse - s_y (the logits, lse
+// and denominator are kept for the backward). Backward: ds = g (softmax - onehot) / tau,
+// dz = ds @ mu, df = (dz - z <z, dz>) / |f| (dz / eps where the norm is clamped).
+constexpr double NORM_EPS = 1e-12;  // F.normalize's eps
+
+template <typename scalar_t>
+inline scalar_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
+  scalar_t s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename scalar_t>
+void cfc_fwd_impl(const scalar_t* f, const int64_t* labels, scalar_t tau, scalar_t* loss, scalar_t* logits,
+                  scalar_t* lse, scalar_t* den, int64_t N, int64_t K, int64_t D) {
+  // logits holds <f, mu_k> on entry
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* fi = f + i * D;
+      const scalar_t d = std::max(std::sqrt(dot(fi, fi, D)), static_cast<scalar_t>(NORM_EPS));
+      scalar_t* s = logits + i * K;
+      scalar_t mx = -std::numeric_limits<scalar_t>::infinity();
+      for (int64_t k = 0; k < K; ++k) {
+        s[k] = s[k] / d / tau;
+        mx = std::max(mx, s[k]);
+      }
+      scalar_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += std::exp(s[k] - mx);
+      lse[i] = mx + std::log(sum);
+      den[i] = d;
+      loss[i] = lse[i] - s[labels[i]];
+    }
+  });
+}
+
+template <typename scalar_t>
+void cfc_softmax_grad_impl(const scalar_t* g, const int64_t* labels, const scalar_t* logits, const scalar_t* lse,
+                           scalar_t tau, scalar_t* ds, int64_t N, int64_t K) {
+  at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t k = 0; k < K; ++k)
+        ds[i * K + k] =
+            g[i] * (std::exp(logits[i * K + k] - lse[i]) - (k == labels[i] ? scalar_t(1) : scalar_t(0))) / tau;
+  });
+}
+
+template <typename scalar_t>
+void cfc_project_impl(const scalar_t* f, const scalar_t* den, scalar_t* gf, int64_t N, int64_t D) {
+  // gf holds dz on entry and df on exit
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* fi = f + i * D;
+      scalar_t* dz = gf + i * D;
+      const scalar_t d = den[i];
+      const scalar_t proj = d <= static_cast<scalar_t>(NORM_EPS) ? scalar_t(0) : dot(fi, dz, D) / d;
+#pragma omp simd
+      for (int64_t e = 0; e < D; ++e) dz[e] = (dz[e] - fi[e] / d * proj) / d;
+    }
+  });
+}
+
 void check_floating(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), what, " must be a CPU tensor for udd_fast._C");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, what,
@@ -329,6 +449,90 @@ at::Tensor diff_augment_backward(const at::Tensor& grad_out, const at::Tensor& p
   return gx;
 }
 
+std::vector<at::Tensor> response_map_forward(const at::Tensor& fmap, const at::Tensor& head, const at::Tensor& labels,
+                                             const at::Tensor& wmat) {
+  check_floating(fmap, "feature_map");
+  auto f = fmap.contiguous();
+  auto w = head.to(f.scalar_type()).contiguous();
+  auto y = labels.to(at::kLong).contiguous();
+  auto m = wmat.to(f.scalar_type()).contiguous();
+  const int64_t N = f.size(0), CH = f.size(1), H = f.size(2), W = f.size(3), NW = m.size(1);
+  TORCH_CHECK(w.size(1) == CH * H * W && m.size(0) == H * W, "response_map: head / window weights do not match");
+  auto R = at::empty({N, H, W}, f.options());
+  auto scores = at::empty({N, NW}, f.options());
+  auto ue = at::empty({N}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "response_map_forward", [&] {
+    response_map_impl<scalar_t>(f.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), y.data_ptr<int64_t>(),
+                                m.data_ptr<scalar_t>(), R.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(),
+                                ue.data_ptr<scalar_t>(), N, CH, H * W, NW);
+  });
+  return {R, scores, ue};
+}
+
+at::Tensor region_mask_forward(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& noise,
+                               const at::Tensor& mean, const at::Tensor& stdv) {
+  check_floating(x, "x");
+  auto xc = x.contiguous();
+  auto m = masks.to(at::kByte).contiguous();
+  auto z = noise.to(xc.scalar_type()).contiguous();
+  auto mu = mean.to(xc.scalar_type()).contiguous();
+  auto sd = stdv.to(xc.scalar_type()).contiguous();
+  const int64_t N = xc.size(0), C = xc.size(1), HW = xc.size(2) * xc.size(3);
+  TORCH_CHECK(z.dim() == 6 && z.size(0) == N && z.size(3) == C && z.size(4) * z.size(5) == HW &&
+                  m.size(0) == z.size(1) && m.numel() == z.size(1) * HW && mu.numel() == C && sd.numel() == C,
+              "region_mask: shapes do not match");
+  auto out = at::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "region_mask_forward", [&] {
+    region_mask_impl<scalar_t>(xc.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), z.data_ptr<scalar_t>(),
+                               mu.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N,
+                               z.size(1), z.size(2), C, HW);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> cfc_loss_forward(const at::Tensor& features, const at::Tensor& labels,
+                                         const at::Tensor& protos, double tau) {
+  check_floating(features, "features");
+  auto f = features.contiguous();
+  auto y = labels.to(at::kLong).contiguous();
+  auto mu = protos.to(f.scalar_type()).contiguous();
+  const int64_t N = f.size(0), D = f.size(1), K = mu.size(0);
+  TORCH_CHECK(mu.size(1) == D && y.numel() == N, "cfc_loss: shapes do not match");
+  auto loss = at::empty({N}, f.options());
+  auto lse = at::empty({N}, f.options());
+  auto den = at::empty({N}, f.options());
+  auto logits = at::mm(f, mu.t()).contiguous();  // <f, mu_k>, turned into the logits in place
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "cfc_loss_forward", [&] {
+    cfc_fwd_impl<scalar_t>(f.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), static_cast<scalar_t>(tau),
+                           loss.data_ptr<scalar_t>(), logits.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>(),
+                           den.data_ptr<scalar_t>(), N, K, D);
+  });
+  return {loss, logits, lse, den};
+}
+
+at::Tensor cfc_loss_backward(const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
+                             const at::Tensor& protos, const at::Tensor& logits, const at::Tensor& lse,
+                             const at::Tensor& den, double tau) {
+  check_floating(features, "features");
+  auto f = features.contiguous();
+  const auto st = f.scalar_type();
+  auto g = grad.to(st).contiguous();
+  auto y = labels.to(at::kLong).contiguous();
+  auto mu = protos.to(st).contiguous();
+  auto s = logits.to(st).contiguous();
+  auto l = lse.to(st).contiguous();
+  auto d = den.to(st).contiguous();
+  const int64_t N = f.size(0), D = f.size(1), K = mu.size(0);
+  auto ds = at::empty({N, K}, f.options());
+  at::Tensor gf;
+  AT_DISPATCH_FLOATING_TYPES(st, "cfc_loss_backward", [&] {
+    cfc_softmax_grad_impl<scalar_t>(g.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), s.data_ptr<scalar_t>(),
+                                    l.data_ptr<scalar_t>(), static_cast<scalar_t>(tau), ds.data_ptr<scalar_t>(), N, K);
+    gf = at::mm(ds, mu).contiguous();  // dz, turned into df in place
+    cfc_project_impl<scalar_t>(f.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), gf.data_ptr<scalar_t>(), N, D);
+  });
+  return gf;
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -337,4 +541,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("crop_resize_backward", &crop_resize_backward);
   m.def("diff_augment_forward", &diff_augment_forward);
   m.def("diff_augment_backward", &diff_augment_backward);
+  m.def("response_map_forward", &response_map_forward);
+  m.def("region_mask_forward", &region_mask_forward);
+  m.def("cfc_loss_forward", &cfc_loss_forward);
+  m.def("cfc_loss_backward", &cfc_loss_backward);
 }

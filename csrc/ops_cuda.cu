@@ -1,5 +1,6 @@
-// CUDA kernels of udd_fast.ops (extension udd_fast._C_cuda): crop_resize and diff_augment, forward
-// and backward, for float, double, half and bfloat16 (arithmetic in float, double for double).
+// CUDA kernels of udd_fast.ops (extension udd_fast._C_cuda): crop_resize and diff_augment (forward
+// and backward), response_map and region_mask (forward), cfc_loss (forward and backward), for float,
+// double, half and bfloat16 (arithmetic in float, double for double).
 // Same semantics and layout of work as the Triton kernels in kernels/ and the CPU ones in
 // csrc/ops_cpu.cpp; backward scatters with atomicAdd into a float (double) buffer.
 #include <torch/extension.h>
@@ -8,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -213,6 +215,151 @@ __global__ void colour_bwd_kernel(const acc_t* __restrict__ g2, const acc_t* __r
   for (int64_t c = 0; c < C; ++c) gx[base + c * HW] = static_cast<scalar_t>(con * sat * g2[base + c * HW] + shared);
 }
 
+// -- response_map: one block per sample. Thread p sums cell p of R over the channels (coalesced
+// across cells, deterministic), then window scores = R @ wmat (built in Python: upsampling and box
+// means are linear in R) and the usage entropy of ReLU(R) from R in shared memory.
+template <typename scalar_t, typename acc_t>
+__global__ void response_map_kernel(const scalar_t* __restrict__ f, const scalar_t* __restrict__ head,
+                                    const int64_t* __restrict__ labels, const acc_t* __restrict__ wmat,
+                                    scalar_t* __restrict__ R, scalar_t* __restrict__ scores, scalar_t* __restrict__ ue,
+                                    int64_t CH, int64_t HW, int64_t NW) {
+  extern __shared__ unsigned char smem[];
+  acc_t* r = reinterpret_cast<acc_t*>(smem);
+  const int64_t n = blockIdx.x;
+  const scalar_t* fn = f + n * CH * HW;
+  const scalar_t* wy = head + labels[n] * CH * HW;
+  for (int64_t p = threadIdx.x; p < HW; p += blockDim.x) {
+    acc_t s = 0;
+    for (int64_t ch = 0; ch < CH; ++ch) s += static_cast<acc_t>(wy[ch * HW + p]) * static_cast<acc_t>(fn[ch * HW + p]);
+    r[p] = s;
+    R[n * HW + p] = static_cast<scalar_t>(s);
+  }
+  __syncthreads();
+  for (int64_t k = threadIdx.x; k < NW; k += blockDim.x) {
+    acc_t s = 0;
+    for (int64_t p = 0; p < HW; ++p) s += r[p] * wmat[p * NW + k];
+    scores[n * NW + k] = static_cast<scalar_t>(s);
+  }
+  if (threadIdx.x == 0) {
+    acc_t total = 0, ent = 0;
+    for (int64_t p = 0; p < HW; ++p) total += r[p] > 0 ? r[p] : acc_t(0);
+    if (total > 0) {
+      for (int64_t p = 0; p < HW; ++p) {
+        const acc_t q = (r[p] > 0 ? r[p] : acc_t(0)) / total;
+        if (q > 0) ent -= q * log(q);
+      }
+    }
+    ue[n] = static_cast<scalar_t>(ent / log(static_cast<acc_t>(HW)));
+  }
+}
+
+// -- region_mask: one thread per output element (n, window, draw, c, pixel).
+template <typename scalar_t, typename acc_t>
+__global__ void region_mask_kernel(const scalar_t* __restrict__ x, const uint8_t* __restrict__ masks,
+                                   const scalar_t* __restrict__ noise, const scalar_t* __restrict__ mean,
+                                   const scalar_t* __restrict__ stdv, scalar_t* __restrict__ out, int64_t total,
+                                   int64_t NW, int64_t D, int64_t C, int64_t HW) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= total) return;
+  const int64_t p = e % HW, c = (e / HW) % C, w = (e / (HW * C * D)) % NW, n = e / (HW * C * D * NW);
+  const acc_t xv = static_cast<acc_t>(x[(n * C + c) * HW + p]);
+  acc_t v = masks[w * HW + p] ? xv + static_cast<acc_t>(noise[e]) : xv;  // outside: noise * 0 adds nothing
+  v = v < 0 ? acc_t(0) : (v > 1 ? acc_t(1) : v);
+  out[e] = static_cast<scalar_t>((v - static_cast<acc_t>(mean[c])) / static_cast<acc_t>(stdv[c]));
+}
+
+// -- cfc_loss: one block per row. Forward: |f| and the K dot products by per-thread partial sums,
+// warp shuffles and one shared slot per warp (deterministic), then logits / lse / loss by thread 0.
+// Backward: ds = g (softmax - onehot) / tau in shared memory, <z, dz> by a block reduction, then
+// df = (dz - z <z, dz>) / |f| with dz recomputed (dz / eps where the norm is clamped).
+constexpr double NORM_EPS = 1e-12;  // F.normalize's eps
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void cfc_fwd_kernel(const scalar_t* __restrict__ f, const int64_t* __restrict__ labels,
+                               const scalar_t* __restrict__ mu, acc_t tau, acc_t* __restrict__ loss,
+                               acc_t* __restrict__ logits, acc_t* __restrict__ lse, acc_t* __restrict__ den, int64_t K,
+                               int64_t D) {
+  extern __shared__ unsigned char smem[];
+  acc_t* red = reinterpret_cast<acc_t*>(smem);  // [warps][K + 1]: the K dots and |f|^2
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int64_t i = blockIdx.x;
+  const scalar_t* fi = f + i * D;
+  acc_t sq = 0;
+  for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
+    const acc_t v = static_cast<acc_t>(fi[e]);
+    sq += v * v;
+  }
+  sq = warp_sum(sq);
+  if (lane == 0) red[warp * (K + 1) + K] = sq;
+  for (int64_t k = 0; k < K; ++k) {
+    acc_t s = 0;
+    for (int64_t e = threadIdx.x; e < D; e += blockDim.x)
+      s += static_cast<acc_t>(fi[e]) * static_cast<acc_t>(mu[k * D + e]);
+    s = warp_sum(s);
+    if (lane == 0) red[warp * (K + 1) + k] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t total = 0;
+    for (int w = 0; w < warps; ++w) total += red[w * (K + 1) + K];
+    const acc_t d = max(sqrt(total), static_cast<acc_t>(NORM_EPS));
+    acc_t mx = -INFINITY;
+    for (int64_t k = 0; k < K; ++k) {
+      acc_t s = 0;
+      for (int w = 0; w < warps; ++w) s += red[w * (K + 1) + k];
+      s = s / d / tau;
+      logits[i * K + k] = s;
+      mx = max(mx, s);
+    }
+    acc_t sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += exp(logits[i * K + k] - mx);
+    lse[i] = mx + log(sum);
+    den[i] = d;
+    loss[i] = lse[i] - logits[i * K + labels[i]];
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void cfc_bwd_kernel(const acc_t* __restrict__ g, const scalar_t* __restrict__ f,
+                               const int64_t* __restrict__ labels, const scalar_t* __restrict__ mu,
+                               const acc_t* __restrict__ logits, const acc_t* __restrict__ lse,
+                               const acc_t* __restrict__ den, acc_t tau, scalar_t* __restrict__ gf, int64_t K,
+                               int64_t D) {
+  extern __shared__ unsigned char smem[];
+  acc_t* ds = reinterpret_cast<acc_t*>(smem);  // [K]
+  acc_t* red = ds + K;                         // [warps]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int64_t i = blockIdx.x;
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
+    ds[k] = g[i] * (exp(logits[i * K + k] - lse[i]) - (k == labels[i] ? acc_t(1) : acc_t(0))) / tau;
+  __syncthreads();
+  const scalar_t* fi = f + i * D;
+  const acc_t d = den[i];
+  acc_t part = 0;
+  for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
+    acc_t dz = 0;
+    for (int64_t k = 0; k < K; ++k) dz += ds[k] * static_cast<acc_t>(mu[k * D + e]);
+    part += static_cast<acc_t>(fi[e]) / d * dz;
+  }
+  part = warp_sum(part);
+  if (lane == 0) red[warp] = part;
+  __syncthreads();
+  acc_t proj = 0;
+  for (int w = 0; w < warps; ++w) proj += red[w];
+  if (d <= static_cast<acc_t>(NORM_EPS)) proj = 0;
+  for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
+    acc_t dz = 0;
+    for (int64_t k = 0; k < K; ++k) dz += ds[k] * static_cast<acc_t>(mu[k * D + e]);
+    gf[i * D + e] = static_cast<scalar_t>((dz - static_cast<acc_t>(fi[e]) / d * proj) / d);
+  }
+}
+
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_cuda(const at::Tensor& t, const char* what) {
@@ -329,6 +476,116 @@ at::Tensor diff_augment_backward(const at::Tensor& grad_out, const at::Tensor& p
   return gx;
 }
 
+std::vector<at::Tensor> response_map_forward(const at::Tensor& fmap, const at::Tensor& head, const at::Tensor& labels,
+                                             const at::Tensor& wmat) {
+  check_cuda(fmap, "feature_map");
+  const c10::cuda::CUDAGuard guard(fmap.device());
+  auto f = fmap.contiguous();
+  auto w = head.to(f.scalar_type()).contiguous();
+  auto y = labels.to(at::kLong).contiguous();
+  const auto acc = acc_type(f.scalar_type());
+  auto m = wmat.to(acc).contiguous();
+  const int64_t N = f.size(0), CH = f.size(1), H = f.size(2), W = f.size(3), HW = H * W, NW = m.size(1);
+  TORCH_CHECK(w.size(1) == CH * HW && m.size(0) == HW, "response_map: head / window weights do not match");
+  auto R = at::empty({N, H, W}, f.options());
+  auto scores = at::empty({N, NW}, f.options());
+  auto ue = at::empty({N}, f.options());
+  if (N == 0) return {R, scores, ue};
+  const int threads = static_cast<int>(std::min<int64_t>(256, (HW + 31) / 32 * 32));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "response_map_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    response_map_kernel<scalar_t, acc_t><<<N, threads, HW * sizeof(acc_t), stream>>>(
+        f.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), m.data_ptr<acc_t>(),
+        R.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(), ue.data_ptr<scalar_t>(), CH, HW, NW);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {R, scores, ue};
+}
+
+at::Tensor region_mask_forward(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& noise,
+                               const at::Tensor& mean, const at::Tensor& stdv) {
+  check_cuda(x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto m = masks.to(at::kByte).contiguous();
+  auto z = noise.to(xc.scalar_type()).contiguous();
+  auto mu = mean.to(xc.scalar_type()).contiguous();
+  auto sd = stdv.to(xc.scalar_type()).contiguous();
+  const int64_t N = xc.size(0), C = xc.size(1), HW = xc.size(2) * xc.size(3);
+  TORCH_CHECK(z.dim() == 6 && z.size(0) == N && z.size(3) == C && z.size(4) * z.size(5) == HW &&
+                  m.size(0) == z.size(1) && m.numel() == z.size(1) * HW && mu.numel() == C && sd.numel() == C,
+              "region_mask: shapes do not match");
+  auto out = at::empty_like(z);
+  const int64_t total = out.numel();
+  if (total == 0) return out;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "region_mask_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    region_mask_kernel<scalar_t, acc_t><<<blocks_for(total), THREADS, 0, stream>>>(
+        xc.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), z.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(),
+        sd.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total, z.size(1), z.size(2), C, HW);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+std::vector<at::Tensor> cfc_loss_forward(const at::Tensor& features, const at::Tensor& labels,
+                                         const at::Tensor& protos, double tau) {
+  check_cuda(features, "features");
+  const c10::cuda::CUDAGuard guard(features.device());
+  auto f = features.contiguous();
+  auto y = labels.to(at::kLong).contiguous();
+  auto mu = protos.to(f.scalar_type()).contiguous();
+  const int64_t N = f.size(0), D = f.size(1), K = mu.size(0);
+  TORCH_CHECK(mu.size(1) == D && y.numel() == N, "cfc_loss: shapes do not match");
+  const auto opts = f.options().dtype(acc_type(f.scalar_type()));
+  auto loss = at::empty({N}, opts);
+  auto lse = at::empty({N}, opts);
+  auto den = at::empty({N}, opts);
+  auto logits = at::empty({N, K}, opts);
+  if (N == 0) return {loss, logits, lse, den};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "cfc_loss_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const size_t shared = (THREADS / 32) * (K + 1) * sizeof(acc_t);
+    cfc_fwd_kernel<scalar_t, acc_t><<<N, THREADS, shared, stream>>>(
+        f.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), mu.data_ptr<scalar_t>(), static_cast<acc_t>(tau),
+        loss.data_ptr<acc_t>(), logits.data_ptr<acc_t>(), lse.data_ptr<acc_t>(), den.data_ptr<acc_t>(), K, D);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {loss, logits, lse, den};
+}
+
+at::Tensor cfc_loss_backward(const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
+                             const at::Tensor& protos, const at::Tensor& logits, const at::Tensor& lse,
+                             const at::Tensor& den, double tau) {
+  check_cuda(features, "features");
+  const c10::cuda::CUDAGuard guard(features.device());
+  auto f = features.contiguous();
+  const auto acc = acc_type(f.scalar_type());
+  auto g = grad.to(acc).contiguous();
+  auto y = labels.to(at::kLong).contiguous();
+  auto mu = protos.to(f.scalar_type()).contiguous();
+  auto s = logits.to(acc).contiguous();
+  auto l = lse.to(acc).contiguous();
+  auto d = den.to(acc).contiguous();
+  const int64_t N = f.size(0), D = f.size(1), K = mu.size(0);
+  auto gf = at::empty_like(f);
+  if (N == 0) return gf;
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "cfc_loss_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const size_t shared = (K + THREADS / 32) * sizeof(acc_t);
+    cfc_bwd_kernel<scalar_t, acc_t><<<N, THREADS, shared, stream>>>(
+        g.data_ptr<acc_t>(), f.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), mu.data_ptr<scalar_t>(),
+        s.data_ptr<acc_t>(), l.data_ptr<acc_t>(), d.data_ptr<acc_t>(), static_cast<acc_t>(tau),
+        gf.data_ptr<scalar_t>(), K, D);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return gf;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -337,4 +594,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("crop_resize_backward", &crop_resize_backward);
   m.def("diff_augment_forward", &diff_augment_forward);
   m.def("diff_augment_backward", &diff_augment_backward);
+  m.def("response_map_forward", &response_map_forward);
+  m.def("region_mask_forward", &region_mask_forward);
+  m.def("cfc_loss_forward", &cfc_loss_forward);
+  m.def("cfc_loss_backward", &cfc_loss_backward);
 }

@@ -2,7 +2,11 @@
 this top-level folder there; udd_fast.ops loads it from the source tree when not installed).
 
 Same entry points and semantics as the C++/CUDA extensions: see udd_fast/ops.py."""
+from .cfc_loss import cfc_loss_backward, cfc_loss_forward
 from .crop_resize import crop_resize_backward, crop_resize_forward
 from .diff_augment import diff_augment_backward, diff_augment_forward
+from .region_mask import region_mask_forward
+from .response_map import response_map_forward
 
-__all__ = ["crop_resize_forward", "crop_resize_backward", "diff_augment_forward", "diff_augment_backward"]
+__all__ = ["crop_resize_forward", "crop_resize_backward", "diff_augment_forward", "diff_augment_backward",
+           "response_map_forward", "region_mask_forward", "cfc_loss_forward", "cfc_loss_backward"]

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 
 from . import ops, rng
 from .augment import Strategy, sample_params
-from .cfc import cfc_loss_ref, prototypes_ref
+from .cfc import prototypes_ref
 from .config import Config
 from .decode import decode_plan, mix_init
 from .models import ConvNet
-from .regions import RegionSearch, usage_entropy_ref
+from .regions import RegionSearch, window_grid
 from .sampling import EpochBatches, class_batch_indices
 from .train import make_sgd, normalize, train_step
 
@@ -149,8 +149,10 @@ class Distiller:
         """mUE of a stored set under the proxy: mean usage entropy of its formations' response maps."""
         x = self.decode(images.to(self.dtype), views=False).flatten(0, 1).clamp(0, 1)
         fmap = self.proxy.feature_map((x - self.mean) / self.std)
-        wy = self.proxy.classifier.weight.view(-1, *fmap.shape[1:])[self.formation_labels()]
-        return float(usage_entropy_ref((wy * fmap).sum(1)).mean())
+        tile = math.ceil(self.size / self.cfg.factor)  # the windows only shape the unused scores here
+        _, _, ue = ops.response_map(fmap, self.proxy.classifier.weight, self.formation_labels(), tile,
+                                    window_grid(tile, self.cfg.region_size))
+        return float(ue.mean())
 
     def match_params(self, outer, inner):
         keys = rng.subkeys(rng.key(self.cfg.seed, "match_aug", outer, inner), torch.arange(self.K, device=self.device))
@@ -186,7 +188,7 @@ class Distiller:
         g_syn = torch.autograd.grad(F.cross_entropy(net.classifier(feats), y), weights, create_graph=True)
         loss = sum(match_distance(gr.detach(), gs, self.cfg.metric, None) for gr, gs in zip(g_real, g_syn))
         if self.cfc_weight:
-            loss = loss + self.cfc_weight * cfc_loss_ref(feats, y, protos, self.cfg.cfc_tau)
+            loss = loss + self.cfc_weight * ops.cfc_loss(feats, y, protos, self.cfg.cfc_tau)
         return loss
 
     def match_sequential(self, net, outer, inner):
@@ -243,7 +245,7 @@ class Distiller:
         per_class = sum(match_distance(gr.detach(), gs, cfg.metric, tuple(range(1, gr.dim())))
                         for gr, gs in zip(g_real, g_syn))  # [K]
         if self.cfc_weight:
-            cfc = cfc_loss_ref(feats_syn.flatten(0, 1), cls.repeat_interleave(n), prototypes_ref(feats_real),
+            cfc = ops.cfc_loss(feats_syn.flatten(0, 1), cls.repeat_interleave(n), prototypes_ref(feats_real),
                                cfg.cfc_tau, reduction="none")
             per_class = per_class + self.cfc_weight * cfc.view(K, n).mean(1)
         (grad,) = torch.autograd.grad(per_class.sum(), S)

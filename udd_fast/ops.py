@@ -1,5 +1,7 @@
 """The hot paths behind one API. The engine calls only these functions; each has a plain-PyTorch
-reference (`*_ref`) that every faster backend is tested against.
+reference (`*_ref`) that every faster backend is tested against: crop_resize and diff_augment
+(forward and backward), response_map and region_mask (forward only), cfc_loss (forward and a fused
+first-order backward).
 
 Backends (env UDD_FAST_BACKEND, read at import, or `set_backend` / `use_backend`):
   auto    CUDA tensors: triton if importable, else the CUDA extension, else torch;
@@ -12,6 +14,7 @@ An explicitly chosen backend that cannot run raises; a backend that fails to imp
 once (a RuntimeWarning carrying the import error). `available_backends()` says what is live.
 """
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -24,7 +27,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .augment import NUM_PARAMS, Strategy, cutout_size, diff_augment_ref
+from .cfc import cfc_loss_ref
 from .decode import crop_resize_ref
+from . import regions as _regions  # module, not names: regions imports ops (a cycle)
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
 ENV_VAR = "UDD_FAST_BACKEND"
@@ -39,19 +44,16 @@ _warned = set()
 
 # -- loading ------------------------------------------------------------------------------------
 def _import_kernels():
-    """udd_fast.kernels: installed (setup.py maps kernels/ there), or else kernels/ of the source
-    tree (PYTHONPATH-based runs), registered under the same name."""
+    """udd_fast.kernels: kernels/ of the source tree this udd_fast comes from (a checkout, run via
+    PYTHONPATH or an editable install), registered under that name; else the installed subpackage
+    (setup.py maps kernels/ there). The source tree goes first so that an editable install of
+    another checkout cannot pair this package with that checkout's kernels."""
     name = "udd_fast.kernels"
     if name in sys.modules:
         return sys.modules[name]
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
     init = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
     if not init.exists():
-        raise ModuleNotFoundError(f"udd_fast.kernels is not installed and {init} does not exist", name=name)
+        return importlib.import_module(name)
     spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
@@ -271,3 +273,110 @@ def diff_augment(x, params, strategy, index=None):
     spec = (bool(strategy.flip), bool(strategy.color), bool(strategy.cutout),
             [_OP_CODES[o] for o in strategy.ops], cutout_size(h), cutout_size(w))
     return _DiffAugment.apply(x, p, idx, mean, spec, _load(name))
+
+
+# -- response_map (forward only) ----------------------------------------------------------------
+def _needs_grad(*ts):
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_weights(h, w, tile, windows):
+    """[h*w, 9] float64: window scores are linear in R (bilinear upsampling, then a box mean), so
+    scores = R.flatten(1) @ this matrix; built by running the reference on the h*w unit maps."""
+    basis = torch.eye(h * w, dtype=torch.float64).view(h * w, h, w)
+    return _regions.window_scores_ref(basis, tile, torch.tensor(windows, dtype=torch.int64))
+
+
+def response_map(feature_map, head_weight, labels, tile, windows):
+    """(R [N,h,w], window scores [N,9], usage entropy [N]) in one pass: the true-class response
+    (regions.response_map_ref), the mean of R upsampled to tile x tile inside each window
+    (window_scores_ref) and UE (usage_entropy_ref). Forward only: with inputs that require grad
+    under grad mode it runs the references so autograd still works."""
+    name = resolve(feature_map)
+    n, ch, h, w = feature_map.shape
+    if name == "torch" or n == 0 or _needs_grad(feature_map, head_weight):
+        R = _regions.response_map_ref(feature_map, head_weight, labels)
+        return R, _regions.window_scores_ref(R, tile, windows.to(R.device)), _regions.usage_entropy_ref(R)
+    acc = torch.float64 if feature_map.dtype == torch.float64 else torch.float32
+    wmat = _window_weights(h, w, int(tile), tuple(map(tuple, windows.tolist()))).to(feature_map.device, acc)
+    labels = labels.to(feature_map.device, torch.int64).reshape(-1).contiguous()
+    head = head_weight.detach().to(feature_map.dtype).contiguous()
+    _check(((labels >= 0) & (labels < head.shape[0])).all(), "response_map: labels out of range of the head")
+    if head.shape[1] != ch * h * w or labels.shape[0] != n:
+        raise AssertionError(f"head {tuple(head.shape)} / labels {tuple(labels.shape)} do not match "
+                             f"feature map {tuple(feature_map.shape)}")
+    with torch.no_grad():
+        return tuple(_load(name).response_map_forward(feature_map.detach().contiguous(), head, labels, wmat))
+
+
+# -- region_mask (forward only) -----------------------------------------------------------------
+def region_mask(x, masks, noise, mean, std):
+    """normalize(clamp(x + noise inside each window, 0, 1)) for every window and draw:
+    x [N,C,H,W], masks [W,H,W] bool, noise [N,W,D,C,H,W] (already scaled) -> [N,W,D,C,H,W].
+    See regions.region_mask_ref. Forward only (the references run when a gradient is needed)."""
+    name = resolve(x)
+    n, c, h, w = x.shape
+    if name == "torch" or noise.numel() == 0 or _needs_grad(x, noise):
+        return _regions.region_mask_ref(x, masks, noise, mean, std)
+    nw, d = noise.shape[1], noise.shape[2]
+    if noise.shape != (n, nw, d, c, h, w) or masks.shape != (nw, h, w):
+        raise AssertionError(f"noise {tuple(noise.shape)} / masks {tuple(masks.shape)} do not match x {tuple(x.shape)}")
+    dev, dt = x.device, x.dtype
+    # mean/std: C values or one (broadcast), as the reference's view(1, 1, 1, -1, 1, 1) allows
+    mean = torch.broadcast_to(torch.as_tensor(mean, device=dev, dtype=dt).reshape(-1), (c,)).contiguous()
+    std = torch.broadcast_to(torch.as_tensor(std, device=dev, dtype=dt).reshape(-1), (c,)).contiguous()
+    m = masks.to(dev, torch.uint8).contiguous()
+    with torch.no_grad():
+        z = noise.detach().to(dt).contiguous()
+        return _load(name).region_mask_forward(x.detach().contiguous(), m, z, mean, std)
+
+
+# -- cfc_loss -----------------------------------------------------------------------------------
+class _CfcLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, labels, prototypes, tau, mean, mod):
+        loss, logits, lse, denom = mod.cfc_loss_forward(features, labels, prototypes, tau)
+        ctx.save_for_backward(features, labels, prototypes, logits, lse, denom)
+        ctx.meta = (mod, tau, mean)
+        return (loss.mean() if mean else loss).to(features.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        features, labels, prototypes, logits, lse, denom = ctx.saved_tensors
+        mod, tau, mean = ctx.meta
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None
+        if torch.is_grad_enabled():
+            # create_graph: a second derivative is wanted, so take this backward through the reference
+            # (the engine never does: it differentiates its total loss once w.r.t. the images)
+            with torch.enable_grad():
+                loss = cfc_loss_ref(features, labels, prototypes, tau, "mean" if mean else "none")
+                (gf,) = torch.autograd.grad(loss, features, grad, create_graph=True)
+            return gf, None, None, None, None, None
+        n = features.shape[0]
+        g = (grad.expand(n) / n) if mean else grad
+        g = g.to(lse.dtype).contiguous()
+        gf = mod.cfc_loss_backward(g, features, labels, prototypes, logits, lse, denom, tau)
+        return gf, None, None, None, None, None
+
+
+def cfc_loss(features, labels, prototypes, tau, reduction="mean"):
+    """CFC loss: -log softmax_k(<normalize(f_i), mu_k> / tau)[y_i], mean over i or per sample
+    ('none'); prototypes [K, D] already L2-normalized. See cfc.cfc_loss_ref. Differentiable w.r.t.
+    the features: the fused backward for a first derivative; under create_graph the backward runs
+    through the reference so that second derivatives stay exact. Prototypes that require grad, or
+    n == 0, run the reference."""
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    name = resolve(features)
+    n, dim = features.shape
+    if name == "torch" or n == 0 or _needs_grad(prototypes):
+        return cfc_loss_ref(features, labels, prototypes, tau, reduction)
+    labels = labels.to(features.device, torch.int64).reshape(-1).contiguous()
+    protos = prototypes.detach().to(features.dtype).contiguous()
+    if protos.dim() != 2 or protos.shape[1] != dim or labels.shape[0] != n:
+        raise AssertionError(f"prototypes {tuple(protos.shape)} / labels {tuple(labels.shape)} do not match "
+                             f"features {tuple(features.shape)}")
+    _check(((labels >= 0) & (labels < protos.shape[0])).all(), "cfc_loss: labels out of range of the prototypes")
+    return _CfcLoss.apply(features.contiguous(), labels, protos, float(tau), reduction == "mean", _load(name))

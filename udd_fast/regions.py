@@ -88,12 +88,14 @@ class RegionSearch:
 
     @torch.no_grad()
     def proxy_outputs(self, x01, labels, mean, std):
-        """Response maps R [N,h,w] and true-class probabilities [N] and predictions of the proxy."""
+        """Response maps R [N,h,w], window scores [N,9], true-class probabilities [N] and predictions of
+        the proxy."""
         fmap = self.proxy.feature_map((x01 - mean) / std)
         logits = self.proxy.classifier(fmap.flatten(1))
-        R = response_map_ref(fmap, self.proxy.classifier.weight, labels)
+        R, scores, _ = ops.response_map(fmap, self.proxy.classifier.weight, labels, self.tile,
+                                        self.windows.to(x01.device))
         prob = logits.softmax(1).gather(1, labels.view(-1, 1))[:, 0]
-        return R, prob, logits.argmax(1)
+        return R, scores, prob, logits.argmax(1)
 
     @torch.no_grad()
     def jitter_scores(self, x01, labels, prob, mean, std, keys):
@@ -104,7 +106,7 @@ class RegionSearch:
         for i in range(0, n, self.chunk):
             xs = x01[i:i + self.chunk]
             noise = rng.normal(keys[i:i + self.chunk], nw * d * c * h * w).to(x01.dtype) * self.sigma
-            jit = region_mask_ref(xs, self.masks.to(xs.device), noise.view(-1, nw, d, c, h, w), mean, std)
+            jit = ops.region_mask(xs, self.masks.to(xs.device), noise.view(-1, nw, d, c, h, w), mean, std)
             logits = self.proxy(jit.flatten(0, 2))
             lab = labels[i:i + self.chunk].repeat_interleave(nw * d)
             pj = logits.softmax(1).gather(1, lab.view(-1, 1)).view(-1, nw, d)
@@ -114,7 +116,7 @@ class RegionSearch:
     @torch.no_grad()
     def select(self, x01, labels, mean, std, key: int):
         """For decoded formations x01 [N,C,H,W] in [0,1]: (window index [N], used jitter [N] bool, R)."""
-        R, prob, pred = self.proxy_outputs(x01, labels, mean, std)
+        R, scores, prob, pred = self.proxy_outputs(x01, labels, mean, std)
         n = x01.shape[0]
         if self.policy == "response":
             use_jitter = torch.zeros(n, dtype=torch.bool, device=x01.device)
@@ -122,7 +124,7 @@ class RegionSearch:
             use_jitter = torch.ones(n, dtype=torch.bool, device=x01.device)
         else:  # auto: the class evidence map is meaningful only where the proxy is right
             use_jitter = pred != labels
-        choice = window_scores_ref(R, self.tile, self.windows.to(x01.device)).argmin(1)
+        choice = scores.argmin(1)
         if bool(use_jitter.any()):
             idx = use_jitter.nonzero().flatten()
             keys = rng.subkeys(key, idx)

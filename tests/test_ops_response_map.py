@@ -1,0 +1,109 @@
+"""udd_fast.ops.response_map on every live backend against regions.response_map_ref,
+window_scores_ref and usage_entropy_ref, on fresh random inputs: odd channel counts and maps (4x4,
+3x5, 1x7), K up to 100 classes, tiles 16/14/11 with default and odd region sizes, rows whose R is
+all negative or zero (UE 0), non-contiguous inputs; forward only (with grad it runs the references)."""
+import pytest
+import torch
+
+from conftest import ops_device
+from udd_fast import ops
+from udd_fast.regions import response_map_ref, usage_entropy_ref, window_grid, window_scores_ref
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def cases(seed):
+    """(feature map, head, labels, tile, windows): CIFAR-like 128x4x4 at tile 16, MNIST-like at tile
+    14, odd maps and tile 11, K from 3 to 100."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n, ch, h, w, k, tile, region in ((6, 128, 4, 4, 10, 16, 0.5), (5, 37, 4, 4, 100, 14, 0.5),
+                                         (7, 5, 3, 5, 3, 11, 0.5), (4, 3, 1, 7, 11, 11, 0.3)):
+        fmap = torch.randn(n, ch, h, w, generator=g)
+        head = torch.randn(k, ch * h * w, generator=g) / ch ** 0.5
+        labels = torch.randint(0, k, (n,), generator=g)
+        fmap[0] = 0.0  # R == 0: UE 0, all scores tie
+        if n > 2:
+            fmap[1] = -head[labels[1]].view(ch, h, w).sign()  # R < 0 everywhere: UE 0
+        out.append((fmap, head, labels, tile, window_grid(tile, region)))
+    return out
+
+
+def check(fmap, head, labels, tile, windows, dtype, device):
+    tol = TOL[dtype]
+    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    f, W = fmap.to(device, dtype), head.to(device, dtype)
+    R, scores, ue = ops.response_map(f, W, labels.to(device), tile, windows.to(device))
+    R_ref = response_map_ref(f.to(ref_dtype), W.to(ref_dtype), labels.to(device))
+    assert R.dtype == scores.dtype == ue.dtype == dtype
+    assert R.shape == R_ref.shape and scores.shape == (fmap.shape[0], windows.shape[0]) and ue.shape == (fmap.shape[0],)
+    scale = max(1.0, float(R_ref.abs().max()))
+    torch.testing.assert_close(R.to(ref_dtype), R_ref, atol=tol * scale, rtol=tol)
+    torch.testing.assert_close(scores.to(ref_dtype), window_scores_ref(R_ref, tile, windows.to(device)),
+                               atol=tol * scale, rtol=tol)
+    # UE from the backend's own R (half-precision R rounds; the entropy is checked, not the rounding)
+    torch.testing.assert_close(ue.to(ref_dtype), usage_entropy_ref(R.to(ref_dtype)), atol=10 * tol, rtol=10 * tol)
+    assert float(ue[0]) == 0.0  # every case has a zero first row
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_response_map_matches_reference(ops_backend, seed):
+    device = ops_device(ops_backend)
+    for case in cases(seed):
+        check(*case, torch.float32, device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_response_map_other_dtypes(ops_backend, dtype):
+    device = ops_device(ops_backend)
+    if dtype != torch.float64 and device.type != "cuda":
+        pytest.skip(f"{dtype} is checked on a GPU only (no CUDA device here)")
+    if ops_backend == "cpp" and dtype != torch.float64:
+        pytest.skip("the C++ backend is float32/float64")
+    for case in cases(7)[1:3]:
+        check(*case, dtype, device)
+
+
+def test_response_map_planted_and_ties(ops_backend):
+    """The response policy's argmin: a planted low window wins; exact ties go to the lowest index."""
+    device = ops_device(ops_backend)
+    windows = window_grid(16, 0.5).to(device)
+    head = torch.ones(2, 16, device=device)
+    for planted in range(9):
+        cells = torch.ones(1, 1, 4, 4, device=device)
+        py, px = planted // 3, planted % 3
+        cells[0, 0, py:py + 2, px:px + 2] = -1.0
+        _, scores, _ = ops.response_map(cells, head, torch.tensor([1], device=device), 16, windows)
+        assert scores.argmin(1).tolist() == [planted]
+    _, scores, ue = ops.response_map(torch.zeros(3, 1, 4, 4, device=device), head, torch.zeros(3, dtype=torch.long,
+                                     device=device), 16, windows)
+    assert scores.argmin(1).tolist() == [0, 0, 0] and ue.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_response_map_non_contiguous_and_empty(ops_backend):
+    device = ops_device(ops_backend)
+    g = torch.Generator().manual_seed(3)
+    fmap = torch.randn(5, 4, 4, 9, generator=g).permute(0, 3, 1, 2)  # [5, 9, 4, 4], not contiguous
+    head = torch.randn(16 * 9, 6, generator=g).t()  # [6, 144], not contiguous
+    fmap[0] = 0.0
+    assert not fmap.is_contiguous() and not head.is_contiguous()
+    check(fmap, head, torch.randint(0, 6, (5,), generator=g), 16, window_grid(16, 0.5), torch.float32, device)
+    R, scores, ue = ops.response_map(torch.zeros(0, 9, 4, 4, device=device), head.to(device),
+                                     torch.zeros(0, dtype=torch.long, device=device), 16, window_grid(16, 0.5))
+    assert R.shape == (0, 4, 4) and scores.shape == (0, 9) and ue.shape == (0,)
+
+
+def test_response_map_with_grad_runs_the_reference(ops_backend):
+    device = ops_device(ops_backend)
+    fmap = torch.randn(3, 2, 4, 4, device=device, requires_grad=True)
+    head = torch.randn(4, 32, device=device)
+    R, _, _ = ops.response_map(fmap, head, torch.tensor([0, 3, 1], device=device), 16, window_grid(16, 0.5))
+    R.sum().backward()
+    assert torch.allclose(fmap.grad, head.view(4, 2, 4, 4)[[0, 3, 1]])
+
+
+def test_response_map_rejects_bad_labels(ops_backend):
+    if ops_device(ops_backend).type != "cpu" or ops_backend == "torch":
+        pytest.skip("checked on the CPU kernels (the reference raises its own IndexError)")
+    with pytest.raises(ValueError):
+        ops.response_map(torch.rand(2, 1, 4, 4), torch.rand(3, 16), torch.tensor([0, 3]), 16, window_grid(16, 0.5))
