@@ -3,6 +3,7 @@ from dataclasses import asdict, dataclass, fields
 
 METHODS = ("idc", "udd", "random")
 FORMS = ("batched", "sequential")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 PRESETS = {
     "paper": "IDC's published budget: 2000 outer x 100 inner iterations, network updates of 2000 "
@@ -25,6 +26,8 @@ class Config:
     device: str = "cpu"
     form: str = "batched"  # 'sequential' is IDC's per-class loop, 'batched' all classes at once (equal)
     dtype: str = "float32"  # float64 for exactness tests
+    precision: str = ""  # fp32 | tf32 | bf16; "" = fp32 on CPU, tf32 on CUDA
+    checkpoint_every: int = 10  # outer iterations between checkpoints (0 = only on a signal)
     # distillation
     factor: int = 2
     iterations: int = 2000  # outer
@@ -104,13 +107,14 @@ def dataset_defaults(dataset: str, ipc: int, factor: int) -> dict:
 def preset_values(preset: str) -> dict:
     if preset == "paper":
         return dict(iterations=2000, inner_loop=100, batch_real=64, eval_epochs=1000, eval_runs=5,
-                    eval_validations=4, proxy_epochs=50.0)
+                    eval_validations=4, proxy_epochs=50.0, checkpoint_every=10)
     if preset == "quick":
         return dict(iterations=10, inner_loop=5, n_data=256, batch_real=64, eval_epochs=300, eval_runs=3,
-                    eval_validations=1, proxy_epochs=1.0)
+                    eval_validations=1, proxy_epochs=1.0, checkpoint_every=1)
     if preset == "smoke":
         return dict(iterations=2, inner_loop=2, n_data=64, batch_real=16, eval_epochs=4, eval_runs=2,
-                    eval_validations=1, eval_test_limit=1000, proxy_epochs=0.01)
+                    eval_validations=1, eval_test_limit=1000, proxy_epochs=0.01,
+                    checkpoint_every=1)
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 
@@ -126,6 +130,10 @@ def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int,
     elif overrides.get("cfc_weight") is None:
         values["cfc_weight"] = CFC_WEIGHTS[values["metric"]]
     cfg = Config(**values)
+    if not cfg.precision:
+        cfg.precision = "tf32" if str(cfg.device).startswith("cuda") else "fp32"
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {cfg.precision!r} ({', '.join(PRECISIONS)})")
     if not cfg.lr_img:
         cfg.lr_img = idc_lr_img(dataset, ipc, size, size_base)
     return cfg

@@ -1,12 +1,15 @@
 """`python -m udd_fast.distill`: distill a dataset, evaluate the result and save the artifacts.
 
-Writes into --out: distilled.pt, summary.json, grid.png (one row per class) and log.txt.
+Writes into --out: distilled.pt, summary.json, grid.png (one row per class) and log.txt, and, while
+distilling, checkpoint.pt (resume a stopped run with --resume DIR).
 Every input is checked before any long work starts, and nothing is written on bad input.
 """
 import argparse
 import datetime
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from tqdm import tqdm
 
 from . import __version__, rng
 from .artifacts import ArtifactError, ensure_writable_dir, save_distilled, write_grid, write_json
-from .config import CFC_WEIGHTS, FORMS, METHODS, PRESETS, build_config
+from .checkpoint import CheckpointError, check_data, data_facts, load_checkpoint, save_checkpoint
+from .config import CFC_WEIGHTS, FORMS, METHODS, PRECISIONS, PRESETS, Config, build_config
 from .data import DataError, RealData, canonical_name, load_dataset
 from .engine import Distiller
 from .evaluate import evaluate_set
@@ -29,14 +33,25 @@ class UsageError(ValueError):
     """An impossible combination of flags."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stopped run; the message names the checkpoint and the resume command."""
+
+
+# Flags that change what a run computes: on --resume they must match the checkpoint's config.
+# (--iterations, evaluation, --checkpoint-every, --proxy-cache, --data-dir and the like may differ.)
+FIXED_ON_RESUME = ("ipc", "method", "preset", "seed", "device", "factor", "inner_loop", "lr_img", "batch_real",
+                   "n_data", "form", "precision", "policy", "region_size", "region_every", "jitter_sigma",
+                   "jitter_draws", "cfc_weight", "cfc_tau", "proxy_epochs")
+
+
 def _parser():
     presets = "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
     p = argparse.ArgumentParser(prog="python -m udd_fast.distill",
                                 description="Distill a labelled image dataset into IPC synthetic images per class, "
                                             "evaluate them and save the artifacts.",
                                 epilog=f"Presets -- {presets}")
-    p.add_argument("--dataset", required=True,
-                   help="mnist, fashionmnist, svhn, cifar10, cifar100, a .npz file (images, labels) or a folder "
+    p.add_argument("--dataset", default=None,
+                   help="(required unless --resume) mnist, fashionmnist, svhn, cifar10, cifar100, a .npz file (images, labels) or a folder "
                         "of class subfolders")
     p.add_argument("--ipc", type=int, default=1, help="stored images per class (default 1)")
     p.add_argument("--method", default="idc", choices=METHODS)
@@ -46,6 +61,15 @@ def _parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the run saved in DIR/checkpoint.pt (its config is kept; --iterations may be "
+                        "raised to extend it); writes into DIR")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="write checkpoint.pt every N outer iterations (default 1 for smoke/quick, 10 for paper; "
+                        "0 = only when stopped by SIGINT/SIGTERM)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="fp32 (no TF32; default on CPU), tf32 (TF32 matmuls/convolutions; default on CUDA) or "
+                        "bf16 (network forward passes under bf16 autocast; images and losses stay float32)")
     g = p.add_argument_group("overrides of the preset")
     g.add_argument("--factor", type=int, default=2, help="multi-formation factor k (1 = no multi-formation)")
     g.add_argument("--iterations", type=int, default=None, help="outer iterations (0 evaluates the initialization)")
@@ -83,7 +107,9 @@ def _check_flags(args):
         print(f"note: IPC {args.ipc} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
     if args.factor < 1:
         raise UsageError(f"--factor must be >= 1 (got {args.factor})")
-    for name in ("iterations", "eval_runs"):
+    if args.dataset is None and not args.resume:
+        raise UsageError("--dataset is required (unless --resume DIR)")
+    for name in ("iterations", "eval_runs", "checkpoint_every"):
         v = getattr(args, name)
         if v is not None and v < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (got {v})")
@@ -146,23 +172,70 @@ def random_selection(data, ipc, seed):
     return data.to_float(idx), data.labels[idx]
 
 
-def run(args):
+def _explicit_flags(argv):
+    """The dests of the flags given on the command line (parse again with every default None)."""
+    p = _parser()
+    for a in p._actions:
+        a.default = None
+    return {k for k, v in vars(p.parse_args(argv)).items() if v is not None}
+
+
+def _dataset_arg(name):
+    """A path as given (the dataset's name holds it), else the canonical built-in name."""
+    return str(name) if Path(name).exists() else canonical_name(name)
+
+
+def _resume_config(args, given, ck):
+    """The checkpoint's config with the flags that may change applied; refuse flags that would change
+    what is computed. Fills args from the config so the usual flag checks apply."""
+    cfg = Config.from_dict(ck["config"])
+    where = ck["path"]
+    for name in FIXED_ON_RESUME:
+        if name in given and getattr(args, name) != getattr(cfg, name):
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from {getattr(cfg, name)} in "
+                             f"{where}: a resumed run keeps its config (only --iterations, evaluation flags and "
+                             f"--checkpoint-every may change)")
+    if "dataset" in given and _dataset_arg(args.dataset) != ck["dataset_arg"]:
+        raise UsageError(f"--dataset {args.dataset} differs from {ck['dataset_arg']} in {where}")
+    if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise UsageError(f"--out {args.out}: a resumed run writes into its own directory {args.resume}")
+    done = int(ck["state"]["outer_done"]) if isinstance(ck["state"], dict) and "outer_done" in ck["state"] else 0
+    if args.iterations is not None and args.iterations < done:
+        raise UsageError(f"--iterations {args.iterations} is below the {done} outer iterations already done "
+                         f"in {where}")
+    for name in ("iterations", "eval_runs", "eval_epochs", "eval_arch", "checkpoint_every", "proxy_cache"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.eval_region_views is not None:
+        cfg.eval_region_views = args.eval_region_views == "on"
+    for name in ("ipc", "method", "preset", "seed", "device", "factor"):
+        setattr(args, name, getattr(cfg, name))
+    args.dataset, args.out = ck["dataset_arg"], args.resume
+    return cfg
+
+
+def run(args, given=frozenset()):
+    ck = cfg = None
+    if args.resume:
+        ck = load_checkpoint(args.resume)
+        cfg = _resume_config(args, set(given), ck)
     _check_flags(args)
-    dataset = args.dataset
-    if not Path(dataset).exists():
-        dataset = canonical_name(dataset)
+    dataset = _dataset_arg(args.dataset)
     ds = load_dataset(dataset, args.data_dir, download=not args.no_download)
     info = ds.info
     data = RealData(ds, args.device)
+    facts = data_facts(data) if args.method != "random" else None
+    if ck is not None:
+        check_data(ck, facts)
     factor = 1 if args.method == "random" else args.factor
-    cfg = build_config(info.name, args.ipc, args.preset, info.size, info.size_base, factor=factor,
+    cfg = cfg or build_config(info.name, args.ipc, args.preset, info.size, info.size_base, factor=factor,
                        seed=args.seed, device=args.device, method=args.method, iterations=args.iterations,
                        inner_loop=args.inner_loop, lr_img=args.lr_img, batch_real=args.batch_real,
                        n_data=args.n_data, form=args.form, eval_runs=args.eval_runs, eval_epochs=args.eval_epochs,
                        eval_arch=args.eval_arch, policy=args.policy, region_size=args.region_size,
                        region_every=args.region_every, jitter_sigma=args.jitter_sigma, jitter_draws=args.jitter_draws,
                        cfc_weight=args.cfc_weight, cfc_tau=args.cfc_tau, proxy_epochs=args.proxy_epochs,
-                       proxy_cache=args.proxy_cache,
+                       proxy_cache=args.proxy_cache, precision=args.precision, checkpoint_every=args.checkpoint_every,
                        eval_region_views=None if args.eval_region_views is None else args.eval_region_views == "on")
     if args.method == "random":
         _check_class_sizes(data, args.ipc, args.ipc, f"--method random with IPC {args.ipc}")
@@ -176,12 +249,38 @@ def run(args):
 
     log = RunLog(out / "log.txt")
     try:
-        return _distill_and_evaluate(cfg, data, out, log, progress=not args.no_progress)
+        return _distill_and_evaluate(cfg, data, out, log, progress=not args.no_progress, ck=ck,
+                                     dataset_arg=dataset, facts=facts)
     finally:
         log.close()
 
 
-def _distill_and_evaluate(cfg, data, out, log, progress):
+class _StopOnSignal:
+    """While distilling: the first SIGINT/SIGTERM asks the loop to stop at its next inner iteration (so
+    the last outer boundary is saved); a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested, self.old = False, {}
+
+    def __call__(self):
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers only there
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=None, facts=None):
     info = data.info
     log(f"udd_fast {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"device {cfg.device}")
@@ -203,16 +302,45 @@ def _distill_and_evaluate(cfg, data, out, log, progress):
         d = Distiller(cfg, data, log=log, proxy=proxy)
         iterations = cfg.iterations
         if proxy is not None:
-            udd_summary["mue_initial"] = d.mue(d.S)
-        bar = tqdm(total=cfg.iterations, desc="distill", unit="outer", disable=not progress, mininterval=1.0)
+            udd_summary["mue_initial"] = d.mue(d.S)  # S is the initialization until a state is loaded
+        if ck is not None:
+            try:
+                d.load_state(ck["state"])
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise CheckpointError(f"{ck['path']}: its state does not fit this run ({e})") from None
+            udd_summary["resumed_from_outer"] = d.outer_done
+            log(f"resumed from {ck['path']} after {d.outer_done} outer iterations"
+                + ("" if ck["version"] == __version__ else f" (saved by udd_fast {ck['version']})"))
+        bar = tqdm(total=cfg.iterations, initial=d.outer_done, desc="distill", unit="outer", disable=not progress,
+                   mininterval=1.0)
+        snap = d.state()  # the last completed outer boundary: what a stop saves
+
+        def checkpoint(state):
+            return save_checkpoint(out, state, cfg.to_dict(), facts, dataset_arg)
 
         def on_outer(outer, loss, seconds):
+            nonlocal snap
+            snap = d.state()
+            every = cfg.checkpoint_every
+            if every and (d.outer_done % every == 0 or d.outer_done == cfg.iterations):
+                checkpoint(snap)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}")
             if (outer + 1) % max(1, cfg.iterations // 10) == 0 or outer + 1 == cfg.iterations:
                 log(f"outer {outer + 1}/{cfg.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
 
-        images = d.run(on_outer)
+        with _StopOnSignal() as stop:
+            try:
+                images = d.run(on_outer, should_stop=stop)
+                if stop.requested:
+                    raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                bar.close()
+                path = checkpoint(snap)
+                msg = (f"stopped after {snap['outer_done']}/{cfg.iterations} outer iterations; state saved in {path}; "
+                       f"resume with: python -m udd_fast.distill --resume {out}")
+                log(msg)
+                raise Interrupted(msg) from None
         bar.close()
         labels = d.labels()
         final_loss = d.last_loss if cfg.iterations else None
@@ -281,16 +409,30 @@ def _evaluate(cfg, data, images, labels, regions, log, progress):
     return res
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    old = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops as SIGINT does
+        old = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run(args)
+        run(args, _explicit_flags(argv))
     except (UsageError, DataError, ArtifactError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: no artifact was written for the unfinished stage", file=sys.stderr)
         return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
     return 0
 
 

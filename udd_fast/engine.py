@@ -9,6 +9,7 @@ Two forms compute the same thing:
   (1 - mu**K) / (1 - mu), and the clamp at each outer boundary splits the last step as section 4
   prescribes, so every gradient is taken at the same image values as in the sequential form.
 """
+import contextlib
 import math
 import time
 
@@ -26,6 +27,32 @@ from .sampling import EpochBatches, class_batch_indices
 from .train import make_sgd, normalize, train_step
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Stopped(KeyboardInterrupt):
+    """A requested stop (SIGINT/SIGTERM) seen between inner iterations: the current outer iteration is
+    abandoned; the state of the last outer boundary is what a checkpoint keeps."""
+
+
+def apply_precision(precision: str):
+    """Process-wide matmul/convolution precision. fp32: no TF32 anywhere; tf32 and bf16: TF32 allowed
+    for matmuls and convolutions (PyTorch's default for convolutions). bf16 additionally autocasts the
+    network forward passes (Distiller.amp). No effect on the CPU."""
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+class _Autocast(torch.nn.Module):
+    """The network with its forward pass under bf16 autocast and float32 output, for train_step."""
+
+    def __init__(self, net, amp):
+        super().__init__()
+        self.net, self.amp = net, amp
+
+    def forward(self, x):
+        with self.amp():
+            return self.net(x).float()
 
 
 def match_distance(g_real, g_syn, metric: str, dims):
@@ -91,6 +118,51 @@ class Distiller:
         self.net_batch = 0
         self.outer_done = 0
         self.last_loss = float("nan")
+        apply_precision(cfg.precision)
+        self.bf16 = cfg.precision == "bf16"
+
+    def amp(self):
+        """Context for network forward passes: bf16 autocast with --precision bf16. Images, losses,
+        gradient distances and optimizer state stay in self.dtype."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # -- checkpoint state ---------------------------------------------------------------------
+    STATE_KEYS = ("S", "buf", "pending", "net_batch", "outer_done", "region_boxes", "policy_counts", "last_loss")
+
+    def state(self):
+        """Everything a resumed run needs, as a copy on the CPU. All randomness is keyed by (seed, outer,
+        inner, class, purpose) and by net_batch, and the network is re-created per outer iteration from a
+        keyed seed, so no generator state is needed beyond these counters."""
+        def cp(t):
+            return None if t is None else t.detach().to("cpu", copy=True)
+        return {"S": cp(self.S), "buf": cp(self.buf), "pending": cp(self.pending), "net_batch": int(self.net_batch),
+                "outer_done": int(self.outer_done), "region_boxes": cp(self.region_boxes),
+                "policy_counts": dict(self.policy_counts), "last_loss": float(self.last_loss)}
+
+    def load_state(self, st):
+        """Restore a state() (raises ValueError when it does not fit this run's shapes)."""
+        missing = [k for k in self.STATE_KEYS if k not in st]
+        if missing:
+            raise ValueError(f"state lacks {', '.join(missing)}")
+        for k in ("S", "buf"):
+            if not isinstance(st[k], torch.Tensor) or st[k].shape != self.S.shape:
+                raise ValueError(f"{k} has shape {getattr(st[k], 'shape', None)}, this run needs {tuple(self.S.shape)}")
+        for k, shape in (("pending", self.S.shape), ("region_boxes", (self.K * self.n_dec, 4))):
+            if st[k] is not None and (not isinstance(st[k], torch.Tensor) or st[k].shape != shape):
+                raise ValueError(f"{k} has shape {getattr(st[k], 'shape', None)}, expected {tuple(shape)}")
+        if st["region_boxes"] is not None and self.search is None:
+            raise ValueError("the state has region boxes but this run searches no regions")
+
+        def dev(t, dtype):
+            return None if t is None else t.to(self.device, dtype)
+        self.S, self.buf = dev(st["S"], self.dtype), dev(st["buf"], self.dtype)
+        self.pending = dev(st["pending"], self.dtype)
+        self.region_boxes = None if st["region_boxes"] is None else st["region_boxes"].to(self.device)
+        self.net_batch, self.outer_done = int(st["net_batch"]), int(st["outer_done"])
+        self.policy_counts = {k: int(v) for k, v in st["policy_counts"].items()}
+        self.last_loss = float(st["last_loss"])
 
     # -- pieces -------------------------------------------------------------------------------
     def initial_images(self):
@@ -182,11 +254,18 @@ class Distiller:
                                  torch.zeros(n, dtype=torch.long, device=self.device))
         weights = net.conv_weights()
         y = torch.full((x_real.shape[0],), c, dtype=torch.long, device=self.device)
-        g_real = torch.autograd.grad(F.cross_entropy(net(x_real), y), weights)
+        with self.amp():
+            logits = net(x_real)
+        g_real = torch.autograd.grad(F.cross_entropy(logits.to(self.dtype), y), weights)
         y = torch.full((n,), c, dtype=torch.long, device=self.device)
-        feats = net.features(x_syn)
-        g_syn = torch.autograd.grad(F.cross_entropy(net.classifier(feats), y), weights, create_graph=True)
-        loss = sum(match_distance(gr.detach(), gs, self.cfg.metric, None) for gr, gs in zip(g_real, g_syn))
+        with self.amp():
+            feats = net.features(x_syn)
+            logits = net.classifier(feats)
+        feats = feats.to(self.dtype)
+        g_syn = torch.autograd.grad(F.cross_entropy(logits.to(self.dtype), y), weights, create_graph=True)
+        # the distance in the images' dtype, whatever precision the gradients were computed in
+        loss = sum(match_distance(gr.detach().to(self.dtype), gs.to(self.dtype), self.cfg.metric, None)
+                   for gr, gs in zip(g_real, g_syn))
         if self.cfc_weight:
             loss = loss + self.cfc_weight * ops.cfc_loss(feats, y, protos, self.cfg.cfc_tau)
         return loss
@@ -197,8 +276,8 @@ class Distiller:
         x_real = self.augmented_reals(outer, inner, params)
         protos = None
         if self.cfc_weight:
-            with torch.no_grad():
-                protos = prototypes_ref(torch.stack([net.features(x_real[c]) for c in range(self.K)]))
+            with torch.no_grad(), self.amp():
+                protos = prototypes_ref(torch.stack([net.features(x_real[c]) for c in range(self.K)]).to(self.dtype))
         sub = self.subsample_index(outer, inner)
         total = 0.0
         ipc = self.cfg.ipc
@@ -217,9 +296,9 @@ class Distiller:
             total = total + loss.detach()
         return total
 
-    def match_batched(self, net, outer, inner):
-        cfg, K, ipc = self.cfg, self.K, self.cfg.ipc
-        mu, lr = cfg.mom_img, cfg.lr_img
+    def batched_grad(self, net, outer, inner):
+        """(per-class matching loss [K], its gradient w.r.t. S) at the current S, all classes at once."""
+        cfg, K = self.cfg, self.K
         params = self.match_params(outer, inner)
         x_real = self.augmented_reals(outer, inner, params)
         sub = self.subsample_index(outer, inner)
@@ -234,21 +313,31 @@ class Distiller:
         weights = [w.detach().unsqueeze(0).repeat(K, *([1] * w.dim())).requires_grad_(True) for w in net.conv_weights()]
 
         def class_ce(x, m):
-            feats = net.features_grouped(x.view(K, m, *x.shape[-3:]), weights)  # [K, m, D]
-            logits = net.classifier(feats)
+            with self.amp():
+                feats = net.features_grouped(x.view(K, m, *x.shape[-3:]), weights)  # [K, m, D]
+                logits = net.classifier(feats)
+            logits, feats = logits.to(self.dtype), feats.to(self.dtype)
             return F.cross_entropy(logits.flatten(0, 1), cls.repeat_interleave(m), reduction="sum") / m, feats
 
         ce_real, feats_real = class_ce(x_real, b)
         g_real = torch.autograd.grad(ce_real, weights)
         ce_syn, feats_syn = class_ce(x_syn, n)
         g_syn = torch.autograd.grad(ce_syn, weights, create_graph=True)
-        per_class = sum(match_distance(gr.detach(), gs, cfg.metric, tuple(range(1, gr.dim())))
+        # the distance in the images' dtype, whatever precision the gradients were computed in
+        per_class = sum(match_distance(gr.detach().to(self.dtype), gs.to(self.dtype), cfg.metric,
+                                       tuple(range(1, gr.dim())))
                         for gr, gs in zip(g_real, g_syn))  # [K]
         if self.cfc_weight:
             cfc = ops.cfc_loss(feats_syn.flatten(0, 1), cls.repeat_interleave(n), prototypes_ref(feats_real),
                                cfg.cfc_tau, reduction="none")
             per_class = per_class + self.cfc_weight * cfc.view(K, n).mean(1)
         (grad,) = torch.autograd.grad(per_class.sum(), S)
+        return per_class.detach(), grad
+
+    def match_batched(self, net, outer, inner):
+        cfg, K, ipc = self.cfg, self.K, self.cfg.ipc
+        mu, lr = cfg.mom_img, cfg.lr_img
+        per_class, grad = self.batched_grad(net, outer, inner)
         if self.trace:
             for c in range(K):
                 self.trace("grad", outer, inner, c, self.S[c * ipc:(c + 1) * ipc].clone())
@@ -263,7 +352,7 @@ class Distiller:
                 self.pending = lr * (L - w) * self.buf
             else:
                 self.S.sub_(lr * L * self.buf)
-        return per_class.detach().sum()
+        return per_class.sum()
 
     # -- loop ---------------------------------------------------------------------------------
     def boundary(self, outer):
@@ -279,7 +368,7 @@ class Distiller:
                 self.S.sub_(self.pending)
                 self.pending = None
 
-    def outer_step(self, outer):
+    def outer_step(self, outer, should_stop=None):
         cfg = self.cfg
         net = self.new_network(outer)
         opt = make_sgd(net, cfg.lr_net, cfg.mom_net, cfg.wd_net)
@@ -287,6 +376,8 @@ class Distiller:
         match = self.match_batched if cfg.form == "batched" else self.match_sequential
         loss_sum = 0.0
         for inner in range(cfg.inner_loop):
+            if should_stop and should_stop():
+                raise Stopped(f"stopped in outer iteration {outer}")
             loss_sum = loss_sum + match(net, outer, inner)
             self.network_update(net, opt)
         self.last_loss = float(loss_sum) / (self.K * cfg.inner_loop)  # IDC's logged mean loss
@@ -299,17 +390,20 @@ class Distiller:
     def network_update(self, net, opt):
         """Train the matching network on shuffled real batches until n_data images were seen."""
         numbers, self.net_batch = self.net_batches.run_until(self.net_batch, self.cfg.n_data)
+        model = _Autocast(net, self.amp) if self.bf16 else net
         for b in numbers:
             idx = self.net_batches.indices(b)
             x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
-            train_step(net, opt, x, self.data.labels[idx], self.net_strategy, self.cfg.net_cutmix,
+            train_step(model, opt, x, self.data.labels[idx], self.net_strategy, self.cfg.net_cutmix,
                        rng.key(self.cfg.seed, "net_update", b))
 
-    def run(self, progress=None):
-        """All outer iterations from where the run stands; progress(outer, loss, seconds) after each."""
+    def run(self, progress=None, should_stop=None):
+        """All outer iterations from where the run stands; progress(outer, loss, seconds) after each.
+        should_stop() is polled between inner iterations: when true, Stopped is raised and the run
+        stands mid-outer-iteration (a caller that wants to resume keeps a state() of the last boundary)."""
         t0 = time.time()
         for outer in range(self.outer_done, self.cfg.iterations):
-            loss = self.outer_step(outer)
+            loss = self.outer_step(outer, should_stop)
             if progress:
                 progress(outer, loss, time.time() - t0)
         return self.result()
