@@ -9,7 +9,6 @@ The evaluation augmentation follows IDC's code (its `dsa_strategy`, cutout inclu
 """
 import argparse
 import json
-import math
 import statistics
 import sys
 import time

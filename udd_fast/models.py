@@ -5,7 +5,6 @@ Every model exposes `features(x)` (the penultimate vector) and `classifier` (the
 """
 import math
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -49,7 +49,7 @@ def new_proxy(info, seed: int):
         return ConvNet(info.num_classes, info.channels, info.size)
 
 
-def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, progress=True, log=None):
+def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, progress=True):
     """Train on the real training set: SGD 0.01/0.9/5e-4, batch 64, lr x0.2 at 2/3 and 5/6,
     per-sample evaluation augmentation. `epochs` may be fractional (smoke runs)."""
     model = new_proxy(data.info, seed).to(data.images.device).train()
@@ -89,7 +89,7 @@ def load_or_train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmi
             warnings.warn(f"proxy cache {path} is unusable ({type(e).__name__}: {e}); retraining", stacklevel=2)
             log(f"warning: proxy cache {path} unusable ({type(e).__name__}); retraining")
     log(f"training the proxy network: {epochs} epochs on {data.images.shape[0]} real images")
-    model = train_proxy(data, epochs, seed, strategy, use_cutmix, progress, log)
+    model = train_proxy(data, epochs, seed, strategy, use_cutmix, progress)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_torch(path, {"key": key, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}})
