@@ -3,6 +3,10 @@
 Writes into --out: distilled.pt, summary.json, grid.png (one row per class) and log.txt, and, while
 distilling, checkpoint.pt (resume a stopped run with --resume DIR).
 Every input is checked before any long work starts, and nothing is written on bad input.
+
+Started by torchrun with several processes, the run is distributed (udd_fast.distributed): classes
+are split across ranks, network updates are data-parallel, and rank 0 alone writes files and
+evaluates. Exit status: 0 done, 2 bad input, 3 a rank failed (state saved), 130 interrupted.
 """
 import argparse
 import datetime
@@ -16,11 +20,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, rng
+from . import __version__, distributed, rng
 from .artifacts import ArtifactError, ensure_writable_dir, save_distilled, write_grid, write_json
 from .checkpoint import CheckpointError, check_data, data_facts, load_checkpoint, save_checkpoint
 from .config import CFC_WEIGHTS, FORMS, METHODS, PRECISIONS, PRESETS, Config, build_config
 from .data import DataError, RealData, canonical_name, load_dataset
+from .distributed import Comm, RankFailure
 from .engine import Distiller
 from .evaluate import evaluate_set
 from .models import ARCHS
@@ -96,6 +101,9 @@ def _parser():
     u.add_argument("--proxy-cache", default=None, help="proxy cache directory (default ~/.cache/udd_fast/proxy)")
     u.add_argument("--eval-region-views", default=None, choices=("on", "off"),
                    help="evaluate formations plus region views (on, default for udd) or formations only")
+    p.add_argument("--dist-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="under torchrun: how long a collective of the distillation loop waits for the other ranks "
+                        "before the run stops with its state saved (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -138,6 +146,22 @@ def _check_flags(args):
         raise UsageError(f"--cfc-weight must be >= 0 (got {args.cfc_weight})")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device; use --device cpu")
+    if not args.dist_timeout > 0:
+        raise UsageError(f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")
+
+
+def _check_world(args, cfg, comm, num_classes):
+    """What a distributed run cannot do, said before any work starts."""
+    if not comm.distributed:
+        return
+    if args.method == "random":
+        raise UsageError(f"--method random has nothing to distribute: run it in one process (not {comm.world})")
+    if cfg.form != "batched":
+        raise UsageError(f"--form {cfg.form} is one process's loop; a distributed run ({comm.world} ranks) uses "
+                         f"the batched form")
+    if comm.world > num_classes:
+        raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
+                         f"start at most {num_classes} processes")
 
 
 def _check_class_sizes(data, ipc, need_per_class, what):
@@ -214,17 +238,22 @@ def _resume_config(args, given, ck):
     return cfg
 
 
-def run(args, given=frozenset()):
+def run(args, given=frozenset(), comm: Comm = None):
+    comm = comm or Comm()
     ck = cfg = None
-    if args.resume:
-        ck = load_checkpoint(args.resume)
+    if args.resume:  # rank 0 reads it (the other nodes may not see its disk)
+        ck = comm.from_main(lambda: load_checkpoint(args.resume), (CheckpointError,))
         cfg = _resume_config(args, set(given), ck)
     _check_flags(args)
     dataset = _dataset_arg(args.dataset)
-    ds = load_dataset(dataset, args.data_dir, download=not args.no_download)
+    # each node's local rank 0 first: it downloads what the node's other ranks then read
+    ds = comm.everywhere(lambda: load_dataset(dataset, args.data_dir, download=not args.no_download), (DataError,),
+                         local_first=True)
     info = ds.info
-    data = RealData(ds, args.device)
+    data = RealData(ds, comm.device if comm.distributed else args.device)
     facts = data_facts(data) if args.method != "random" else None
+    if comm.distributed:
+        comm.same_everywhere(facts, "training data", DataError)
     if ck is not None:
         check_data(ck, facts)
     factor = 1 if args.method == "random" else args.factor
@@ -243,16 +272,18 @@ def run(args, given=frozenset()):
         _check_class_sizes(data, args.ipc, args.ipc * factor ** 2,
                            f"the mix initialization (IPC {args.ipc} x factor^2 {factor ** 2})")
         _check_class_sizes(data, args.ipc, cfg.batch_real, f"a real batch of {cfg.batch_real} per class")
+    _check_world(args, cfg, comm, info.num_classes)
     short = info.name.split(":")[0] if ":" in info.name else info.name
     out = Path(args.out or f"runs/{short}-ipc{args.ipc}-{args.method}-{args.preset}-s{args.seed}")
-    ensure_writable_dir(out)
+    comm.from_main(lambda: ensure_writable_dir(out), (ArtifactError,))
 
-    log = RunLog(out / "log.txt")
+    log = RunLog(out / "log.txt") if comm.is_main else None  # rank 0 alone writes
     try:
-        return _distill_and_evaluate(cfg, data, out, log, progress=not args.no_progress, ck=ck,
-                                     dataset_arg=dataset, facts=facts)
+        return _distill_and_evaluate(cfg, data, out, log or (lambda msg: None), progress=not args.no_progress,
+                                     ck=ck, dataset_arg=dataset, facts=facts, comm=comm)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
 
 
 class _StopOnSignal:
@@ -280,18 +311,21 @@ class _StopOnSignal:
             signal.signal(s, h)
 
 
-def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=None, facts=None):
+def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=None, facts=None, comm=None):
+    comm = comm or Comm()
+    main = comm.is_main
+    progress = progress and main
     info = data.info
     log(f"udd_fast {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"device {cfg.device}")
+        f"device {cfg.device}" + (f", {comm.world} ranks ({distributed.backend_name()})" if comm.distributed else ""))
     log(f"dataset {info.name}: {data.images.shape[0]} train / {data.test_images.shape[0]} test, "
         f"{info.num_classes} classes, {info.channels}x{info.size}x{info.size}")
     log(f"method {cfg.method}, IPC {cfg.ipc}, factor {cfg.factor}, preset {cfg.preset}: {PRESETS[cfg.preset]}")
     log(f"config {cfg.to_dict()}")
     udd_summary = {}
     proxy = None
-    if cfg.method == "udd":
-        proxy, udd_summary = _proxy(cfg, data, log, progress)
+    if cfg.method == "udd":  # rank 0 loads or trains it, every rank gets the same network
+        proxy, udd_summary = comm.from_main(lambda: _cpu_proxy(*_proxy(cfg, data, log, progress)))
     t0 = time.time()
     final_loss = None
     regions = None
@@ -299,9 +333,9 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
         images, labels = random_selection(data, cfg.ipc, cfg.seed)
         iterations = 0
     else:
-        d = Distiller(cfg, data, log=log, proxy=proxy)
+        d = Distiller(cfg, data, log=log, proxy=proxy, comm=comm)
         iterations = cfg.iterations
-        if proxy is not None:
+        if proxy is not None and main:
             udd_summary["mue_initial"] = d.mue(d.S)  # S is the initialization until a state is loaded
         if ck is not None:
             try:
@@ -314,8 +348,11 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
         bar = tqdm(total=cfg.iterations, initial=d.outer_done, desc="distill", unit="outer", disable=not progress,
                    mininterval=1.0)
         snap = d.state()  # the last completed outer boundary: what a stop saves
+        snap_start = snap["outer_done"]
 
         def checkpoint(state):
+            if not main:
+                return Path(out) / "checkpoint.pt"
             return save_checkpoint(out, state, cfg.to_dict(), facts, dataset_arg)
 
         def on_outer(outer, loss, seconds):
@@ -329,6 +366,9 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
             if (outer + 1) % max(1, cfg.iterations // 10) == 0 or outer + 1 == cfg.iterations:
                 log(f"outer {outer + 1}/{cfg.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
 
+        launcher = (f"torchrun --nproc_per_node {comm.world} -m udd_fast.distill" if comm.distributed
+                    else "python -m udd_fast.distill")
+        t_loop = time.time()
         with _StopOnSignal() as stop:
             try:
                 images = d.run(on_outer, should_stop=stop)
@@ -338,10 +378,24 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
                 bar.close()
                 path = checkpoint(snap)
                 msg = (f"stopped after {snap['outer_done']}/{cfg.iterations} outer iterations; state saved in {path}; "
-                       f"resume with: python -m udd_fast.distill --resume {out}")
+                       f"resume with: {launcher} --resume {out}")
                 log(msg)
                 raise Interrupted(msg) from None
+            except RankFailure as e:
+                bar.close()
+                path = checkpoint(snap)  # every rank holds the last merged boundary; rank 0 writes it
+                msg = (f"{e}; the state after {snap['outer_done']}/{cfg.iterations} outer iterations is in {path}; "
+                       f"resume with: {launcher} --resume {out} (any number of processes)")
+                log(msg)
+                raise RankFailure(msg) from None
         bar.close()
+        loop_seconds = time.time() - t_loop
+        if comm.distributed:
+            udd_summary["communication"] = _comm_summary(comm, cfg, d.outer_done - int(snap_start), loop_seconds)
+            log(f"communication per inner iteration (payload bytes, rank {comm.rank}): "
+                f"{udd_summary['communication']['payload_bytes_per_inner_iteration']:.0f}")
+        if not main:
+            return None  # rank 0 saves and evaluates
         labels = d.labels()
         final_loss = d.last_loss if cfg.iterations else None
         if proxy is not None:
@@ -358,7 +412,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
     summary = {
         "dataset": info.name, "ipc": cfg.ipc, "method": cfg.method, "preset": cfg.preset, "device": cfg.device,
         "seed": cfg.seed, "factor": cfg.factor, "iterations": iterations, "inner_loop": cfg.inner_loop,
-        "form": cfg.form, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
+        "form": cfg.form, "world_size": comm.world, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
         "num_stored": int(images.shape[0]), "version": __version__, "torch": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
@@ -379,6 +433,22 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
     write_json(out / "summary.json", summary)
     log(f"saved {out}/distilled.pt, summary.json, grid.png, log.txt")
     return summary
+
+
+def _comm_summary(comm, cfg, outer_done, seconds):
+    """Payload bytes this rank handed to collectives during the loop, by purpose and per iteration."""
+    inner = max(1, outer_done * cfg.inner_loop)
+    total = sum(comm.bytes_by_purpose.values())
+    return {"world_size": comm.world, "rank": comm.rank, "backend": distributed.backend_name(),
+            "outer_iterations": outer_done, "inner_iterations": outer_done * cfg.inner_loop,
+            "payload_bytes_by_purpose": dict(comm.bytes_by_purpose),
+            "calls_by_purpose": dict(comm.calls_by_purpose),
+            "payload_bytes_per_inner_iteration": total / inner,
+            "loop_seconds": seconds, "seconds_per_inner_iteration": seconds / inner}
+
+
+def _cpu_proxy(proxy, facts):
+    return proxy.cpu(), facts  # sent to the other ranks as CPU tensors; the Distiller moves it to its device
 
 
 def _proxy(cfg, data, log, progress):
@@ -419,13 +489,19 @@ def main(argv=None):
     old = None
     if threading.current_thread() is threading.main_thread():  # SIGTERM stops as SIGINT does
         old = signal.signal(signal.SIGTERM, _interrupt)
+    comm, where = None, ""
     try:
-        run(args, _explicit_flags(argv))
+        comm = distributed.init(args.device, args.dist_timeout)
+        where = f"rank {comm.rank}: " if comm.distributed else ""
+        run(args, _explicit_flags(argv), comm)
     except (UsageError, DataError, ArtifactError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {where}{e}", file=sys.stderr)
         return 2
+    except RankFailure as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        print(f"interrupted: {where}{e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("interrupted: no artifact was written for the unfinished stage", file=sys.stderr)
@@ -433,6 +509,8 @@ def main(argv=None):
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)
+        if comm is not None:
+            comm.close()
     return 0
 
 

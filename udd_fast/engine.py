@@ -21,10 +21,11 @@ from .augment import Strategy, sample_params
 from .cfc import prototypes_ref
 from .config import Config
 from .decode import decode_plan, mix_init
+from .distributed import Comm
 from .models import ConvNet
 from .regions import RegionSearch, window_grid
 from .sampling import EpochBatches, class_batch_indices
-from .train import make_sgd, normalize, train_step
+from .train import make_sgd, normalize, train_step, train_step_part
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -76,11 +77,20 @@ class Distiller:
     UDD (cfg.method == 'udd', with a `proxy` network): regions are searched on the clamped S at
     every `region_every`-th outer boundary, their views join each class's synthetic batch, and the
     CFC loss is added with weight cfg.cfc_weight.
+
+    Distributed (`comm` with several ranks, batched form only): this rank owns classes [c0, c1): it
+    takes their gradients, updates their rows of S (and of the momentum buffer), and searches their
+    regions; CFC prototypes are merged across ranks; the network update is data-parallel
+    (train_step_part). S, the buffers and the boxes are merged at the end of every outer iteration,
+    so between outer iterations every rank holds the whole state (state(), result(), regions()).
     """
 
-    def __init__(self, cfg: Config, data, log=None, trace=None, proxy=None):
+    def __init__(self, cfg: Config, data, log=None, trace=None, proxy=None, comm: Comm = None):
         if cfg.form not in ("batched", "sequential"):
             raise ValueError(f"unknown form {cfg.form!r} (batched or sequential)")
+        self.comm = comm or Comm()
+        if self.comm.distributed and cfg.form != "batched":
+            raise ValueError("a distributed run uses the batched form (the sequential form is one process's loop)")
         udd = cfg.method == "udd"
         if udd and proxy is None and (cfg.policy != "none"):
             raise ValueError("method udd with a region policy needs a proxy network")
@@ -90,12 +100,18 @@ class Distiller:
         self.device = data.images.device
         info = data.info
         self.K, self.C, self.size = info.num_classes, info.channels, info.size
+        self.c0, self.c1 = self.comm.classes(self.K)
+        if self.c1 <= self.c0:
+            raise ValueError(f"{self.comm.world} ranks for {self.K} classes: every rank needs at least one class")
+        self.own = torch.arange(self.c0, self.c1, device=self.device)  # this rank's classes
+        self.rows = slice(self.c0 * cfg.ipc, self.c1 * cfg.ipc)  # their stored images
+        self.n_dec = cfg.ipc * cfg.factor ** 2
+        self.frows = slice(self.c0 * self.n_dec, self.c1 * self.n_dec)  # their formations
         self.mean = data.mean.to(self.dtype)
         self.std = data.std.to(self.dtype)
         self.proxy = None if proxy is None else proxy.to(self.device, self.dtype).eval()
         self.match_strategy = Strategy.parse(cfg.match_aug)
         self.net_strategy = Strategy.parse(cfg.net_aug)
-        self.n_dec = cfg.ipc * cfg.factor ** 2
         self.search = None
         if udd and cfg.policy != "none":
             self.search = RegionSearch(self.proxy, self.size, cfg.factor, cfg.region_size, cfg.policy, cfg.jitter_sigma,
@@ -192,10 +208,10 @@ class Distiller:
         return out.view(src.shape[0], src.shape[1], self.C, self.size, self.size)
 
     def subsample_index(self, outer, inner):
-        """[K, n_syn] samples to keep per class (IDC: random subset when more than batch_syn_max)."""
+        """[own classes, n_syn] samples to keep per class (IDC: random subset when more than batch_syn_max)."""
         if self.n_total <= self.n_syn:
             return None
-        keys = rng.subkeys(rng.key(self.cfg.seed, "subsample", outer, inner), torch.arange(self.K, device=self.device))
+        keys = rng.subkeys(rng.key(self.cfg.seed, "subsample", outer, inner), self.own)
         return rng.permutation(keys, self.n_total)[:, :self.n_syn]
 
     # -- UDD ----------------------------------------------------------------------------------
@@ -203,14 +219,18 @@ class Distiller:
         return torch.arange(self.K, device=self.device).repeat_interleave(self.n_dec)
 
     def search_regions(self, outer):
-        """Choose each formation's underutilized window on S as it is now (clamped)."""
-        x = self.decode(self.S.detach(), views=False).flatten(0, 1).clamp(0, 1)
-        choice, used_jitter, _ = self.search.select(x, self.formation_labels(), self.mean, self.std,
-                                                    rng.key(self.cfg.seed, "jitter", outer))
-        self.region_boxes = self.search.boxes(choice, self.dec_boxes[:, :2])
-        n_jit = int(used_jitter.sum())
+        """Choose each (own) formation's underutilized window on S as it is now (clamped)."""
+        x = self.decode(self.S.detach(), self.own, views=False).flatten(0, 1).clamp(0, 1)
+        f = self.frows
+        choice, used_jitter, _ = self.search.select(x, self.formation_labels()[f], self.mean, self.std,
+                                                    rng.key(self.cfg.seed, "jitter", outer), first=f.start)
+        if self.region_boxes is None:
+            self.region_boxes = torch.zeros(self.K * self.n_dec, 4, dtype=torch.int64, device=self.device)
+        self.region_boxes[f] = self.search.boxes(choice, self.dec_boxes[f, :2])
+        counts = torch.stack([used_jitter.sum(), (~used_jitter).sum()]).to(torch.int64)
+        n_jit, n_resp = self.comm.all_reduce(counts, "policy counts").tolist()
         self.policy_counts["jitter"] += n_jit
-        self.policy_counts["response"] += int(used_jitter.numel()) - n_jit
+        self.policy_counts["response"] += n_resp
 
     def policy_share(self):
         total = sum(self.policy_counts.values())
@@ -227,23 +247,25 @@ class Distiller:
         return float(ue.mean())
 
     def match_params(self, outer, inner):
-        keys = rng.subkeys(rng.key(self.cfg.seed, "match_aug", outer, inner), torch.arange(self.K, device=self.device))
+        """[own classes, P]: each class's siamese augmentation draw."""
+        keys = rng.subkeys(rng.key(self.cfg.seed, "match_aug", outer, inner), self.own)
         return sample_params(keys, self.match_strategy, self.size)
 
     def real_batches(self, outer, inner):
+        """[own classes, B, C, H, W] normalized real batches."""
         step = outer * self.cfg.inner_loop + inner
         idx = class_batch_indices(self.data.class_indices, self.data.class_counts, self.cfg.seed, step,
-                                  self.cfg.batch_real)
+                                  self.cfg.batch_real)[self.c0:self.c1]
         x = self.data.to_float(idx.reshape(-1)).to(self.dtype)
-        return normalize(x, self.mean, self.std).view(self.K, self.cfg.batch_real, self.C, self.size, self.size)
+        return normalize(x, self.mean, self.std).view(idx.shape[0], self.cfg.batch_real, self.C, self.size, self.size)
 
     # -- matching -----------------------------------------------------------------------------
     def augmented_reals(self, outer, inner, params):
-        """[K, B, C, H, W]: class c's real batch under class c's (siamese) draw; the synthetic batch
-        gets the same draw, so augmenting the two apart equals IDC's augmenting them together."""
+        """[own classes, B, C, H, W]: class c's real batch under class c's (siamese) draw; the synthetic
+        batch gets the same draw, so augmenting the two apart equals IDC's augmenting them together."""
         reals = self.real_batches(outer, inner)
         b = self.cfg.batch_real
-        cls = torch.arange(self.K, device=self.device).repeat_interleave(b)
+        cls = torch.arange(reals.shape[0], device=self.device).repeat_interleave(b)
         return ops.diff_augment(reals.flatten(0, 1), params, self.match_strategy, cls).view(reals.shape)
 
     def _class_loss(self, net, x_real, syn, params, c, protos):
@@ -297,19 +319,22 @@ class Distiller:
         return total
 
     def batched_grad(self, net, outer, inner):
-        """(per-class matching loss [K], its gradient w.r.t. S) at the current S, all classes at once."""
-        cfg, K = self.cfg, self.K
+        """(per-class matching loss [own classes], its gradient w.r.t. S) at the current S, all (own)
+        classes at once."""
+        cfg = self.cfg
+        K = self.c1 - self.c0  # groups in this pass; the labels are the global classes
         params = self.match_params(outer, inner)
         x_real = self.augmented_reals(outer, inner, params)
         sub = self.subsample_index(outer, inner)
         S = self.S.detach().requires_grad_(True)
-        syn = self.decode(S)
+        syn = self.decode(S, self.own)
         if sub is not None:
             syn = torch.gather(syn, 1, sub.view(K, -1, 1, 1, 1).expand(-1, -1, *syn.shape[2:]))
         syn = normalize(syn, self.mean, self.std)
         b, n = cfg.batch_real, syn.shape[1]
-        cls = torch.arange(K, device=self.device)
-        x_syn = ops.diff_augment(syn.flatten(0, 1), params, self.match_strategy, cls.repeat_interleave(n))
+        cls = self.own
+        group = torch.arange(K, device=self.device)
+        x_syn = ops.diff_augment(syn.flatten(0, 1), params, self.match_strategy, group.repeat_interleave(n))
         weights = [w.detach().unsqueeze(0).repeat(K, *([1] * w.dim())).requires_grad_(True) for w in net.conv_weights()]
 
         def class_ce(x, m):
@@ -328,8 +353,11 @@ class Distiller:
                                        tuple(range(1, gr.dim())))
                         for gr, gs in zip(g_real, g_syn))  # [K]
         if self.cfc_weight:
-            cfc = ops.cfc_loss(feats_syn.flatten(0, 1), cls.repeat_interleave(n), prototypes_ref(feats_real),
-                               cfg.cfc_tau, reduction="none")
+            protos = torch.zeros(self.K, feats_real.shape[-1], dtype=feats_real.dtype, device=self.device)
+            protos[self.c0:self.c1] = prototypes_ref(feats_real)
+            protos = self.comm.merge_rows(protos, self.c0, self.c1, "cfc prototypes")
+            cfc = ops.cfc_loss(feats_syn.flatten(0, 1), cls.repeat_interleave(n), protos, cfg.cfc_tau,
+                               reduction="none")
             per_class = per_class + self.cfc_weight * cfc.view(K, n).mean(1)
         (grad,) = torch.autograd.grad(per_class.sum(), S)
         return per_class.detach(), grad
@@ -339,19 +367,22 @@ class Distiller:
         mu, lr = cfg.mom_img, cfg.lr_img
         per_class, grad = self.batched_grad(net, outer, inner)
         if self.trace:
-            for c in range(K):
+            for c in range(self.c0, self.c1):
                 self.trace("grad", outer, inner, c, self.S[c * ipc:(c + 1) * ipc].clone())
         m, L = mu ** K, (1 - mu ** K) / (1 - mu)
+        rows = self.rows  # the other ranks' rows are theirs to move (their gradients are zero here)
+        S, buf = self.S[rows], self.buf[rows]
         with torch.no_grad():
-            self.buf.mul_(m).add_(grad)
+            buf.mul_(m).add_(grad[rows])
             if inner == cfg.inner_loop - 1:
                 # up to the clamp, class c has had its own step and those of classes c+1..K-1
-                w = torch.tensor([(1 - mu ** (K - c)) / (1 - mu) for c in range(K)], dtype=self.dtype,
+                w = torch.tensor([(1 - mu ** (K - c)) / (1 - mu) for c in range(self.c0, self.c1)], dtype=self.dtype,
                                  device=self.device).repeat_interleave(ipc).view(-1, 1, 1, 1)
-                self.S.sub_(lr * w * self.buf)
-                self.pending = lr * (L - w) * self.buf
+                S.sub_(lr * w * buf)
+                self.pending = torch.zeros_like(self.S)
+                self.pending[rows] = lr * (L - w) * buf
             else:
-                self.S.sub_(lr * L * self.buf)
+                S.sub_(lr * L * buf)
         return per_class.sum()
 
     # -- loop ---------------------------------------------------------------------------------
@@ -376,10 +407,12 @@ class Distiller:
         match = self.match_batched if cfg.form == "batched" else self.match_sequential
         loss_sum = 0.0
         for inner in range(cfg.inner_loop):
-            if should_stop and should_stop():
+            if should_stop and self.comm.any(should_stop(), "stop flag"):  # every rank stops at the same point
                 raise Stopped(f"stopped in outer iteration {outer}")
             loss_sum = loss_sum + match(net, outer, inner)
             self.network_update(net, opt)
+        if self.comm.distributed:
+            loss_sum = self.merge(loss_sum, net)
         self.last_loss = float(loss_sum) / (self.K * cfg.inner_loop)  # IDC's logged mean loss
         if not (math.isfinite(self.last_loss) and bool(torch.isfinite(self.S).all())):
             raise FloatingPointError(f"the matching loss or the images became NaN/infinite in outer iteration "
@@ -387,15 +420,53 @@ class Distiller:
         self.outer_done = outer + 1
         return self.last_loss
 
+    def merge(self, loss_sum, net):
+        """End of a distributed outer iteration: every rank's rows of S, of the momentum buffer, of the
+        split step's remainder and of the region boxes assembled on every rank; the matching loss summed
+        over ranks; the ranks' networks checked to be identical. Returns the global loss sum."""
+        c = self.comm
+        self.S = c.merge_rows(self.S, self.rows.start, self.rows.stop, "state: images")
+        self.buf = c.merge_rows(self.buf, self.rows.start, self.rows.stop, "state: momentum")
+        if self.pending is not None:
+            self.pending = c.merge_rows(self.pending, self.rows.start, self.rows.stop, "state: split step")
+        if self.region_boxes is not None:
+            self.region_boxes = c.merge_rows(self.region_boxes, self.frows.start, self.frows.stop, "state: boxes")
+        total = c.all_reduce(torch.as_tensor(loss_sum, dtype=torch.float64, device=self.device).reshape(1).clone(),
+                             "matching loss")
+        with torch.no_grad():
+            p = torch.cat([q.detach().reshape(-1) for q in net.parameters()]).double()
+            c.check_same(torch.stack([p.sum(), p.square().sum()]), "matching networks")
+        return float(total)
+
     def network_update(self, net, opt):
-        """Train the matching network on shuffled real batches until n_data images were seen."""
+        """Train the matching network on shuffled real batches until n_data images were seen (with
+        several ranks, each computes its part of every batch and the gradients are summed)."""
         numbers, self.net_batch = self.net_batches.run_until(self.net_batch, self.cfg.n_data)
         model = _Autocast(net, self.amp) if self.bf16 else net
         for b in numbers:
             idx = self.net_batches.indices(b)
-            x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
-            train_step(model, opt, x, self.data.labels[idx], self.net_strategy, self.cfg.net_cutmix,
-                       rng.key(self.cfg.seed, "net_update", b))
+            key = rng.key(self.cfg.seed, "net_update", b)
+            if not self.comm.distributed:
+                x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
+                train_step(model, opt, x, self.data.labels[idx], self.net_strategy, self.cfg.net_cutmix, key)
+                continue
+
+            def load(pos, idx=idx):
+                i = idx[pos]
+                return normalize(self.data.to_float(i).to(self.dtype), self.mean, self.std), self.data.labels[i]
+            lo, hi = self.comm.shard(idx.shape[0])
+            train_step_part(model, opt, load, idx.shape[0], lo, hi, self.size, self.net_strategy,
+                            self.cfg.net_cutmix, key, self.reduce_grads)
+
+    def reduce_grads(self, model):
+        """Sum the network's gradients over the ranks (one flat all-reduce per batch)."""
+        params = list(model.parameters())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        self.comm.all_reduce(flat, "network gradients")
+        at = 0
+        for p in params:
+            p.grad = flat[at:at + p.numel()].view_as(p)
+            at += p.numel()
 
     def run(self, progress=None, should_stop=None):
         """All outer iterations from where the run stands; progress(outer, loss, seconds) after each.

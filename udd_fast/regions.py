@@ -114,8 +114,10 @@ class RegionSearch:
         return torch.cat(out)
 
     @torch.no_grad()
-    def select(self, x01, labels, mean, std, key: int):
-        """For decoded formations x01 [N,C,H,W] in [0,1]: (window index [N], used jitter [N] bool, R)."""
+    def select(self, x01, labels, mean, std, key: int, first: int = 0):
+        """For decoded formations x01 [N,C,H,W] in [0,1]: (window index [N], used jitter [N] bool, R).
+        The jitter noise is keyed by each formation's index in the whole set: x01 holds formations
+        first..first+N-1 (a rank's share)."""
         R, scores, prob, pred = self.proxy_outputs(x01, labels, mean, std)
         n = x01.shape[0]
         if self.policy == "response":
@@ -127,7 +129,7 @@ class RegionSearch:
         choice = scores.argmin(1)
         if bool(use_jitter.any()):
             idx = use_jitter.nonzero().flatten()
-            keys = rng.subkeys(key, idx)
+            keys = rng.subkeys(key, idx + first)
             jit = self.jitter_scores(x01[idx], labels[idx], prob[idx], mean, std, keys)
             choice[idx] = jit.argmin(1)
         return choice, use_jitter, R

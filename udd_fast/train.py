@@ -18,34 +18,47 @@ def normalize(x, mean, std):
     return (x - mean) / std
 
 
-def cutmix(x, y, key: int, p: float = CUTMIX_P):
-    """IDC's CutMix (beta 1): with probability p paste a box from a permuted partner.
-
-    Returns (x, y_partner, ratio) where the loss is ratio*CE(y) + (1-ratio)*CE(y_partner);
-    y_partner is None when no mix is drawn. One draw of p, lambda, box and partner per batch.
-    """
-    n, _, h, w = x.shape
-    u = rng.uniform(torch.tensor([key], device=x.device), 4, torch.float64)[0].tolist()
+def cutmix_draw(key: int, n: int, h: int, w: int, device, p: float = CUTMIX_P):
+    """IDC's CutMix draw for a batch of n (beta 1): None (no mix, probability 1-p) or
+    ((x1, x2, y1, y2) box, partner permutation [n], ratio of the kept area). One draw per batch."""
+    u = rng.uniform(torch.tensor([key], device=device), 4, torch.float64)[0].tolist()
     if u[0] >= p:
-        return x, None, 1.0
+        return None
     lam = u[1]  # Beta(1, 1)
     cut = math.sqrt(1.0 - lam)
     cut_w, cut_h = int(h * cut), int(w * cut)  # IDC names dim 2 'W' and dim 3 'H'
     cx, cy = int(u[2] * h), int(u[3] * w)
     x1, x2 = min(max(cx - cut_w // 2, 0), h), min(max(cx + cut_w // 2, 0), h)
     y1, y2 = min(max(cy - cut_h // 2, 0), w), min(max(cy + cut_h // 2, 0), w)
-    perm = rng.permutation(rng.subkeys(key, [1], device=x.device), n)[0]
+    perm = rng.permutation(rng.subkeys(key, [1], device=device), n)[0]
+    ratio = 1.0 - ((x2 - x1) * (y2 - y1) / (h * w))
+    return (x1, x2, y1, y2), perm, ratio
+
+
+def cutmix(x, y, key: int, p: float = CUTMIX_P):
+    """IDC's CutMix: with probability p paste a box from a permuted partner.
+
+    Returns (x, y_partner, ratio) where the loss is ratio*CE(y) + (1-ratio)*CE(y_partner);
+    y_partner is None when no mix is drawn.
+    """
+    n, _, h, w = x.shape
+    draw = cutmix_draw(key, n, h, w, x.device, p)
+    if draw is None:
+        return x, None, 1.0
+    (x1, x2, y1, y2), perm, ratio = draw
     x = x.clone()
     x[:, :, x1:x2, y1:y2] = x[perm, :, x1:x2, y1:y2]
-    ratio = 1.0 - ((x2 - x1) * (y2 - y1) / (h * w))
     return x, y[perm], ratio
 
 
-def augment_batch(x, strategy: Strategy, key: int):
-    """Per-sample augmentation of a normalized batch, keyed by the batch's key."""
+def augment_batch(x, strategy: Strategy, key: int, positions=None):
+    """Per-sample augmentation of a normalized batch, keyed by the batch's key and each sample's
+    position in its batch (`positions`, default 0..n-1: a rank's part of a global batch passes its own)."""
     if strategy == Strategy():
         return x
-    keys = rng.subkeys(key, torch.arange(x.shape[0], device=x.device))
+    if positions is None:
+        positions = torch.arange(x.shape[0], device=x.device)
+    keys = rng.subkeys(key, positions)
     params = sample_params(keys, strategy, x.shape[-1], op_key=rng.key(key, "op"))
     return ops.diff_augment(x, params, strategy)
 
@@ -65,6 +78,40 @@ def train_step(model, opt, x, y, strategy: Strategy, use_cutmix: bool, key: int)
     loss.backward()
     opt.step()
     return loss.detach()
+
+
+def train_step_part(model, opt, load, n: int, lo: int, hi: int, size: int, strategy: Strategy, use_cutmix: bool,
+                    key: int, reduce_grads):
+    """train_step of a global batch of n split across ranks: this rank computes positions [lo, hi).
+
+    `load(positions)` gives (normalized images, labels) at global positions. The augmentation is keyed
+    per position and CutMix is drawn over the global batch, so a rank augments its own samples and,
+    when a mix is drawn, its samples' partners itself (no images are exchanged). Its loss is its share
+    of the global mean, and `reduce_grads(model)` sums the gradients over the ranks before the step:
+    the update of train_step on the whole batch, up to the order of the sum over samples.
+    """
+    device = next(model.parameters()).device
+    pos = torch.arange(lo, hi, device=device)
+    draw = cutmix_draw(rng.key(key, "cutmix"), n, size, size, device) if use_cutmix else None
+    need = pos if draw is None else torch.cat([pos, draw[1][lo:hi]])
+    opt.zero_grad(set_to_none=True)
+    m = hi - lo
+    if m:
+        x, y = load(need)
+        with torch.no_grad():
+            x = augment_batch(x, strategy, rng.key(key, "aug"), positions=need)
+        if draw is not None:
+            (x1, x2, y1, y2), _, ratio = draw
+            mixed = x[:m].clone()
+            mixed[:, :, x1:x2, y1:y2] = x[m:, :, x1:x2, y1:y2]
+            x, y_b = mixed, y[m:]
+        out = model(x[:m])
+        loss = F.cross_entropy(out, y[:m], reduction="sum") / n
+        if draw is not None:
+            loss = loss * ratio + F.cross_entropy(out, y_b, reduction="sum") / n * (1.0 - ratio)
+        loss.backward()
+    reduce_grads(model)
+    opt.step()
 
 
 def make_sgd(model, lr=0.01, momentum=0.9, weight_decay=5e-4):
