@@ -329,6 +329,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
     t0 = time.time()
     final_loss = None
     regions = None
+    loop_seconds = None
     if cfg.method == "random":
         images, labels = random_selection(data, cfg.ipc, cfg.seed)
         iterations = 0
@@ -413,6 +414,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
         "dataset": info.name, "ipc": cfg.ipc, "method": cfg.method, "preset": cfg.preset, "device": cfg.device,
         "seed": cfg.seed, "factor": cfg.factor, "iterations": iterations, "inner_loop": cfg.inner_loop,
         "form": cfg.form, "world_size": comm.world, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
+        "loop_seconds": loop_seconds,
         "num_stored": int(images.shape[0]), "version": __version__, "torch": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
