@@ -23,6 +23,14 @@ BACKENDS = ["torch"] + (["cpp"] if ops.available_backends()["cpp"] else [])
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
+def _close(out, ref):
+    """float32 against IDC's own functions: bilinear sampling weights and the colour statistics are
+    computed in another order, so errors scale with the values' (or gradients') magnitude; measured on
+    AMD EPYC: at most 1.5e-5 on a gradient of magnitude 5.3 (an Intel AVX-512 machine exceeded a flat
+    1e-5 by 7e-7)."""
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5 * max(1.0, float(ref.abs().max())))
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     with ops.use_backend(request.param):
@@ -266,8 +274,8 @@ def test_diffaug_matches_idc(idc, backend, strategy, batch, single, single_aug, 
         _seed(s)
         out, grad = _fwd_bwd(lambda v: compat.DiffAug(strategy, batch=batch, single=single)(v, single_aug, seed), x)
         assert _after() == ref_next, "the global generators were advanced differently"
-        torch.testing.assert_close(out, ref, **TOL)
-        torch.testing.assert_close(grad, ref_grad, **TOL)
+        _close(out, ref)
+        _close(grad, ref_grad)
 
 
 def test_diffaug_matches_idc_28px(idc, backend):
@@ -278,7 +286,7 @@ def test_diffaug_matches_idc_28px(idc, backend):
         _seed(2)
         out = _fwd_bwd(compat.DiffAug("color_crop_cutout", batch=batch), x)
         for a, b in zip(out, ref):
-            torch.testing.assert_close(a, b, **TOL)
+            _close(a, b)
 
 
 @pytest.mark.parametrize("method", ["mse", "l1", "l1_mean", "cos"])

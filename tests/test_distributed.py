@@ -173,7 +173,8 @@ def _images(out):
 def test_torchrun_two_processes_match_one_and_resume(real_data_dir, tmp_path):
     flags = (*SMOKE, "--data-dir", str(real_data_dir), "--method", "udd", "--proxy-cache", str(tmp_path / "proxy"))
     one = subprocess.run([sys.executable, "-m", "udd_fast.distill", *flags, "--iterations", "4", "--out",
-                          str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True, timeout=600)
+                          str(tmp_path / "one")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     r = _torchrun(2, *flags, "--iterations", "2", "--out", str(tmp_path / "two"))
     assert r.returncode == 0, r.stderr[-3000:]

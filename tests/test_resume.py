@@ -60,7 +60,9 @@ def test_sigint_saves_the_last_boundary_and_resumes(straight, tmp_path):
     if method != "idc":
         pytest.skip("one signal test is enough (the state is the same for both methods)")
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    # bitwise equality holds for the same device, build and thread count: the interrupted run in the
+    # child uses this process's thread count, like the reference and the resumed part computed here
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(torch.get_num_threads()))
     proc = subprocess.Popen([sys.executable, "-m", "udd_fast.distill", *flags, "--iterations", "30", "--out", str(out)],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:

@@ -372,6 +372,10 @@ def cfc_loss(features, labels, prototypes, tau, reduction="mean"):
     name = resolve(features)
     n, dim = features.shape
     if name == "torch" or n == 0 or _needs_grad(prototypes):
+        if features.dtype in (torch.float16, torch.bfloat16):
+            # in float32, as the fused kernels accumulate: F.normalize's eps (1e-12) is 0 in float16,
+            # so a zero feature row would give 0/0 = NaN there
+            return cfc_loss_ref(features.float(), labels, prototypes.float(), tau, reduction).to(features.dtype)
         return cfc_loss_ref(features, labels, prototypes, tau, reduction)
     labels = labels.to(features.device, torch.int64).reshape(-1).contiguous()
     protos = prototypes.detach().to(features.dtype).contiguous()
