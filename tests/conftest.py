@@ -28,10 +28,71 @@ def real_data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def mnist_data(real_data_dir):
-    from udd_fast.data import RealData, load_dataset
+def mnist_arrays(real_data_dir):
+    from udd_fast.data import load_dataset
 
-    return RealData(load_dataset("mnist", real_data_dir, download=False), "cpu")
+    return load_dataset("mnist", real_data_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_data(mnist_arrays):
+    from udd_fast.data import RealData
+
+    return RealData(mnist_arrays, "cpu")
+
+
+# --- the devices engine-level tests run on ----------------------------------------------------------
+# Reproducibility, as the README states it: bitwise on the CPU for the same build and thread count;
+# on CUDA within a stated tolerance (atomics in the backward passes and cuDNN's algorithm choice
+# reorder float sums from run to run).
+DEVICES = ("cpu", "cuda")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each device in turn; CUDA is skipped, with the reason, where there is none."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here (engine tests run on CUDA on a GPU machine: bench/gpu_session.py)")
+    return request.param
+
+
+_on_device = {}
+
+
+@pytest.fixture
+def mnist_dev(mnist_data, mnist_arrays, device):
+    """Real MNIST on the device under test (one copy per device for the session)."""
+    from udd_fast.data import RealData
+
+    if device == "cpu":
+        return mnist_data
+    if device not in _on_device:
+        _on_device[device] = RealData(mnist_arrays, device)
+    return _on_device[device]
+
+
+def run_scale(events):
+    """The largest pixel magnitude a traced run reaches (events of Distiller's trace)."""
+    return max(float(e[4].abs().max()) for e in events)
+
+
+def close_at_run_scale(a, b, scale):
+    """Equal up to float64 round-off relative to the run's largest value: the batched and sequential
+    forms sum the same terms in another order (and on CUDA atomics reorder them), and an error made
+    at |S| ~ 1e2 between clamps survives the clamp. Measured on the CPU: at most 1.4e-13 at a
+    boundary, 1.0e-12 at a gradient point, <= 5e-15 of the run's scale. A wrong step (momentum, step
+    size, the clamp split) moves pixels by lr * grad, many orders above this."""
+    return torch.allclose(a, b, rtol=0, atol=1e-13 * scale)
+
+
+def assert_same_run(a, b, device, cuda_tol):
+    """Two runs of the same computation: bitwise equal on the CPU (same thread count and build),
+    within cuda_tol (max abs difference) on CUDA."""
+    if device == "cpu":
+        assert torch.equal(a, b), f"max difference {float((a - b).abs().max()):.3g}"
+    else:
+        diff = float((a.double() - b.double()).abs().max())
+        assert diff <= cuda_tol, f"max difference {diff:.3g} > {cuda_tol:.3g} on {device}"
 
 
 # --- udd_fast.ops backends (tests/test_ops_*.py, tests/test_backends.py) -------------------------

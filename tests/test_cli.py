@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_same_run
 from udd_fast import __version__, data as data_mod
 from udd_fast.distill import main as distill_main
 from udd_fast.evaluate import main as evaluate_main
@@ -26,7 +27,7 @@ def _distill(tmp_path, data_dir, *extra, name="run"):
     return rc, out
 
 
-def _check_artifacts(out, dataset, ipc, k, channels, size, factor, method="idc", iterations=2):
+def _check_artifacts(out, dataset, ipc, k, channels, size, factor, method="idc", iterations=2, device="cpu"):
     saved = torch.load(out / "distilled.pt", weights_only=True)
     x, y = saved["images"], saved["labels"]
     assert x.dtype == torch.float32 and x.shape == (k * ipc, channels, size, size)
@@ -37,7 +38,7 @@ def _check_artifacts(out, dataset, ipc, k, channels, size, factor, method="idc",
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert (summary["dataset"], summary["ipc"], summary["method"], summary["preset"]) == (dataset, ipc, method, "smoke")
-    assert summary["iterations"] == iterations and summary["device"] == "cpu"
+    assert summary["iterations"] == iterations and summary["device"] == device
     runs = summary["accuracy_runs"]
     assert len(runs) == 2 and all(0.0 <= a <= 100.0 for a in runs)
     assert summary["accuracy_mean"] == pytest.approx(np.mean(runs))
@@ -56,10 +57,10 @@ def _check_artifacts(out, dataset, ipc, k, channels, size, factor, method="idc",
     return saved, summary
 
 
-def test_smoke_mnist_end_to_end(tmp_path, real_data_dir):
-    rc, out = _distill(tmp_path, real_data_dir, "--dataset", "mnist", "--ipc", "1", "--seed", "3")
+def test_smoke_mnist_end_to_end(tmp_path, real_data_dir, device):
+    rc, out = _distill(tmp_path, real_data_dir, "--dataset", "mnist", "--ipc", "1", "--seed", "3", "--device", device)
     assert rc == 0
-    saved, _ = _check_artifacts(out, "mnist", 1, 10, 1, 28, 2)
+    saved, _ = _check_artifacts(out, "mnist", 1, 10, 1, 28, 2, device=device)
     # distillation moved the images away from the mix initialization
     rc0, out0 = _distill(tmp_path, real_data_dir, "--dataset", "mnist", "--ipc", "1", "--seed", "3",
                          "--iterations", "0", "--eval-runs", "0", name="init")
@@ -68,15 +69,15 @@ def test_smoke_mnist_end_to_end(tmp_path, real_data_dir):
     assert (saved["images"] - init).abs().max() > 1e-4
     # evaluate the saved set again, with another architecture
     assert evaluate_main([str(out), "--arch", "resnet10_in", "--eval-runs", "1", "--eval-epochs", "2",
-                          "--data-dir", str(real_data_dir), "--no-progress"]) == 0
+                          "--data-dir", str(real_data_dir), "--no-progress", "--device", device]) == 0
     res = json.loads((out / "eval_resnet10_in.json").read_text())
     assert res["arch"] == "resnet10_in" and len(res["accuracy_runs"]) == 1 and res["num_train"] == 40
 
 
-def test_smoke_cifar10_end_to_end(tmp_path, real_data_dir):
-    rc, out = _distill(tmp_path, real_data_dir, "--dataset", "cifar10", "--ipc", "2")
+def test_smoke_cifar10_end_to_end(tmp_path, real_data_dir, device):
+    rc, out = _distill(tmp_path, real_data_dir, "--dataset", "cifar10", "--ipc", "2", "--device", device)
     assert rc == 0
-    _check_artifacts(out, "cifar10", 2, 10, 3, 32, 2)
+    _check_artifacts(out, "cifar10", 2, 10, 3, 32, 2, device=device)
 
 
 def test_random_baseline_stores_real_images(tmp_path, real_data_dir, mnist_data):
@@ -91,15 +92,19 @@ def test_random_baseline_stores_real_images(tmp_path, real_data_dir, mnist_data)
     assert len({tuple(v.flatten().tolist()) for v in saved["images"]}) == 30
 
 
-def test_same_seed_same_result_on_cpu(tmp_path, real_data_dir):
-    args = ("--dataset", "mnist", "--ipc", "1", "--eval-runs", "0", "--seed", "7", "--iterations", "1")
+def test_same_seed_same_result(tmp_path, real_data_dir, device):
+    args = ("--dataset", "mnist", "--ipc", "1", "--eval-runs", "0", "--device", device, "--seed", "7",
+            "--iterations", "1")
     _, a = _distill(tmp_path, real_data_dir, *args, name="a")
     _, b = _distill(tmp_path, real_data_dir, *args, name="b")
     _, c = _distill(tmp_path, real_data_dir, *args[:-4], "--seed", "8", "--iterations", "1",
                     name="c")
     xa, xb, xc = (torch.load(p / "distilled.pt", weights_only=True)["images"] for p in (a, b, c))
-    assert torch.equal(xa, xb)
-    assert not torch.equal(xa, xc)
+    # CUDA: one outer iteration's float32 reordering (atomics, cuDNN) moves pixels by about lr x the
+    # gradient's relative error (~1e-6 x 2e-3), far below 1e-5 (not yet measured on a GPU); another
+    # seed moves them by 2.1e-3 (measured on the CPU, 2026-12-03)
+    assert_same_run(xa, xb, device, cuda_tol=1e-5)
+    assert (xa - xc).abs().max() > 1e-3
 
 
 # -- bad input: a clear message, exit status 2, nothing half-written ---------------------------------

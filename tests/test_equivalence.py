@@ -2,26 +2,14 @@
 gradient point and every outer boundary, with the clamp active."""
 import torch
 
+from conftest import close_at_run_scale as _close, run_scale as _scale
 from udd_fast.config import build_config
 from udd_fast.engine import Distiller
 
 
-def _scale(events):
-    """The largest pixel magnitude the run reaches (~1e2: the large lr drives pixels far out between clamps)."""
-    return max(float(e[4].abs().max()) for e in events)
-
-
-def _close(a, b, scale):
-    # float64 round-off relative to the largest value of the run: the two forms sum the same terms in a
-    # different order, and an error made at |S| ~ 1e2 survives the clamp (measured: at most 1.4e-13 at a
-    # boundary, 1.0e-12 at a gradient point, i.e. <= 5e-15 of the run's scale of 265). A wrong step
-    # (momentum, step size or the clamp split) moves pixels by lr * grad, many orders above this.
-    return torch.allclose(a, b, rtol=0, atol=1e-13 * scale)
-
-
 def _run(data, form, **over):
     cfg = build_config("mnist", 2, "smoke", 28, 28, form=form, dtype="float64", iterations=3, inner_loop=2,
-                       net_width=8, batch_real=8, n_data=16, **over)
+                       net_width=8, batch_real=8, n_data=16, device=str(data.device), **over)
     events = []
     d = Distiller(cfg, data, trace=lambda ev, o, i, c, rows: events.append((ev, o, i, c, rows)))
     start = d.S.clone()
@@ -29,10 +17,10 @@ def _run(data, form, **over):
     return start, events, final, d
 
 
-def test_batched_equals_sequential_float64_with_clamp(mnist_data):
+def test_batched_equals_sequential_float64_with_clamp(mnist_dev):
     # a large image lr makes the clamp bite at every boundary
-    start_s, ev_s, final_s, d_s = _run(mnist_data, "sequential", lr_img=30.0)
-    start_b, ev_b, final_b, d_b = _run(mnist_data, "batched", lr_img=30.0)
+    start_s, ev_s, final_s, d_s = _run(mnist_dev, "sequential", lr_img=30.0)
+    start_b, ev_b, final_b, d_b = _run(mnist_dev, "batched", lr_img=30.0)
     assert torch.equal(start_s, start_b)
     assert [e[:4] for e in ev_s] == [e[:4] for e in ev_b]
     grads = [e for e in ev_s if e[0] == "grad"]
@@ -52,10 +40,10 @@ def test_batched_equals_sequential_float64_with_clamp(mnist_data):
     assert d_s.net_batch == d_b.net_batch
 
 
-def test_batched_equals_sequential_with_subsampling(mnist_data):
+def test_batched_equals_sequential_with_subsampling(mnist_dev):
     # 8 formations per class but at most 5 in the synthetic batch: the keyed subsample is used by both forms
-    _, ev_s, final_s, _ = _run(mnist_data, "sequential", lr_img=30.0, batch_syn_max=5)
-    _, ev_b, final_b, _ = _run(mnist_data, "batched", lr_img=30.0, batch_syn_max=5)
+    _, ev_s, final_s, _ = _run(mnist_dev, "sequential", lr_img=30.0, batch_syn_max=5)
+    _, ev_b, final_b, _ = _run(mnist_dev, "batched", lr_img=30.0, batch_syn_max=5)
     scale = _scale(ev_s)
     for a, b in zip(ev_s, ev_b, strict=True):
         assert a[:4] == b[:4]

@@ -9,22 +9,22 @@ from udd_fast.engine import Distiller
 
 
 def _grad(data, precision, seed):
-    cfg = build_config("mnist", 1, "smoke", 28, 28, precision=precision, seed=seed)
+    cfg = build_config("mnist", 1, "smoke", 28, 28, precision=precision, seed=seed, device=str(data.device))
     d = Distiller(cfg, data)
     loss, grad = d.batched_grad(d.new_network(0), 0, 0)
     assert grad.dtype == torch.float32 and d.S.dtype == torch.float32  # images and gradient stay float32
     return loss, grad
 
 
-def test_bf16_matching_gradient_agrees_with_fp32(mnist_data):
+def test_bf16_matching_gradient_agrees_with_fp32(mnist_dev):
     """Real MNIST, one class batch per class (smoke: 16 real images, IPC 1 x 4 formations), the engine's
     ConvNet-3 (width 128), l1 matching. Measured on CPU for seeds 0-2: per class cosine >= 0.997 and
     relative L2 error <= 0.077; over all classes cosine >= 0.998, relative L2 <= 0.057; per-class loss
     within 0.7 %. Tolerances with margin: per class cosine > 0.99 and relative L2 < 0.15, over all
     cosine > 0.995 and relative L2 < 0.1, loss within 3 %."""
     for seed in (0, 1):
-        l32, g32 = _grad(mnist_data, "fp32", seed)
-        l16, g16 = _grad(mnist_data, "bf16", seed)
+        l32, g32 = _grad(mnist_dev, "fp32", seed)
+        l16, g16 = _grad(mnist_dev, "bf16", seed)
         assert not torch.equal(g32, g16)  # autocast really ran in bf16
         a, b = g32.flatten(1), g16.flatten(1)
         cos = F.cosine_similarity(a, b, 1)
@@ -45,11 +45,11 @@ def test_fp32_turns_tf32_off_and_tf32_allows_it(mnist_data):
     torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default again
 
 
-def test_bf16_smoke_run_gives_finite_images(tmp_path, real_data_dir):
+def test_bf16_smoke_run_gives_finite_images(tmp_path, real_data_dir, device):
     out = tmp_path / "run"
     rc = distill_main(["--dataset", "mnist", "--preset", "smoke", "--precision", "bf16", "--iterations", "1",
                        "--eval-runs", "0", "--data-dir", str(real_data_dir), "--out", str(out), "--no-progress",
-                       "--no-download"])
+                       "--no-download", "--device", device])
     assert rc == 0
     saved = torch.load(out / "distilled.pt", weights_only=True)
     assert saved["config"]["precision"] == "bf16"

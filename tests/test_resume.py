@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from conftest import DEVICES, assert_same_run
 from udd_fast.checkpoint import load_checkpoint
 from udd_fast.distill import main as distill_main
 
@@ -20,8 +21,13 @@ SMOKE = ("--preset", "smoke", "--inner-loop", "1", "--ipc", "1", "--eval-runs", 
          "--no-download", "--dataset", "mnist")
 
 
-def _flags(data_dir, method, tmp):
-    extra = ("--method", method)
+# Float32 reordering (CUDA atomics and cuDNN; other thread counts on some CPUs) over 4 outer
+# iterations: the same drift as 1 process vs 2 ranks, measured 1.5e-5 (tests/test_distributed.py).
+REORDER_TOL = 1e-4
+
+
+def _flags(data_dir, method, tmp, device="cpu"):
+    extra = ("--method", method, "--device", device)
     if method == "udd":
         extra += ("--proxy-cache", str(tmp / "proxy"))
     return (*SMOKE, "--data-dir", str(data_dir), *extra)
@@ -31,24 +37,27 @@ def _images(out):
     return torch.load(out / "distilled.pt", weights_only=True)["images"]
 
 
-@pytest.fixture(scope="module", params=["idc", "udd"])
+@pytest.fixture(scope="module", params=[(m, d) for d in DEVICES for m in ("idc", "udd")], ids=lambda p: "-".join(p))
 def straight(request, real_data_dir, tmp_path_factory):
-    """(method, flags, images of one uninterrupted 4-iteration run)."""
-    tmp = tmp_path_factory.mktemp(f"straight-{request.param}")
-    flags = _flags(real_data_dir, request.param, tmp)
+    """(method, device, flags, images of one uninterrupted 4-iteration run)."""
+    method, device = request.param
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here (engine tests run on CUDA on a GPU machine: bench/gpu_session.py)")
+    tmp = tmp_path_factory.mktemp(f"straight-{method}-{device}")
+    flags = _flags(real_data_dir, method, tmp, device)
     assert distill_main([*flags, "--iterations", "4", "--out", str(tmp / "run")]) == 0
-    return request.param, flags, _images(tmp / "run")
+    return method, device, flags, _images(tmp / "run")
 
 
 def test_two_plus_two_equals_four(straight, tmp_path):
-    method, flags, want = straight
+    method, device, flags, want = straight
     out = tmp_path / "run"
     assert distill_main([*flags, "--iterations", "2", "--out", str(out)]) == 0
     assert load_checkpoint(out)["state"]["outer_done"] == 2
     first = _images(out)
     assert distill_main(["--resume", str(out), "--iterations", "4", "--data-dir", flags[flags.index("--data-dir") + 1],
                          "--no-progress"]) == 0
-    assert torch.equal(_images(out), want)
+    assert_same_run(_images(out), want, device, REORDER_TOL)
     assert not torch.equal(first, want)  # the resumed part really moved the images
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_outer"] == 2 and summary["iterations"] == 4 and summary["method"] == method
@@ -56,7 +65,7 @@ def test_two_plus_two_equals_four(straight, tmp_path):
 
 
 def test_sigint_saves_the_last_boundary_and_resumes(straight, tmp_path):
-    method, flags, want = straight
+    method, device, flags, want = straight
     if method != "idc":
         pytest.skip("one signal test is enough (the state is the same for both methods)")
     out = tmp_path / "run"
@@ -83,7 +92,25 @@ def test_sigint_saves_the_last_boundary_and_resumes(straight, tmp_path):
         pytest.skip(f"the machine was too slow to stop within 4 outer iterations (stopped after {done})")
     assert distill_main(["--resume", str(out), "--iterations", "4", "--data-dir",
                          flags[flags.index("--data-dir") + 1], "--no-progress"]) == 0
-    assert torch.equal(_images(out), want)
+    assert_same_run(_images(out), want, device, REORDER_TOL)
+
+
+def test_other_thread_count_agrees_within_tolerance(straight, tmp_path):
+    """The reproducibility claim across thread counts: within REORDER_TOL, not bitwise (some CPUs,
+    e.g. Intel with AVX-512, split reductions by thread count; this AMD machine gave bitwise equality)."""
+    method, device, flags, want = straight
+    if (method, device) != ("idc", "cpu"):
+        pytest.skip("checked once, for idc on the CPU")
+    threads = 1 if torch.get_num_threads() != 1 else 2
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
+    r = subprocess.run([sys.executable, "-m", "udd_fast.distill", *flags, "--iterations", "4", "--out", str(out)],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = _images(out)
+    diff = float((got - want).abs().max())
+    print(f"{threads} vs {torch.get_num_threads()} threads: max image difference {diff:.3g}")
+    assert diff <= REORDER_TOL
 
 
 def test_corrupt_or_mismatched_checkpoint_is_refused(real_data_dir, tmp_path, capsys):

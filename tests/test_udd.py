@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import close_at_run_scale, run_scale
 from udd_fast.cfc import cfc_loss_ref, prototypes_ref
 from udd_fast.config import build_config
 from udd_fast.decode import crop_resize_ref, decode_plan
@@ -167,25 +168,25 @@ def test_mue_is_one_for_uniform_and_zero_for_one_cell():
 def _udd_run(data, form, proxy):
     cfg = build_config("mnist", 2, "smoke", 28, 28, method="udd", form=form, dtype="float64", iterations=3,
                        inner_loop=2, net_width=8, batch_real=8, n_data=16, lr_img=30.0, cfc_weight=0.5,
-                       policy="auto")
+                       policy="auto", device=str(data.device))
     events = []
     d = Distiller(cfg, data, proxy=proxy, trace=lambda ev, o, i, c, rows: events.append((ev, o, i, c, rows)))
     final = d.run()
     return events, final, d
 
 
-def test_batched_equals_sequential_with_every_udd_part_on(mnist_data):
-    proxy = new_proxy(mnist_data.info, 0).double().eval()
-    ev_s, final_s, d_s = _udd_run(mnist_data, "sequential", proxy)
-    ev_b, final_b, d_b = _udd_run(mnist_data, "batched", proxy)
+def test_batched_equals_sequential_with_every_udd_part_on(mnist_dev):
+    proxy = new_proxy(mnist_dev.info, 0).double().eval()
+    ev_s, final_s, d_s = _udd_run(mnist_dev, "sequential", proxy)
+    ev_b, final_b, d_b = _udd_run(mnist_dev, "batched", proxy)
     assert d_s.n_total == 16 and d_s.region_boxes is not None and d_s.cfc_weight == 0.5
     assert torch.equal(d_s.region_boxes, d_b.region_boxes)
     assert d_s.policy_counts == d_b.policy_counts and sum(d_s.policy_counts.values()) == 3 * 80
+    scale = run_scale(ev_s)
     for a, b in zip(ev_s, ev_b, strict=True):
         assert a[:4] == b[:4]
-        scale = max(1.0, float(a[4].abs().max()))
-        assert torch.allclose(a[4], b[4], rtol=0, atol=1e-13 * scale), a[:4]
-    assert torch.allclose(final_s, final_b, rtol=0, atol=1e-13 * max(1.0, float(final_s.abs().max())))
+        assert close_at_run_scale(a[4], b[4], scale), a[:4]
+    assert close_at_run_scale(final_s, final_b, scale)
 
 
 def test_cfc_changes_the_gradient(mnist_data):
@@ -226,10 +227,11 @@ def test_proxy_cache_reused_and_bad_files_retrained(tmp_path, mnist_data):
     assert how == "trained"
 
 
-def test_smoke_udd_end_to_end(tmp_path, real_data_dir):
+def test_smoke_udd_end_to_end(tmp_path, real_data_dir, device):
     out = tmp_path / "udd"
     rc = distill_main(["--dataset", "mnist", "--ipc", "1", "--method", "udd", "--preset", "smoke", "--data-dir",
-                       str(real_data_dir), "--out", str(out), "--no-progress", "--proxy-cache", str(tmp_path / "pc")])
+                       str(real_data_dir), "--out", str(out), "--no-progress", "--proxy-cache", str(tmp_path / "pc"),
+                       "--device", device])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "udd" and 0.0 <= summary["mue_initial"] <= 1.0 and 0.0 <= summary["mue_final"] <= 1.0
@@ -243,7 +245,7 @@ def test_smoke_udd_end_to_end(tmp_path, real_data_dir):
     assert bool(((saved["boxes"][:, 2:] - saved["boxes"][:, :2]) == 7).all())
     for flag, n in (("on", 80), ("off", 40)):
         assert evaluate_main([str(out), "--eval-runs", "1", "--eval-epochs", "1", "--eval-region-views", flag,
-                              "--data-dir", str(real_data_dir), "--no-progress"]) == 0
+                              "--data-dir", str(real_data_dir), "--no-progress", "--device", device]) == 0
         assert json.loads((out / "eval_convnet.json").read_text())["num_train"] == n
 
 
