@@ -292,6 +292,12 @@ class Distiller:
             loss = loss + self.cfc_weight * ops.cfc_loss(feats, y, protos, self.cfg.cfc_tau)
         return loss
 
+    def match(self, net, outer, inner):
+        """One matching step of the configured form on S; returns the summed matching loss."""
+        if self.cfg.form == "batched":
+            return self.match_batched(net, outer, inner)
+        return self.match_sequential(net, outer, inner)
+
     def match_sequential(self, net, outer, inner):
         mu, lr = self.cfg.mom_img, self.cfg.lr_img
         params = self.match_params(outer, inner)
@@ -404,12 +410,11 @@ class Distiller:
         net = self.new_network(outer)
         opt = make_sgd(net, cfg.lr_net, cfg.mom_net, cfg.wd_net)
         self.boundary(outer)
-        match = self.match_batched if cfg.form == "batched" else self.match_sequential
         loss_sum = 0.0
         for inner in range(cfg.inner_loop):
             if should_stop and self.comm.any(should_stop(), "stop flag"):  # every rank stops at the same point
                 raise Stopped(f"stopped in outer iteration {outer}")
-            loss_sum = loss_sum + match(net, outer, inner)
+            loss_sum = loss_sum + self.match(net, outer, inner)
             self.network_update(net, opt)
         if self.comm.distributed:
             loss_sum = self.merge(loss_sum, net)

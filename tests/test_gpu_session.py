@@ -1,0 +1,53 @@
+"""bench/gpu_session.py, the one prepared GPU command, runs end to end as a CPU dry run: every stage
+passes, its files fit what the device tool brings back (at most 8, none nested), the loop table
+covers every mode of the engine, and a budget too small for a stage skips it, saying so."""
+import json
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import loop_timing  # noqa: E402
+
+SESSION = [sys.executable, str(REPO / "bench" / "gpu_session.py")]
+
+
+def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
+    out = tmp_path / "session"
+    r = subprocess.run([*SESSION, "--dry-run", "--out", str(out), "--data-dir", str(real_data_dir),
+                        "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = json.loads((out / "session.json").read_text())
+    assert meta["dry_run"] is True
+    assert [s["stage"] for s in meta["stages"]] == ["build", "tests", "gpu_check", "engine", "loop"]
+    assert all(s["status"] == "ok" for s in meta["stages"]), meta["stages"]
+    files = list(out.iterdir())
+    assert len(files) <= 8 and all(f.is_file() for f in files), files
+    assert "correctness PASSED" in (out / "gpu_check.log").read_text()
+    # both parts of the CUDA test subset were collected and are not empty
+    counts = [int(n) for n in re.findall(r"^(\d+)(?:/\d+)? tests? collected", (out / "tests.log").read_text(), re.M)]
+    assert len(counts) == 2 and min(counts) > 0, counts
+    loop = (out / "loop.log").read_text()
+    for form, precision in loop_timing.modes("cpu"):
+        assert f"| 1 | {form} | {precision} |" in loop
+    engine = (out / "engine.log").read_text()
+    assert engine.count("distillation done") == 2 and "mUE" in engine
+    assert "| loop | ok |" in (out / "session.md").read_text()
+
+
+def test_a_small_budget_skips_what_would_overrun(tmp_path, real_data_dir):
+    out = tmp_path / "session"
+    r = subprocess.run([*SESSION, "--dry-run", "--out", str(out), "--data-dir", str(real_data_dir), "--budget", "5"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    stages = json.loads((out / "session.json").read_text())["stages"]
+    assert len(stages) == 5 and all(s["status"] == "skipped" and "would overrun" in s["note"] for s in stages)
+
+
+def test_refuses_a_data_dir_without_mnist(tmp_path):
+    r = subprocess.run([*SESSION, "--dry-run", "--out", str(tmp_path / "s"), "--data-dir", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and str(tmp_path) in r.stderr and "MNIST" in r.stderr
+    assert not (tmp_path / "s").exists()
