@@ -139,6 +139,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     t_start = time.time()
     out = Path(args.out)
+    args.data_dir = str(Path(args.data_dir).resolve())
     if not (Path(args.data_dir) / "MNIST" / "raw").is_dir():
         print(f"error: --data-dir {args.data_dir} holds no MNIST/raw folder (the engine stage needs MNIST)",
               file=sys.stderr)
@@ -151,8 +152,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     import tempfile
     args.work = args.work or tempfile.mkdtemp(prefix="udd-gpu-session-")
+    # the tests read their data from UDD_FAST_SHARED_DATA (a GPU machine has only what was carried)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", UDD_FAST_SHARED_DATA=str(Path(args.data_dir).resolve()))
     if args.dry_run:
         env["TRITON_INTERPRET"] = "1"  # Triton's kernels on CPU tensors
     else:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_run
+from conftest import assert_same_run, require_dataset
 from udd_fast import __version__, data as data_mod
 from udd_fast.distill import main as distill_main
 from udd_fast.evaluate import main as evaluate_main
@@ -75,6 +75,7 @@ def test_smoke_mnist_end_to_end(tmp_path, real_data_dir, device):
 
 
 def test_smoke_cifar10_end_to_end(tmp_path, real_data_dir, device):
+    require_dataset(real_data_dir, "cifar-10-batches-py")
     rc, out = _distill(tmp_path, real_data_dir, "--dataset", "cifar10", "--ipc", "2", "--device", device)
     assert rc == 0
     _check_artifacts(out, "cifar10", 2, 10, 3, 32, 2, device=device)

@@ -16,7 +16,10 @@ SESSION = [sys.executable, str(REPO / "bench" / "gpu_session.py")]
 
 def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
     out = tmp_path / "session"
-    r = subprocess.run([*SESSION, "--dry-run", "--out", str(out), "--data-dir", str(real_data_dir),
+    carried = tmp_path / "gpu_data"  # what a GPU machine gets: MNIST alone
+    carried.mkdir()
+    (carried / "MNIST").symlink_to((real_data_dir / "MNIST").resolve())
+    r = subprocess.run([*SESSION, "--dry-run", "--out", str(out), "--data-dir", str(carried),
                         "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     meta = json.loads((out / "session.json").read_text())
