@@ -61,7 +61,7 @@ class Config:
     eval_epochs: int = 1000
     eval_runs: int = 5
     eval_batch: int = 64
-    eval_aug: str = "color_crop_cutout_flip_scale_rotate"
+    eval_aug: str = "color_crop_flip_scale_rotate"
     eval_cutmix: bool = True
     eval_validations: int = 4  # IDC validates 4 times and logs the best beside the last
     eval_test_limit: int = 0  # 0: the whole test set; smoke tests use a prefix to stay fast
@@ -101,6 +101,8 @@ def dataset_defaults(dataset: str, ipc: int, factor: int) -> dict:
         d.update(match_aug="color_crop", net_cutmix=False, eval_aug="color_crop_scale_rotate", eval_cutmix=False)
     if dataset == "svhn" and factor == 1 and ipc == 1:
         d.update(eval_aug="color_crop_cutout_scale_rotate", eval_cutmix=False)
+    if d["eval_cutmix"]:  # IDC's argument.py: with CutMix (--mixup cut) evaluation drops cutout
+        d["eval_aug"] = "_".join(p for p in d["eval_aug"].split("_") if p != "cutout")
     return d
 
 

@@ -5,7 +5,9 @@ momentum 0.9, wd 5e-4, batch 64, lr x0.2 at 2/3 and 5/6 of the epochs, per-sampl
 CutMix p 0.5), test on the real test set. IDC validates 4 times and logs best and last; we report
 the last-epoch accuracy as mean +- std over runs, with best-of-4 beside it.
 
-The evaluation augmentation follows IDC's code (its `dsa_strategy`, cutout included).
+The evaluation augmentation follows IDC's code: its `dsa_strategy` (flip dropped for SVHN and MNIST),
+without cutout whenever CutMix is on (IDC's `remove_aug(args.dsa_strategy, 'cutout')` under its
+default `--mixup cut`); cutout stays only where CutMix is off (SVHN at factor 1 and IPC 1).
 """
 import argparse
 import json
@@ -63,7 +65,7 @@ def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy,
 
 
 def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs=5, seed=0,
-                 strategy="color_crop_cutout_flip_scale_rotate", use_cutmix=True, batch=64, validations=4,
+                 strategy="color_crop_flip_scale_rotate", use_cutmix=True, batch=64, validations=4,
                  test_limit=0, progress=True, regions=None):
     """Evaluate stored images in [0,1] with IDC's protocol; returns a dict of the results.
     `regions` = (source index [M], box [M, 4]) adds UDD's region views to the decoded formations."""

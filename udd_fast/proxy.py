@@ -1,5 +1,6 @@
 """UDD's proxy network: a ConvNet-3 trained on the real training set with the evaluation
-augmentation, cached on disk under (dataset, data fingerprint, architecture, epochs, seed, version).
+augmentation, cached on disk under (dataset, data fingerprint, architecture, epochs, seed,
+augmentation, CutMix, version).
 
 A cache file that is corrupt or whose key does not match is retrained with a warning, never used.
 """
@@ -32,9 +33,10 @@ def data_fingerprint(data) -> str:
     return h.hexdigest()[:32]
 
 
-def proxy_key(data, epochs: float, seed: int, arch: str = "convnet") -> dict:
+def proxy_key(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, arch: str = "convnet") -> dict:
     return {"dataset": data.info.name, "fingerprint": data_fingerprint(data), "arch": arch,
-            "epochs": float(epochs), "seed": int(seed), "version": __version__}
+            "epochs": float(epochs), "seed": int(seed), "augmentation": str(Strategy.parse(strategy)),
+            "cutmix": bool(use_cutmix), "version": __version__}
 
 
 def _file_for(cache_dir: Path, key: dict) -> Path:
@@ -74,7 +76,7 @@ def load_or_train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmi
                         progress=True, log=None):
     """The cached proxy for this key, else a freshly trained one (then cached). Returns (model, how)."""
     log = log or (lambda msg: None)
-    key = proxy_key(data, epochs, seed)
+    key = proxy_key(data, epochs, seed, strategy, use_cutmix)
     path = _file_for(cache_dir or default_cache_dir(), key)
     if path.exists():
         try:
