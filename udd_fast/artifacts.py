@@ -1,7 +1,20 @@
-"""Artifacts written atomically (temporary file in the same directory, then os.replace), so a run
-stopped at any moment leaves either the old file or the new one, never half of one."""
+"""Artifacts and run directories.
+
+Every file is written atomically (serialized in memory, written to a temporary file in the same
+directory, then os.replace), so a run stopped at any moment leaves either the old file or the new
+one, never half of one; files get the mode the umask allows, like any other file.
+
+A run directory is complete or marked incomplete: a run writes the marker file INCOMPLETE before it
+writes anything else there and removes it only after summary.json, the last artifact, is written.
+A directory holding another run's files is refused unless the caller says to replace it (--force)
+or to continue it (--resume).
+"""
+import errno
+import io
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -10,17 +23,43 @@ import torch
 
 from . import __version__
 
+INCOMPLETE = "INCOMPLETE"
+# the files a run writes into its directory (plus eval_<arch>.json from `evaluate`)
+RUN_FILES = ("checkpoint.pt", "distilled.pt", "summary.json", "grid.png", "log.txt", INCOMPLETE)
+# our temporary files: `.<artifact>.<random>.tmp` (see _atomic) and the writability probe
+_TEMPORARY = re.compile(r"^\.(checkpoint\.pt|distilled\.pt|summary\.json|grid\.png|INCOMPLETE|eval_\w+\.json)"
+                        r"\.\w+\.tmp$|^\.write-test-\w+$")
+
 
 class ArtifactError(RuntimeError):
     """A saved set that cannot be used: missing, unreadable or of the wrong structure."""
 
 
-def _atomic(path: Path, write):
+class WriteError(ArtifactError):
+    """A file that could not be written (disk full, no permission); the message names the path."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only set it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _atomic(path: Path, data: bytes):
+    """Write `data` to `path` atomically. The single place that writes an artifact's bytes."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp creates 0600
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -30,12 +69,74 @@ def _atomic(path: Path, write):
         raise
 
 
+def write_error_message(path, e: OSError) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on the device (disk full or quota exceeded)"
+    elif e.errno == errno.EFBIG:
+        why = "file too large for this file system or the process's file-size limit"
+    else:
+        why = e.strerror or str(e)
+    return f"cannot write {path}: {why}"
+
+
+def _write(path, data: bytes):
+    try:
+        _atomic(Path(path), data)
+    except OSError as e:
+        raise WriteError(write_error_message(path, e)) from None
+
+
 def write_json(path, obj):
-    _atomic(path, lambda fh: fh.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+    _write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_torch(path, obj):
-    _atomic(path, lambda fh: torch.save(obj, fh))
+    buf = io.BytesIO()  # serialized first: a failed write is then an OSError, not a torch C++ error
+    torch.save(obj, buf)
+    _write(path, buf.getvalue())
+
+
+def write_text(path, text: str):
+    _write(path, text.encode())
+
+
+# -- run directories ------------------------------------------------------------------------------
+
+def run_files(path) -> list:
+    """The names of a udd_fast run's files in directory `path` (sorted; [] when there is none)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir()
+                  if p.name in RUN_FILES or (p.name.startswith("eval_") and p.name.endswith(".json")))
+
+
+def check_out_dir(path, force: bool = False, resume: bool = False) -> list:
+    """Refuse an output directory we cannot or may not write into; nothing is created. Returns the
+    previous run's files that a --force run replaces."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"output directory {path} is not writable: it is a file")
+    up = path
+    while not up.exists():
+        up = up.parent
+    if not up.is_dir():
+        raise ArtifactError(f"output directory {path} is not writable: {up} is not a directory")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise ArtifactError(f"output directory {path} is not writable: no permission to write in {up}")
+    found = run_files(path)
+    if found and not (force or resume):
+        raise ArtifactError(f"output directory {path} holds another run ({', '.join(found)}); choose another "
+                            f"--out, continue that run with --resume {path}, or replace it with --force")
+    return found if force else []
+
+
+def remove_stale_temporaries(path) -> list:
+    """Delete the temporary files a killed run left in `path`; returns their names."""
+    stale = sorted(p.name for p in Path(path).iterdir() if p.is_file() and _TEMPORARY.match(p.name))
+    for name in stale:
+        (Path(path) / name).unlink(missing_ok=True)
+    return stale
 
 
 def ensure_writable_dir(path) -> Path:
@@ -49,6 +150,31 @@ def ensure_writable_dir(path) -> Path:
         raise ArtifactError(f"output directory {path} is not writable: {e.strerror or e}") from None
     return path
 
+
+def claim_run_dir(path, replace=(), note: str = "") -> list:
+    """Make `path` this run's directory: create it, delete stale temporaries and the files in `replace`
+    (a previous run's, with --force), then mark it INCOMPLETE. Returns the deleted temporaries."""
+    path = ensure_writable_dir(path)
+    try:
+        stale = remove_stale_temporaries(path)
+        for name in replace:
+            (path / name).unlink(missing_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot clear output directory {path}: {e}") from None
+    write_text(path / INCOMPLETE, "This udd_fast run is not complete: it is running, or it stopped before writing "
+                                  "all its artifacts (log.txt says why). The marker goes when summary.json, the "
+                                  f"last artifact, is written.\n{note}")
+    return stale
+
+
+def mark_complete(path):
+    try:
+        (Path(path) / INCOMPLETE).unlink(missing_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot remove {Path(path) / INCOMPLETE}: {e.strerror or e}") from None
+
+
+# -- the distilled set -----------------------------------------------------------------------------
 
 def grid_image(images: torch.Tensor, labels: torch.Tensor, num_classes: int, max_cols: int = 10, pad: int = 2):
     """uint8 HxWxC array: one row per class, that class's stored images left to right."""
@@ -69,13 +195,15 @@ def grid_image(images: torch.Tensor, labels: torch.Tensor, num_classes: int, max
 def write_grid(path, images, labels, num_classes):
     from PIL import Image
 
-    arr = grid_image(images, labels, num_classes)
-    _atomic(path, lambda fh: Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG"))
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(grid_image(images, labels, num_classes))).save(buf, format="PNG")
+    _write(path, buf.getvalue())
 
 
-def save_distilled(path, images, labels, factor, info, config: dict, regions=None):
+def save_distilled(path, images, labels, factor, info, config: dict, regions=None, facts=None, data_dir=None):
     """distilled.pt: stored images in [0,1] (float32), labels, factor, dataset facts, normalization,
-    region boxes (`boxes` [M,4] with `region_src` [M], or None), the full config and the version."""
+    region boxes (`boxes` [M,4] with `region_src` [M], or None), the full config, the version, and
+    what identifies the training data (`data`: checkpoint.data_facts) with its directory (built-ins)."""
     write_torch(path, {
         "images": images.detach().float().clamp(0, 1).cpu(),
         "labels": labels.detach().long().cpu(),
@@ -89,11 +217,96 @@ def save_distilled(path, images, labels, factor, info, config: dict, regions=Non
         "region_src": None if regions is None else regions[0].detach().long().cpu(),
         "config": dict(config),
         "version": __version__,
+        "data": None if facts is None else dict(facts),
+        "data_dir": None if data_dir is None else str(data_dir),
     })
+    try:
+        for stale in Path(path).parent.glob("eval_*.json"):  # the results of the set this one replaced
+            stale.unlink(missing_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot remove {stale}, an evaluation of the replaced set: {e.strerror or e}") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite_numbers(v, n) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) == n
+            and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in v))
+
+
+def _check_distilled(d, path):
+    """Every field of a loaded distilled.pt: types, shapes, dtypes, ranges, finite values."""
+    from .config import config_from_dict
+    from .decode import factor_problem
+
+    def bad(msg):
+        return ArtifactError(f"{path}: {msg}: not a usable udd_fast distilled set")
+
+    if not isinstance(d, dict):
+        raise bad(f"holds a {type(d).__name__}, not a dict")
+    need = ("images", "labels", "factor", "dataset", "dataset_info", "mean", "std")
+    missing = [k for k in need if k not in d]
+    if missing:
+        raise bad(f"lacks {', '.join(missing)}")
+    info = d["dataset_info"]
+    if not (isinstance(info, dict) and _is_int(info.get("num_classes")) and _is_int(info.get("channels"))
+            and _is_int(info.get("size"))):
+        raise bad("dataset_info must be a dict with integer num_classes, channels and size")
+    k, c, s = info["num_classes"], info["channels"], info["size"]
+    if k < 2 or c not in (1, 3) or s < 1:
+        raise bad(f"dataset_info has {k} classes, {c} channels, size {s} (need >= 2 classes, 1 or 3 channels)")
+    names = info.get("class_names")
+    if not (isinstance(names, (list, tuple)) and len(names) == k and all(isinstance(n, str) for n in names)):
+        raise bad(f"dataset_info.class_names must be {k} strings")
+    if not (isinstance(d["dataset"], str) and d["dataset"]):
+        raise bad("dataset must be a non-empty string")
+    x, y = d["images"], d["labels"]
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise bad(f"images must be a floating-point tensor, found {type(x).__name__} {getattr(x, 'dtype', '')}")
+    if x.dim() != 4 or x.shape[0] < 1 or tuple(x.shape[1:]) != (c, s, s):
+        raise bad(f"images have shape {tuple(x.shape)}, expected (N, {c}, {s}, {s})")
+    if not torch.isfinite(x).all():
+        raise bad("images contain NaN or infinity")
+    if float(x.min()) < 0 or float(x.max()) > 1:
+        raise bad(f"images lie in [{float(x.min()):.4g}, {float(x.max()):.4g}], outside [0, 1]")
+    if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise bad(f"labels must be an integer tensor, found {type(y).__name__} {getattr(y, 'dtype', '')}")
+    if tuple(y.shape) != (x.shape[0],):
+        raise bad(f"images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise bad(f"labels lie in [{int(y.min())}, {int(y.max())}], outside [0, {k})")
+    if not _is_int(d["factor"]) or factor_problem(s, d["factor"]):
+        raise bad(f"factor {d['factor']!r}: {factor_problem(s, d['factor']) if _is_int(d['factor']) else 'not an integer'}")
+    for key in ("mean", "std"):
+        if not _finite_numbers(d[key], c):
+            raise bad(f"{key} must be {c} finite numbers")
+    if not all(v > 0 for v in d["std"]):
+        raise bad("std must be positive")
+    boxes, src = d.get("boxes"), d.get("region_src")
+    if boxes is not None or src is not None:
+        ok = (isinstance(boxes, torch.Tensor) and isinstance(src, torch.Tensor) and not boxes.is_floating_point()
+              and not src.is_floating_point() and boxes.dim() == 2 and boxes.shape[1] == 4
+              and src.shape == (boxes.shape[0],) and boxes.shape[0] > 0)
+        ok = ok and int(src.min()) >= 0 and int(src.max()) < x.shape[0] and int(boxes.min()) >= 0
+        ok = ok and int(boxes.max()) <= d["factor"] * math.ceil(s / d["factor"])
+        ok = ok and bool((boxes[:, 2:] > boxes[:, :2]).all())
+        if not ok:
+            raise bad("region boxes are malformed")
+    try:
+        d["config"] = config_from_dict(d.get("config", {}), "its config")
+    except ValueError as e:
+        raise bad(str(e)) from None
+    facts, data_dir = d.get("data"), d.get("data_dir")
+    if facts is not None and not (isinstance(facts, dict) and isinstance(facts.get("fingerprint"), str)):
+        raise bad("data (the training data's facts) must be a dict with a fingerprint")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise bad("data_dir must be a string")
 
 
 def load_distilled(path) -> dict:
-    """Load and check a distilled.pt (a file, or a directory holding one)."""
+    """Load and check a distilled.pt (a file, or a directory holding one); d["config"] is a Config."""
     path = Path(path)
     if path.is_dir():
         path = path / "distilled.pt"
@@ -103,19 +316,5 @@ def load_distilled(path) -> dict:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or not a torch file
         raise ArtifactError(f"{path} is not a readable distilled set ({type(e).__name__}: {e})") from None
-    need = ("images", "labels", "factor", "dataset", "dataset_info", "mean", "std")
-    missing = [k for k in need if not isinstance(d, dict) or k not in d]
-    if missing:
-        raise ArtifactError(f"{path} lacks {', '.join(missing)}: not a udd_fast distilled set")
-    x, y = d["images"], d["labels"]
-    if x.dim() != 4 or y.shape != (x.shape[0],):
-        raise ArtifactError(f"{path}: images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
-    if not torch.isfinite(x).all():
-        raise ArtifactError(f"{path}: images contain NaN or infinity")
-    boxes, src = d.get("boxes"), d.get("region_src")
-    if boxes is not None:
-        ok = (src is not None and boxes.dim() == 2 and boxes.shape[1] == 4 and src.shape == (boxes.shape[0],)
-              and int(src.min()) >= 0 and int(src.max()) < x.shape[0] and bool((boxes[:, 2:] > boxes[:, :2]).all()))
-        if not ok:
-            raise ArtifactError(f"{path}: region boxes are malformed")
+    _check_distilled(d, path)
     return d

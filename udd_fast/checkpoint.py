@@ -1,20 +1,24 @@
 """Resumable runs: checkpoint.pt in the output directory holds the Distiller's state at an outer
-boundary, the full config, the data's identity and the package version (written atomically).
+boundary, the full config, the data's identity and location and the package version (written
+atomically). Every field is checked on load, before any data is read.
 
 No generator state is stored: every random draw is keyed by (seed, outer, inner, class, purpose) or
 by the network-batch counter, so the counters in the state are enough (method section 5). The UDD
 proxy is not stored either; it comes back from its own cache (or is retrained, deterministically).
 """
+import math
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .artifacts import ArtifactError, write_torch
+from .config import config_from_dict
 from .proxy import data_fingerprint
 
 FILENAME = "checkpoint.pt"
 FORMAT = "udd_fast.checkpoint/1"
+_FACT_INTS = ("num_train", "num_test", "num_classes", "channels", "size")
 
 
 class CheckpointError(ArtifactError):
@@ -26,18 +30,26 @@ def data_facts(data) -> dict:
     info = data.info
     return {"name": info.name, "num_train": int(data.images.shape[0]), "num_test": int(data.test_images.shape[0]),
             "num_classes": info.num_classes, "channels": info.channels, "size": info.size,
-            "fingerprint": data_fingerprint(data)}
+            "class_names": list(info.class_names), "fingerprint": data_fingerprint(data)}
 
 
-def save_checkpoint(out_dir, state: dict, config: dict, facts: dict, dataset_arg: str) -> Path:
+def data_mismatch(saved: dict, facts: dict) -> list:
+    """How the data described by `saved` (facts stored with a run) differs from `facts` (the data
+    here), one line per fact; facts an older file lacks are not compared."""
+    return [f"{k} {saved[k]!r} there, {facts[k]!r} here" for k in facts if k in saved and saved[k] != facts[k]]
+
+
+def save_checkpoint(out_dir, state: dict, config: dict, facts: dict, dataset_arg: str, data_dir=None,
+                    no_download=False) -> Path:
     path = Path(out_dir) / FILENAME
     write_torch(path, {"format": FORMAT, "version": __version__, "config": dict(config), "data": dict(facts),
-                       "dataset_arg": str(dataset_arg), "state": state})
+                       "dataset_arg": str(dataset_arg), "data_dir": None if data_dir is None else str(data_dir),
+                       "no_download": bool(no_download), "state": state})
     return path
 
 
 def load_checkpoint(run_dir) -> dict:
-    """Load and check the structure of <run_dir>/checkpoint.pt (or the file itself)."""
+    """Load <run_dir>/checkpoint.pt (or the file itself) and check every field; ck["config"] is a Config."""
     path = Path(run_dir)
     if path.is_dir():
         path = path / FILENAME
@@ -53,14 +65,80 @@ def load_checkpoint(run_dir) -> dict:
     missing = [k for k in ("version", "config", "data", "dataset_arg", "state") if k not in ck]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    try:
+        ck["config"] = config_from_dict(ck["config"], "config")
+        _check_fields(ck)
+        check_state(ck["state"], ck["config"], ck["data"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}; the checkpoint is damaged or was edited: it cannot be resumed") from None
     ck["path"] = str(path)
     return ck
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_fields(ck):
+    if not isinstance(ck["version"], str) or not isinstance(ck["dataset_arg"], str) or not ck["dataset_arg"]:
+        raise ValueError("version and dataset_arg must be strings")
+    for key in ("data_dir",):
+        if ck.get(key) is not None and not isinstance(ck[key], str):
+            raise ValueError(f"{key} must be a string")
+    if not isinstance(ck.get("no_download", False), bool):
+        raise ValueError("no_download must be true or false")
+    facts = ck["data"]
+    if not isinstance(facts, dict) or not isinstance(facts.get("fingerprint"), str) \
+            or not isinstance(facts.get("name"), str):
+        raise ValueError("data (the training data's facts) must be a dict with a name and a fingerprint")
+    bad = [k for k in _FACT_INTS if not (_is_int(facts.get(k)) and facts[k] >= 1)]
+    if bad:
+        raise ValueError(f"data facts {', '.join(bad)} must be positive integers")
+
+
+def check_state(st, cfg, facts):
+    """The Distiller state (engine.Distiller.state()): keys, types, shapes against the config and the
+    data facts, finite values, counters in range. Raises ValueError."""
+    keys = ("S", "buf", "pending", "net_batch", "outer_done", "region_boxes", "policy_counts", "last_loss")
+    if not isinstance(st, dict) or any(k not in st for k in keys):
+        raise ValueError(f"state must be a dict with {', '.join(keys)}")
+    shape = (facts["num_classes"] * cfg.ipc, facts["channels"], facts["size"], facts["size"])
+    for k in ("S", "buf", "pending"):
+        t = st[k]
+        if t is None and k == "pending":
+            continue
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or tuple(t.shape) != shape:
+            raise ValueError(f"state {k} must be a float tensor of shape {shape}, found "
+                             f"{type(t).__name__} {tuple(getattr(t, 'shape', ()))}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"state {k} contains NaN or infinity")
+    done, net_batch = st["outer_done"], st["net_batch"]
+    if not (_is_int(done) and 0 <= done <= cfg.iterations):
+        raise ValueError(f"state outer_done {done!r} is outside [0, {cfg.iterations}] (the run's iterations)")
+    most = done * cfg.inner_loop * cfg.n_data  # a network update draws at most n_data batches (>= 1 image each)
+    if not (_is_int(net_batch) and 0 <= net_batch <= most):
+        raise ValueError(f"state net_batch {net_batch!r} is outside [0, {most}] for {done} outer iterations")
+    counts = st["policy_counts"]
+    if not (isinstance(counts, dict) and set(counts) == {"response", "jitter"}
+            and all(_is_int(v) and v >= 0 for v in counts.values())):
+        raise ValueError("state policy_counts must hold non-negative integer counts of response and jitter")
+    loss = st["last_loss"]
+    if not isinstance(loss, float) or (done > 0 and not math.isfinite(loss)):
+        raise ValueError(f"state last_loss {loss!r} must be a finite number after an outer iteration")
+    boxes = st["region_boxes"]
+    if boxes is not None:
+        n = facts["num_classes"] * cfg.ipc * cfg.factor ** 2
+        side = cfg.factor * math.ceil(facts["size"] / cfg.factor)
+        ok = (isinstance(boxes, torch.Tensor) and not boxes.is_floating_point() and tuple(boxes.shape) == (n, 4)
+              and int(boxes.min()) >= 0 and int(boxes.max()) <= side and bool((boxes[:, 2:] > boxes[:, :2]).all()))
+        if not ok:
+            raise ValueError(f"state region_boxes must be {n} integer boxes inside the {side}-pixel stored images")
+        if cfg.method != "udd" or cfg.policy == "none":
+            raise ValueError("state has region boxes, but the run's config searches no regions")
+
+
 def check_data(ck: dict, facts: dict):
     """Refuse a checkpoint made on other data."""
-    saved = ck["data"]
-    diff = [k for k in facts if saved.get(k) != facts[k]]
+    diff = data_mismatch(ck["data"], facts)
     if diff:
-        raise CheckpointError(f"{ck['path']} was made on other data: " +
-                              "; ".join(f"{k} {saved.get(k)!r} there, {facts[k]!r} here" for k in diff))
+        raise CheckpointError(f"{ck['path']} was made on other data: " + "; ".join(diff))

@@ -1,4 +1,5 @@
 """Run configuration: IDC's per-dataset settings, presets (paper / quick / smoke) and flag overrides."""
+import math
 from dataclasses import asdict, dataclass, fields
 
 METHODS = ("idc", "udd", "random")
@@ -69,10 +70,71 @@ class Config:
     def to_dict(self):
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+
+# The allowed values of the config fields: the one range check, for flags (distill names the flag) and
+# for the configs saved in checkpoint.pt and distilled.pt (the loader names the file and the field).
+_AT_LEAST = {"ipc": 1, "factor": 1, "iterations": 0, "inner_loop": 1, "batch_real": 1, "batch_syn_max": 1,
+             "n_data": 1, "checkpoint_every": 0, "region_every": 1, "jitter_draws": 1, "net_width": 1,
+             "eval_epochs": 1, "eval_runs": 0, "eval_batch": 1, "eval_validations": 1, "eval_test_limit": 0}
+_POSITIVE = ("lr_img", "lr_net", "jitter_sigma", "cfc_tau", "proxy_epochs")
+_NON_NEGATIVE = ("cfc_weight", "mom_img", "mom_net", "wd_net")
+_STRATEGIES = ("match_aug", "net_aug", "eval_aug")
+
+
+def _choices():
+    from .models import ARCHS
+    from .regions import POLICIES
+
+    return {"method": METHODS, "form": FORMS, "precision": ("", *PRECISIONS), "metric": ("l1", "mse"),
+            "dtype": ("float32", "float64"), "preset": tuple(PRESETS), "policy": POLICIES, "eval_arch": ARCHS}
+
+
+def field_problem(name: str, value):
+    """Why `value` is not allowed for the config field `name`, or None when it is."""
+    if name in _AT_LEAST and value < _AT_LEAST[name]:
+        return f"must be >= {_AT_LEAST[name]}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if name in _POSITIVE and not value > 0:
+        return "must be > 0"
+    if name in _NON_NEGATIVE and not value >= 0:
+        return "must be >= 0"
+    if name == "region_size" and not 0 < value <= 1:
+        return "must be in (0, 1]"
+    choices = _choices().get(name)
+    if choices is not None and value not in choices:
+        return f"must be one of {', '.join(repr(c) for c in choices)}"
+    if name in _STRATEGIES:
+        from .augment import Strategy
+        try:
+            Strategy.parse(value)
+        except ValueError as e:
+            return str(e)
+    if name == "device" and not (value == "cpu" or value.startswith("cuda")):
+        return "must be cpu or cuda[:N]"
+    return None
+
+
+def config_from_dict(d, where: str) -> Config:
+    """A saved config, every field checked (type and range); missing fields take their defaults (older
+    files), unknown ones are ignored. Raises ValueError naming `where` and the field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} is a {type(d).__name__}, not a dict of settings")
+    cfg = Config()
+    for f in fields(Config):
+        if f.name not in d:
+            continue
+        v, kind = d[f.name], type(getattr(cfg, f.name))
+        ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            ok, v = True, float(v)
+        if not ok:
+            raise ValueError(f"{where}: {f.name} is {v!r}, expected a {kind.__name__}")
+        problem = field_problem(f.name, v)
+        if problem:
+            raise ValueError(f"{where}: {f.name} {problem} (found {v!r})")
+        setattr(cfg, f.name, v)
+    return cfg
 
 
 # The CFC weight's default, by matching metric: L_g's scale differs by metric and dataset (its

@@ -12,7 +12,9 @@ works unchanged:
     <data_dir>/svhn/{train_32x32.mat, test_32x32.mat}
 
 Files on disk are checked by structure (headers, shapes, dtypes, label ranges and
-the official sample counts), never by md5, so re-packed copies are accepted.
+the official sample counts), never by md5, so re-packed copies are accepted. CIFAR
+pickles are read by an unpickler that builds numpy arrays and builtin containers
+only (a crafted file cannot run code).
 Downloads of missing files are md5-checked.
 
 Environment variables:
@@ -30,6 +32,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import pickle
 import shutil
@@ -189,7 +192,7 @@ def load_dataset(name: str, data_dir=None, download: bool = True) -> ArrayDatase
     ``download`` are then ignored). Missing built-in files are downloaded when
     ``download`` is true; otherwise a DataError lists them with the official URLs.
     """
-    user_path = _user_data_path(name)
+    user_path = user_data_path(name)
     if user_path is not None:
         return _load_npz(user_path) if user_path.is_file() else _load_folder(user_path)
     key = canonical_name(name)
@@ -202,8 +205,8 @@ def load_dataset(name: str, data_dir=None, download: bool = True) -> ArrayDatase
     return _load_svhn(root)
 
 
-def _user_data_path(name) -> Path | None:
-    """A path for user data, or None for a built-in name. Built-in names win over
+def user_data_path(name) -> Path | None:
+    """The resolved absolute path of user data, or None for a built-in name. Built-in names win over
     same-named files in the working directory unless given with a separator."""
     text = str(name)
     looks_like_path = os.sep in text or "/" in text or text.lower().endswith(".npz")
@@ -215,11 +218,11 @@ def _user_data_path(name) -> Path | None:
         pass
     path = Path(text).expanduser()
     if path.is_dir():
-        return path.absolute()
+        return path.resolve()  # one name for one dataset, whatever the working directory
     if path.is_file():
         if path.suffix.lower() != ".npz":
             raise DataError(f"{path}: user data files must be .npz (or pass an image-folder directory)")
-        return path.absolute()
+        return path.resolve()
     if looks_like_path:
         raise DataError(f"{path}: no such .npz file or directory; pass an existing path or a "
                         f"built-in dataset name ({', '.join(sorted(DATASETS))})")
@@ -499,7 +502,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python integers: a crafted header cannot wrap around
     if len(raw) != expected:
         raise DataError(f"{path}: {len(raw)} bytes, but its header (dims {dims}) needs {expected}; "
                         f"{_REPLACE_HINT}")
@@ -522,12 +525,52 @@ def _load_idx_dataset(key: str, root: Path) -> ArrayDataset:
 # CIFAR-10 / CIFAR-100 (python pickles)
 # ----------------------------------------------------------------------------
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that asks for something the CIFAR format never holds."""
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    """`_codecs.encode` as protocol-2 pickles use it for bytes (text.encode('latin1')), nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1", errors)
+
+
+def _pickle_globals() -> dict:
+    """What the official CIFAR pickles (Python 2, numpy 1) and re-packed ones (numpy 2, protocols 2-5)
+    may name: numpy's array and scalar reconstruction, dtypes, and bytes via _codecs.encode."""
+    arr = np.zeros(1)
+    reconstruct, scalar = arr.__reduce__()[0], np.int64(0).__reduce__()[0]
+    frombuffer = arr.__reduce_ex__(5)[0]
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed.update({(f"{core}.multiarray", "_reconstruct"): reconstruct, (f"{core}.multiarray", "scalar"): scalar,
+                        (f"{core}.numeric", "_frombuffer"): frombuffer})
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that builds only data: it refuses every global outside _pickle_globals(), so a
+    crafted file cannot run code (pickle.load would call whatever the file names)."""
+
+    allowed = _pickle_globals()
+
+    def find_class(self, module, name):
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise _Refused(f"{module}.{name}")
+        return found
+
+
 def _read_pickle(path: Path) -> dict:
-    """Unpickle a CIFAR file; keys may be str or bytes (both are normalised to str)."""
+    """Unpickle a CIFAR file (data only); keys may be str or bytes (both are normalised to str)."""
     try:
         with open(path, "rb") as fh:
             # latin1 reads both Python 2 pickles (the original release) and Python 3 ones
-            obj = pickle.load(fh, encoding="latin1")
+            obj = _CifarUnpickler(fh, encoding="latin1").load()
+    except _Refused as exc:
+        raise DataError(f"{path}: refused: the file asks to call {exc}, which the CIFAR format never holds (a "
+                        f"crafted or foreign pickle; nothing of it was run); {_REPLACE_HINT}") from None
     except Exception as exc:  # corrupt pickles raise many different exception types
         raise DataError(f"{path}: cannot unpickle ({type(exc).__name__}: {exc}); {_REPLACE_HINT}") from exc
     if not isinstance(obj, dict):
@@ -644,6 +687,9 @@ def _user_dataset(name: str, where: str, train: tuple, test: tuple | None, class
     num_classes = len(class_names) if class_names is not None else int(train_labels.max(initial=-1)) + 1
     if num_classes == 0:
         raise DataError(f"{where}: no training samples")
+    if num_classes == 1:  # one class: every prediction is right, any accuracy would be meaningless
+        raise DataError(f"{where}: one class found ({(class_names or ['0'])[0]!r}); distillation and its "
+                        f"evaluation need at least 2 classes")
     channels, size = train_images.shape[1], train_images.shape[2]
     check = dict(channels=channels, size=size, num_classes=num_classes)
     _validate_split(train_images, train_labels, where=where, require_all_classes=True, **check)
@@ -747,8 +793,39 @@ def _image_header(path: Path, image_module):
         raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
 
 
+# Grayscale modes (1 channel); "I" is how some Pillow versions open 16-bit PNGs.
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _image_array(im, path: Path, gray: bool) -> np.ndarray:
+    """One image as uint8 (H, W) when `gray`, else (H, W, 3): 16-bit values scaled to 8 bits
+    (round(v * 255 / 65535)), alpha accepted only where every pixel is opaque; never clipped."""
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")  # the palette's colours and its transparency
+    if im.mode in ("LA", "La", "RGBA", "RGBa"):
+        alpha = np.asarray(im.getchannel("A"))
+        if alpha.size and alpha.min() < 255:
+            raise DataError(f"{path}: has transparent pixels (alpha down to {alpha.min()}); their colours are "
+                            "undefined: flatten it onto a background (or save it without alpha) first")
+        im = im.convert("L" if im.mode in ("LA", "La") else "RGB")
+    if im.mode.startswith("I"):
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise DataError(f"{path}: {im.mode} pixel values in [{arr.min()}, {arr.max()}] are not 8- or 16-bit "
+                            "grey levels; save it as an 8- or 16-bit PNG")
+        arr = ((arr * 255 + 32767) // 65535).astype(np.uint8)  # round(v * 255 / 65535), exactly
+    elif im.mode == "F":
+        raise DataError(f"{path}: floating-point pixels (mode F) have no fixed range; save it as an 8- or "
+                        "16-bit PNG")
+    else:
+        arr = np.asarray(im.convert("L" if im.mode in _GRAY_MODES else "RGB"))
+    if gray:
+        return arr
+    return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
+
+
 def _read_image_files(files: list[Path]) -> np.ndarray:
-    """Read images to uint8 (N,C,S,S): all mode L -> 1 channel, else RGB. Sizes must match."""
+    """Read images to uint8 (N,C,S,S): all grayscale -> 1 channel, else RGB. Sizes must match."""
     from PIL import Image
 
     headers = [_image_header(f, Image) for f in files]
@@ -759,12 +836,15 @@ def _read_image_files(files: list[Path]) -> np.ndarray:
         if size != (ref_w, ref_h):
             raise DataError(f"{f}: size {size[0]}x{size[1]} differs from {ref_w}x{ref_h} of {files[0]}; "
                             "all images must have the same square size")
-    gray = all(mode == "L" for mode, _ in headers)
+    gray = all(mode in _GRAY_MODES for mode, _ in headers)
     out = np.empty((len(files), 1 if gray else 3, ref_h, ref_w), dtype=np.uint8)
     for i, f in enumerate(files):  # file decoding is inherently per file
         try:
             with Image.open(f) as im:
-                arr = np.asarray(im.convert("L" if gray else "RGB"))
+                im.load()
+                arr = _image_array(im, f, gray)
+        except DataError:
+            raise
         except Exception as exc:
             raise DataError(f"{f}: unreadable image ({type(exc).__name__}: {exc})") from exc
         out[i] = arr[None] if gray else arr.transpose(2, 0, 1)

@@ -40,6 +40,18 @@ def crop_resize_ref(images: torch.Tensor, src: torch.Tensor, boxes: torch.Tensor
     return out
 
 
+def factor_problem(size: int, factor: int):
+    """Why `factor` cannot decode `size`-pixel images, or None when it can: every tile must hold
+    stored pixels (the padding alone would make a formation of flat grey)."""
+    if factor < 1:
+        return "must be >= 1"
+    tile = math.ceil(size / factor)
+    if (factor - 1) * tile >= size:
+        return (f"gives {tile}-pixel tiles at {size} px, so its last row and column of tiles would hold only "
+                f"padding; choose a factor whose tiles cover the image (2 is IDC's choice)")
+    return None
+
+
 def formation_boxes(size: int, factor: int, device=None) -> torch.Tensor:
     """[factor^2, 4] boxes (y0, x0, y1, x1) of the k x k grid, tile side ceil(size/k), row-major."""
     s = math.ceil(size / factor)

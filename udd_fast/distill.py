@@ -1,7 +1,9 @@
 """`python -m udd_fast.distill`: distill a dataset, evaluate the result and save the artifacts.
 
 Writes into --out: distilled.pt, summary.json, grid.png (one row per class) and log.txt, and, while
-distilling, checkpoint.pt (resume a stopped run with --resume DIR).
+distilling, checkpoint.pt (resume a stopped run with --resume DIR). The directory is marked INCOMPLETE
+until summary.json, the last artifact, is written (udd_fast.artifacts); a directory holding another
+run is refused unless --force.
 Every input is checked before any long work starts, and nothing is written on bad input.
 
 Started by torchrun with several processes, the run is distributed (udd_fast.distributed): classes
@@ -10,7 +12,11 @@ evaluates. Exit status: 0 done, 2 bad input, 3 a rank failed (state saved), 130 
 """
 import argparse
 import datetime
+import math
+import os
 import platform
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -21,16 +27,18 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, distributed, rng
-from .artifacts import ArtifactError, ensure_writable_dir, save_distilled, write_grid, write_json
+from .artifacts import (INCOMPLETE, ArtifactError, WriteError, check_out_dir, claim_run_dir, mark_complete,
+                        save_distilled, write_error_message, write_grid, write_json)
 from .checkpoint import CheckpointError, check_data, data_facts, load_checkpoint, save_checkpoint
-from .config import CFC_WEIGHTS, FORMS, METHODS, PRECISIONS, PRESETS, Config, build_config
-from .data import DataError, RealData, canonical_name, load_dataset
+from .config import CFC_WEIGHTS, FORMS, METHODS, PRECISIONS, PRESETS, build_config, field_problem
+from .data import DATASETS, DataError, RealData, canonical_name, load_dataset, resolve_data_dir, user_data_path
+from .decode import factor_problem
 from .distributed import Comm, RankFailure
 from .engine import Distiller
-from .evaluate import evaluate_set
+from .evaluate import evaluate_set, test_count
 from .models import ARCHS
 from .proxy import load_or_train_proxy
-from .regions import POLICIES
+from .regions import POLICIES, window_grid
 from .train import accuracy
 
 
@@ -47,6 +55,13 @@ class Interrupted(KeyboardInterrupt):
 FIXED_ON_RESUME = ("ipc", "method", "preset", "seed", "device", "factor", "inner_loop", "lr_img", "batch_real",
                    "n_data", "form", "precision", "policy", "region_size", "region_every", "jitter_sigma",
                    "jitter_draws", "cfc_weight", "cfc_tau", "proxy_epochs")
+# Numeric flags, checked against the config's allowed values (config.field_problem).
+NUMERIC_FLAGS = ("ipc", "factor", "iterations", "inner_loop", "lr_img", "batch_real", "n_data", "eval_runs",
+                 "eval_epochs", "checkpoint_every", "region_size", "region_every", "jitter_sigma", "jitter_draws",
+                 "cfc_weight", "cfc_tau", "proxy_epochs")
+# What --method random (IPC real images per class, no distillation) has no use for.
+NOT_FOR_RANDOM = ("iterations", "factor", "inner_loop", "lr_img", "batch_real", "n_data", "form", "checkpoint_every",
+                  "precision")
 
 
 def _parser():
@@ -61,7 +76,10 @@ def _parser():
     p.add_argument("--ipc", type=int, default=1, help="stored images per class (default 1)")
     p.add_argument("--method", default="idc", choices=METHODS)
     p.add_argument("--preset", default="quick", choices=tuple(PRESETS))
-    p.add_argument("--out", default=None, help="output directory (default runs/<dataset>-ipc<N>-<method>-<preset>-s<seed>)")
+    p.add_argument("--out", default=None, help="output directory (default runs/<dataset>-ipc<N>-<method>-<preset>-s<seed>, "
+                                               "<dataset> being a built-in's name, an .npz file's stem or a folder's name)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an output directory that holds another run, replacing its files")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
@@ -108,46 +126,36 @@ def _parser():
     return p
 
 
-def _check_flags(args):
-    if args.ipc <= 0:
-        raise UsageError(f"--ipc must be >= 1 (got {args.ipc})")
-    if args.ipc > 50:
-        print(f"note: IPC {args.ipc} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
-    if args.factor < 1:
-        raise UsageError(f"--factor must be >= 1 (got {args.factor})")
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _check_flags(args, given=frozenset()):
+    """The flags on their own (the data's geometry comes in _check_geometry)."""
     if args.dataset is None and not args.resume:
         raise UsageError("--dataset is required (unless --resume DIR)")
-    for name in ("iterations", "eval_runs", "checkpoint_every"):
+    if args.force and args.resume:
+        raise UsageError("--force with --resume: a resumed run continues in its own directory; drop --force")
+    for name in NUMERIC_FLAGS:
         v = getattr(args, name)
-        if v is not None and v < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (got {v})")
-    for name in ("inner_loop", "batch_real", "n_data", "eval_epochs"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
-    if args.lr_img is not None and not args.lr_img > 0:
-        raise UsageError(f"--lr-img must be a positive number (got {args.lr_img})")
+        problem = None if v is None else field_problem(name, v)
+        if problem:
+            raise UsageError(f"{_flag(name)} {problem} (got {v})")
+    if args.ipc > 50:
+        print(f"note: IPC {args.ipc} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
     udd_flags = [f for f in ("policy", "region_size", "region_every", "jitter_sigma", "jitter_draws", "cfc_weight",
                              "cfc_tau", "proxy_epochs", "proxy_cache", "eval_region_views")
                  if getattr(args, f) is not None]
     if udd_flags and args.method != "udd":
-        raise UsageError(f"--{udd_flags[0].replace('_', '-')} is a UDD setting: it needs --method udd")
-    if args.region_size is not None and not 0 < args.region_size <= 1:
-        raise UsageError(f"--region-size must be in (0, 1] (got {args.region_size})")
-    for name in ("region_every", "jitter_draws"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
-    for name in ("jitter_sigma", "cfc_tau", "proxy_epochs"):
-        v = getattr(args, name)
-        if v is not None and not v > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be > 0 (got {v})")
-    if args.cfc_weight is not None and not args.cfc_weight >= 0:
-        raise UsageError(f"--cfc-weight must be >= 0 (got {args.cfc_weight})")
+        raise UsageError(f"{_flag(udd_flags[0])} is a UDD setting: it needs --method udd")
+    unused = [f for f in NOT_FOR_RANDOM if f in given]
+    if args.method == "random" and unused:
+        raise UsageError(f"{_flag(unused[0])} does not apply to --method random: it stores IPC real images per "
+                         f"class, without distillation (factor 1, no iterations)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device; use --device cpu")
-    if not args.dist_timeout > 0:
-        raise UsageError(f"--dist-timeout must be > 0 seconds (got {args.dist_timeout})")
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise UsageError(f"--dist-timeout must be a finite number of seconds > 0 (got {args.dist_timeout})")
 
 
 def _check_world(args, cfg, comm, num_classes):
@@ -164,27 +172,64 @@ def _check_world(args, cfg, comm, num_classes):
                          f"start at most {num_classes} processes")
 
 
-def _check_class_sizes(data, ipc, need_per_class, what):
+def _check_class_sizes(data, need_per_class, what, fix):
     counts = data.class_counts.cpu()
     small = int(counts.argmin())
     if int(counts[small]) < need_per_class:
         raise UsageError(f"{what} needs {need_per_class} training images per class, but class {small} "
-                         f"({data.info.class_names[small]}) has {int(counts[small])}: lower --ipc or --factor")
+                         f"({data.info.class_names[small]}) has {int(counts[small])}: {fix}")
+
+
+def _check_geometry(cfg, data):
+    """The settings against the data: tile and window sizes, images per class. Before any work."""
+    size = data.info.size
+    if cfg.method == "random":
+        _check_class_sizes(data, cfg.ipc, f"--method random with IPC {cfg.ipc}", "lower --ipc")
+        return
+    problem = factor_problem(size, cfg.factor)
+    if problem:
+        raise UsageError(f"--factor {cfg.factor} {problem}")
+    if cfg.method == "udd" and cfg.policy != "none":
+        tile = math.ceil(size / cfg.factor)
+        try:
+            window_grid(tile, cfg.region_size)
+        except ValueError as e:
+            raise UsageError(f"--region-size {cfg.region_size}: {e} ({size}-pixel images, factor {cfg.factor}); "
+                             f"use at least {0.5 / tile:.3g}") from None
+    _check_class_sizes(data, cfg.ipc * cfg.factor ** 2,
+                       f"the mix initialization (IPC {cfg.ipc} x factor^2 {cfg.factor ** 2})", "lower --ipc or --factor")
+    _check_class_sizes(data, cfg.batch_real, f"a real batch of {cfg.batch_real} per class", "lower --batch-real")
 
 
 class RunLog:
-    """Lines to stderr and to log.txt in the output directory (appended as the run goes)."""
+    """Lines to stderr and to log.txt in the output directory (appended as the run goes). A failed write
+    raises WriteError once; later lines go to stderr only."""
 
     def __init__(self, path: Path):
-        self.fh = open(path, "a", buffering=1)
+        self.path = path
+        try:
+            self.fh = open(path, "a", buffering=1)
+        except OSError as e:
+            raise WriteError(write_error_message(path, e)) from None
 
     def __call__(self, msg):
         line = f"[{datetime.datetime.now().isoformat(timespec='seconds')}] {msg}"
         tqdm.write(line, file=sys.stderr)
-        self.fh.write(line + "\n")
+        if self.fh is None:
+            return
+        try:
+            self.fh.write(line + "\n")
+        except OSError as e:
+            self.close()
+            raise WriteError(write_error_message(self.path, e)) from None
 
     def close(self):
-        self.fh.close()
+        if self.fh is not None:
+            try:
+                self.fh.close()
+            except OSError:
+                pass  # the line that could not be written was already reported
+            self.fh = None
 
 
 def random_selection(data, ipc, seed):
@@ -205,25 +250,45 @@ def _explicit_flags(argv):
 
 
 def _dataset_arg(name):
-    """A path as given (the dataset's name holds it), else the canonical built-in name."""
-    return str(name) if Path(name).exists() else canonical_name(name)
+    """What identifies the dataset on the command line: user data's resolved absolute path (the same
+    from any working directory), else the canonical built-in name."""
+    path = user_data_path(name)
+    return str(path) if path is not None else canonical_name(name)
+
+
+def _saved_dataset_arg(saved: str) -> str:
+    """A checkpoint's dataset_arg; older checkpoints kept a relative path as given (read from here)."""
+    if Path(saved).is_absolute() or saved in DATASETS:
+        return saved
+    return str(Path(saved).expanduser().resolve())
+
+
+def _default_out(dataset: str, args) -> Path:
+    """runs/<name>-ipc<N>-<method>-<preset>-s<seed>, <name> the dataset's own: a built-in's name, an .npz
+    file's stem, a folder's name."""
+    p = Path(dataset)
+    name = (p.stem if p.suffix.lower() == ".npz" else p.name) if p.is_absolute() else dataset
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "data"
+    return Path("runs") / f"{name}-ipc{args.ipc}-{args.method}-{args.preset}-s{args.seed}"
 
 
 def _resume_config(args, given, ck):
     """The checkpoint's config with the flags that may change applied; refuse flags that would change
-    what is computed. Fills args from the config so the usual flag checks apply."""
-    cfg = Config.from_dict(ck["config"])
+    what is computed. Fills args from the config and the saved data location so the usual flag checks
+    apply and the printed resume command needs nothing else."""
+    cfg = ck["config"]
     where = ck["path"]
     for name in FIXED_ON_RESUME:
         if name in given and getattr(args, name) != getattr(cfg, name):
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} differs from {getattr(cfg, name)} in "
+            raise UsageError(f"{_flag(name)} {getattr(args, name)} differs from {getattr(cfg, name)} in "
                              f"{where}: a resumed run keeps its config (only --iterations, evaluation flags and "
                              f"--checkpoint-every may change)")
-    if "dataset" in given and _dataset_arg(args.dataset) != ck["dataset_arg"]:
-        raise UsageError(f"--dataset {args.dataset} differs from {ck['dataset_arg']} in {where}")
+    saved = _saved_dataset_arg(ck["dataset_arg"])
+    if "dataset" in given and _dataset_arg(args.dataset) != saved:
+        raise UsageError(f"--dataset {args.dataset} differs from {saved} in {where}")
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--out {args.out}: a resumed run writes into its own directory {args.resume}")
-    done = int(ck["state"]["outer_done"]) if isinstance(ck["state"], dict) and "outer_done" in ck["state"] else 0
+    done = ck["state"]["outer_done"]
     if args.iterations is not None and args.iterations < done:
         raise UsageError(f"--iterations {args.iterations} is below the {done} outer iterations already done "
                          f"in {where}")
@@ -234,24 +299,42 @@ def _resume_config(args, given, ck):
         cfg.eval_region_views = args.eval_region_views == "on"
     for name in ("ipc", "method", "preset", "seed", "device", "factor"):
         setattr(args, name, getattr(cfg, name))
-    args.dataset, args.out = ck["dataset_arg"], args.resume
+    if "data_dir" not in given:
+        args.data_dir = ck.get("data_dir")
+    args.no_download = args.no_download or ck.get("no_download", False)
+    args.dataset, args.out = saved, args.resume
     return cfg
+
+
+def _resume_advice(out: Path, launcher: str) -> str:
+    """Where a stopped run stands and the command that continues it."""
+    try:
+        done = load_checkpoint(out)["state"]["outer_done"]
+    except CheckpointError:
+        return (f"no checkpoint was saved, so nothing can be resumed; {out} is marked incomplete ({INCOMPLETE}); "
+                f"start again with --force")
+    return (f"the last checkpoint ({done} outer iterations) is kept in {out / 'checkpoint.pt'} and {out} is marked "
+            f"incomplete ({INCOMPLETE}); resume with: {launcher} --resume {shlex.quote(str(out))}")
 
 
 def run(args, given=frozenset(), comm: Comm = None):
     comm = comm or Comm()
+    given = set(given)
     ck = cfg = None
     if args.resume:  # rank 0 reads it (the other nodes may not see its disk)
         ck = comm.from_main(lambda: load_checkpoint(args.resume), (CheckpointError,))
-        cfg = _resume_config(args, set(given), ck)
-    _check_flags(args)
+        cfg = _resume_config(args, given, ck)
+    _check_flags(args, given)
     dataset = _dataset_arg(args.dataset)
+    out = Path(args.out or _default_out(dataset, args)).absolute()
+    replaced = comm.from_main(lambda: check_out_dir(out, args.force, bool(args.resume)), (ArtifactError,))
+    data_dir = None if Path(dataset).is_absolute() else resolve_data_dir(args.data_dir)
     # each node's local rank 0 first: it downloads what the node's other ranks then read
-    ds = comm.everywhere(lambda: load_dataset(dataset, args.data_dir, download=not args.no_download), (DataError,),
+    ds = comm.everywhere(lambda: load_dataset(dataset, data_dir, download=not args.no_download), (DataError,),
                          local_first=True)
     info = ds.info
     data = RealData(ds, comm.device if comm.distributed else args.device)
-    facts = data_facts(data) if args.method != "random" else None
+    facts = data_facts(data)
     if comm.distributed:
         comm.same_everywhere(facts, "training data", DataError)
     if ck is not None:
@@ -266,21 +349,38 @@ def run(args, given=frozenset(), comm: Comm = None):
                        cfc_weight=args.cfc_weight, cfc_tau=args.cfc_tau, proxy_epochs=args.proxy_epochs,
                        proxy_cache=args.proxy_cache, precision=args.precision, checkpoint_every=args.checkpoint_every,
                        eval_region_views=None if args.eval_region_views is None else args.eval_region_views == "on")
-    if args.method == "random":
-        _check_class_sizes(data, args.ipc, args.ipc, f"--method random with IPC {args.ipc}")
-    else:
-        _check_class_sizes(data, args.ipc, args.ipc * factor ** 2,
-                           f"the mix initialization (IPC {args.ipc} x factor^2 {factor ** 2})")
-        _check_class_sizes(data, args.ipc, cfg.batch_real, f"a real batch of {cfg.batch_real} per class")
+    if cfg.proxy_cache:  # a relative cache would move with the working directory of a resume
+        cfg.proxy_cache = str(Path(cfg.proxy_cache).expanduser().absolute())
+    _check_geometry(cfg, data)
     _check_world(args, cfg, comm, info.num_classes)
-    short = info.name.split(":")[0] if ":" in info.name else info.name
-    out = Path(args.out or f"runs/{short}-ipc{args.ipc}-{args.method}-{args.preset}-s{args.seed}")
-    comm.from_main(lambda: ensure_writable_dir(out), (ArtifactError,))
 
+    # every check passed: from here on the output directory is this run's
+    launcher = (f"torchrun --nproc_per_node {comm.world} -m udd_fast.distill" if comm.distributed
+                else "python -m udd_fast.distill")
+    note = f"Once it has written checkpoint.pt, continue it with: {launcher} --resume {shlex.quote(str(out))}\n"
+    stale = comm.from_main(lambda: claim_run_dir(out, replaced, note), (ArtifactError,))
     log = RunLog(out / "log.txt") if comm.is_main else None  # rank 0 alone writes
     try:
-        return _distill_and_evaluate(cfg, data, out, log or (lambda msg: None), progress=not args.no_progress,
-                                     ck=ck, dataset_arg=dataset, facts=facts, comm=comm)
+        if replaced:
+            log(f"--force: replaced the previous run's files in {out}: {', '.join(replaced)}")
+        if stale:
+            log(f"removed temporary files a stopped run left in {out}: {', '.join(stale)}")
+        summary = _distill_and_evaluate(cfg, data, out, log or (lambda msg: None), progress=not args.no_progress,
+                                        ck=ck, dataset_arg=dataset, facts=facts, comm=comm, data_dir=data_dir,
+                                        no_download=args.no_download, launcher=launcher)
+        if comm.is_main:
+            mark_complete(out)
+        return summary
+    except (WriteError, KeyboardInterrupt) as e:
+        if isinstance(e, Interrupted) or not comm.is_main:
+            raise
+        msg = f"{e}; {_resume_advice(out, launcher)}" if isinstance(e, WriteError) else \
+            f"stopped before the run completed; {_resume_advice(out, launcher)}"
+        try:
+            log(msg)
+        except WriteError:
+            pass  # the disk is full: the message still reaches stderr
+        raise (WriteError if isinstance(e, WriteError) else Interrupted)(msg) from None
     finally:
         if log is not None:
             log.close()
@@ -300,6 +400,10 @@ class _StopOnSignal:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        # said at once (an inner iteration can take minutes); os.write is safe inside a signal handler
+        os.write(2, f"\n{signal.Signals(signum).name} received: stopping at the end of the current inner iteration "
+                    f"and saving the last outer boundary (send it again to stop at once; that boundary is still "
+                    f"saved)\n".encode())
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers only there
@@ -311,7 +415,8 @@ class _StopOnSignal:
             signal.signal(s, h)
 
 
-def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=None, facts=None, comm=None):
+def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=None, facts=None, comm=None,
+                          data_dir=None, no_download=False, launcher="python -m udd_fast.distill"):
     comm = comm or Comm()
     main = comm.is_main
     progress = progress and main
@@ -354,7 +459,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
         def checkpoint(state):
             if not main:
                 return Path(out) / "checkpoint.pt"
-            return save_checkpoint(out, state, cfg.to_dict(), facts, dataset_arg)
+            return save_checkpoint(out, state, cfg.to_dict(), facts, dataset_arg, data_dir, no_download)
 
         def on_outer(outer, loss, seconds):
             nonlocal snap
@@ -367,8 +472,6 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
             if (outer + 1) % max(1, cfg.iterations // 10) == 0 or outer + 1 == cfg.iterations:
                 log(f"outer {outer + 1}/{cfg.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
 
-        launcher = (f"torchrun --nproc_per_node {comm.world} -m udd_fast.distill" if comm.distributed
-                    else "python -m udd_fast.distill")
         t_loop = time.time()
         with _StopOnSignal() as stop:
             try:
@@ -379,14 +482,14 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
                 bar.close()
                 path = checkpoint(snap)
                 msg = (f"stopped after {snap['outer_done']}/{cfg.iterations} outer iterations; state saved in {path}; "
-                       f"resume with: {launcher} --resume {out}")
+                       f"resume with: {launcher} --resume {shlex.quote(str(out))}")
                 log(msg)
                 raise Interrupted(msg) from None
             except RankFailure as e:
                 bar.close()
                 path = checkpoint(snap)  # every rank holds the last merged boundary; rank 0 writes it
                 msg = (f"{e}; the state after {snap['outer_done']}/{cfg.iterations} outer iterations is in {path}; "
-                       f"resume with: {launcher} --resume {out} (any number of processes)")
+                       f"resume with: {launcher} --resume {shlex.quote(str(out))} (any number of processes)")
                 log(msg)
                 raise RankFailure(msg) from None
         bar.close()
@@ -407,7 +510,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
                 f"{udd_summary['policy_share']}")
     distill_seconds = time.time() - t0
     log(f"distillation done in {distill_seconds:.1f} s")
-    save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict(), regions)
+    save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict(), regions, facts, data_dir)
     write_grid(out / "grid.png", images, labels, info.num_classes)
 
     summary = {
@@ -432,7 +535,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
             key = "without_region_views" if use_views else "with_region_views"
             summary[key] = {k: other[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "num_train")}
             summary["eval_seconds"] += other["eval_seconds"]
-    write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)  # the last artifact: the run is complete once it is there
     log(f"saved {out}/distilled.pt, summary.json, grid.png, log.txt")
     return summary
 
@@ -458,7 +561,7 @@ def _proxy(cfg, data, log, progress):
     t = time.time()
     proxy, how = load_or_train_proxy(data, cfg.proxy_epochs, cfg.seed, cfg.eval_aug, cfg.eval_cutmix,
                                      cfg.proxy_cache or None, progress, log)
-    n_test = cfg.eval_test_limit or data.test_images.shape[0]
+    n_test = test_count(data, cfg.eval_test_limit)
     acc = accuracy(proxy, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
     log(f"proxy network ({how}, {cfg.proxy_epochs} epochs): test accuracy {acc:.2f} % on {n_test} images")
     facts = {"proxy": {"epochs": cfg.proxy_epochs, "source": how, "test_accuracy": acc,
@@ -496,7 +599,7 @@ def main(argv=None):
         comm = distributed.init(args.device, args.dist_timeout)
         where = f"rank {comm.rank}: " if comm.distributed else ""
         run(args, _explicit_flags(argv), comm)
-    except (UsageError, DataError, ArtifactError, FloatingPointError) as e:
+    except (UsageError, DataError, ArtifactError, FloatingPointError) as e:  # WriteError is an ArtifactError
         print(f"error: {where}{e}", file=sys.stderr)
         return 2
     except RankFailure as e:

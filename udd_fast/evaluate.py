@@ -14,6 +14,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -35,6 +36,12 @@ def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
     return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
 
 
+def test_count(data, test_limit: int) -> int:
+    """How many test images an evaluation uses: the first `test_limit` (0: all), at most all there are."""
+    n = int(data.test_images.shape[0])
+    return min(test_limit, n) if test_limit else n
+
+
 def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy, use_cutmix: bool,
                batch: int = 64, validations: int = 4, test_limit: int = 0, progress: bool = False, desc: str = ""):
     """Train a fresh `arch` on normalized x; test `validations` times, evenly spaced, the last at the
@@ -48,7 +55,7 @@ def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy,
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * epochs // 3, 5 * epochs // 6], gamma=0.2)
     batches = EpochBatches(x.shape[0], batch, key, "batches", x.device)
     val_every = max(1, epochs // max(1, validations))
-    n_test = test_limit or data.test_images.shape[0]
+    n_test = test_count(data, test_limit)
     best, last = 0.0, 0.0
     bar = tqdm(range(1, epochs + 1), desc=desc, leave=False, disable=not progress, mininterval=1.0)
     for epoch in bar:
@@ -96,7 +103,7 @@ def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs
         "accuracy_mean": statistics.fmean(last),
         "accuracy_std": statistics.stdev(last) if runs > 1 else 0.0,
         "validations": validations,
-        "num_test": int(test_limit or data.test_images.shape[0]),
+        "num_test": test_count(data, test_limit),
         "best_runs": best,
         "best_mean": statistics.fmean(best),
         "eval_seconds": time.time() - t0,
@@ -112,11 +119,17 @@ def _parser():
     p.add_argument("--eval-runs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--eval-epochs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
+    p.add_argument("--data-dir", default=None,
+                   help="default: the run's own, else $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--seed", type=int, default=None, help="default: the run's own seed")
     p.add_argument("--eval-region-views", default=None, choices=("on", "off"),
                    help="add the saved region views to the formations (default: the run's own setting)")
+    p.add_argument("--allow-data-mismatch", action="store_true",
+                   help="evaluate although the data differs from the data the set was distilled on (other "
+                        "classes, samples or content); the result then carries a warning")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="evaluate the distilled.pt of a run directory marked INCOMPLETE (a stopped run)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -130,46 +143,92 @@ def _saved_regions(saved, cfg, flag):
     return (saved["region_src"], saved["boxes"]) if (want and has) else None
 
 
+def _check_run_dir(path: Path, allow: bool, warnings: list):
+    """A set inside a run directory marked INCOMPLETE may not match the rest of that run."""
+    from .artifacts import INCOMPLETE, ArtifactError
+
+    run_dir = path if path.is_dir() else path.parent
+    if not (run_dir / INCOMPLETE).exists():
+        return
+    msg = (f"{run_dir} is marked incomplete ({run_dir / INCOMPLETE}): its run is still going or stopped before "
+           f"writing all artifacts, so its distilled.pt may be missing, older than its checkpoint or without "
+           f"summary.json")
+    if not allow:
+        raise ArtifactError(f"{msg}; resume the run (python -m udd_fast.distill --resume {run_dir}) or pass "
+                            f"--allow-incomplete")
+    warnings.append(msg)
+
+
+def _check_same_data(saved, data, path, allow: bool, warnings: list):
+    """Refuse data other than the set was distilled on (classes, counts, content), unless allowed."""
+    from .artifacts import ArtifactError
+    from .checkpoint import data_facts, data_mismatch
+
+    x = saved["images"]
+    if data.info.channels != x.shape[1] or data.info.size != x.shape[-1]:  # cannot be overridden
+        raise ArtifactError(f"{path}: images {tuple(x.shape[1:])} do not match "
+                            f"{data.info.name} ({data.info.channels}x{data.info.size}x{data.info.size})")
+    facts = data_facts(data)
+    info = saved["dataset_info"]
+    diff = data_mismatch({"num_classes": info["num_classes"], "class_names": list(info["class_names"]),
+                          **(saved.get("data") or {})}, facts)
+    if diff:
+        msg = f"{path} was distilled on other data than {data.info.name} now holds: " + "; ".join(diff)
+        if not allow:
+            raise ArtifactError(f"{msg}; its labels would not mean the same classes (pass --allow-data-mismatch "
+                                f"to evaluate anyway)")
+        warnings.append(msg)
+    elif saved.get("data") is None:
+        warnings.append(f"{path} predates data fingerprints: only the class names and count were compared")
+
+
 def main(argv=None):
-    from .artifacts import ArtifactError, load_distilled, write_json
+    from .artifacts import ArtifactError, WriteError, load_distilled, write_json
     from .data import DataError, RealData, load_dataset
-    from .config import Config
 
     args = _parser().parse_args(argv)
+    warnings = []
     try:
-        saved = load_distilled(args.path)
-        cfg = Config.from_dict(saved.get("config", {}))
-        runs = args.eval_runs if args.eval_runs is not None else cfg.eval_runs
-        epochs = args.eval_epochs if args.eval_epochs is not None else cfg.eval_epochs
-        if runs < 1 or epochs < 1:
-            raise ValueError(f"--eval-runs and --eval-epochs must be >= 1 (got {runs}, {epochs})")
+        for name in ("eval_runs", "eval_epochs"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but this torch build sees no CUDA device")
+        saved = load_distilled(args.path)
+        _check_run_dir(Path(args.path), args.allow_incomplete, warnings)
+        cfg = saved["config"]
+        runs = args.eval_runs if args.eval_runs is not None else cfg.eval_runs
+        epochs = args.eval_epochs if args.eval_epochs is not None else cfg.eval_epochs
+        if runs < 1:
+            raise ValueError(f"the run's config asks for {runs} evaluation runs: pass --eval-runs N (N >= 1)")
+        regions = _saved_regions(saved, cfg, args.eval_region_views)
         name = saved["dataset"]
         if name.startswith(("npz:", "folder:")):
             name = name.split(":", 1)[1]
-        data = RealData(load_dataset(name, args.data_dir, download=not args.no_download), args.device)
-        if data.info.channels != saved["images"].shape[1] or data.info.size != saved["images"].shape[-1]:
-            raise ArtifactError(f"{args.path}: images {tuple(saved['images'].shape[1:])} do not match "
-                                f"{data.info.name} ({data.info.channels}x{data.info.size}x{data.info.size})")
+        data_dir = args.data_dir if args.data_dir is not None else saved.get("data_dir")
+        data = RealData(load_dataset(name, data_dir, download=not args.no_download), args.device)
+        _check_same_data(saved, data, args.path, args.allow_data_mismatch, warnings)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
         res = evaluate_set(saved["images"], saved["labels"], saved["factor"], data, args.arch, epochs, runs,
                            cfg.seed if args.seed is None else args.seed, cfg.eval_aug, cfg.eval_cutmix,
-                           cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit, not args.no_progress,
-                           _saved_regions(saved, cfg, args.eval_region_views))
+                           cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit, not args.no_progress, regions)
     except (DataError, ArtifactError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     res["path"] = str(args.path)
+    res["warnings"] = warnings
     print(json.dumps(res, indent=2))
-    from pathlib import Path
     out = Path(args.path)
     out_dir = out if out.is_dir() else out.parent
-    try:
-        write_json(out_dir / f"eval_{args.arch}.json", res)
-    except OSError as e:
-        print(f"warning: could not write eval_{args.arch}.json next to the set: {e}", file=sys.stderr)
     print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {runs} runs "
           f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
+    try:
+        write_json(out_dir / f"eval_{args.arch}.json", res)
+    except WriteError as e:
+        print(f"error: {e}; the result is printed above", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, rng
-from .artifacts import write_torch
+from .artifacts import WriteError, write_torch
 from .augment import Strategy
 from .models import ConvNet
 from .sampling import EpochBatches
@@ -96,6 +96,7 @@ def load_or_train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmi
         path.parent.mkdir(parents=True, exist_ok=True)
         write_torch(path, {"key": key, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}})
         log(f"proxy network cached at {path}")
-    except OSError as e:
+    except (OSError, WriteError) as e:  # a cache: the run goes on without it
         warnings.warn(f"could not cache the proxy network at {path}: {e}", stacklevel=2)
+        log(f"warning: could not cache the proxy network ({e})")
     return model, "trained"
