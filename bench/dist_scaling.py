@@ -52,7 +52,7 @@ def main(argv=None):
     per_rank = max(1, cores // a.nproc)
     flags = ["--dataset", a.dataset, "--data-dir", a.data_dir, "--method", a.method, "--preset", "quick",
              "--iterations", str(a.iterations), "--eval-runs", "0", "--no-progress", "--no-download",
-             "--device", a.device]
+             "--device", a.device, "--force"]  # a rerun replaces the previous run's directories
     if a.method == "udd":
         flags += ["--proxy-cache", str(out / "proxy")]
     runs = {}
