@@ -21,6 +21,7 @@ from .augment import Strategy, sample_params
 from .cfc import prototypes_ref
 from .config import Config
 from .decode import decode_plan, mix_init
+from .matching import match_distance
 from .distributed import Comm
 from .models import ConvNet
 from .regions import RegionSearch, window_grid
@@ -54,16 +55,6 @@ class _Autocast(torch.nn.Module):
     def forward(self, x):
         with self.amp():
             return self.net(x).float()
-
-
-def match_distance(g_real, g_syn, metric: str, dims):
-    """IDC's `dist` summed over the given dims ('mse': squared, 'l1': absolute differences)."""
-    d = g_real - g_syn
-    if metric == "mse":
-        return d.pow(2).sum(dims)
-    if metric == "l1":
-        return d.abs().sum(dims)
-    raise ValueError(f"unknown metric {metric!r} (mse or l1)")
 
 
 class Distiller:
