@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_run, require_dataset
-from udd_fast import __version__, data as data_mod
+from conftest import assert_same_run, require_dataset, shared_data_dir
+from udd_fast import __version__
+from udd_fast.data import download
 from udd_fast.distill import main as distill_main
 from udd_fast.evaluate import main as evaluate_main
 
@@ -129,14 +130,8 @@ def test_missing_data_names_the_files(tmp_path, capsys):
 
 def _mnist_copy(tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(data_mod_shared() / "MNIST", root / "MNIST")
+    shutil.copytree(shared_data_dir() / "MNIST", root / "MNIST")
     return root
-
-
-def data_mod_shared():
-    from conftest import shared_data_dir
-
-    return shared_data_dir()
 
 
 def test_truncated_file_is_named(tmp_path, capsys):
@@ -159,7 +154,7 @@ def test_corrupt_file_is_named(tmp_path, capsys):
 def test_md5_mismatch_on_download(tmp_path, capsys, monkeypatch):
     root = _mnist_copy(tmp_path)
     (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
-    monkeypatch.setattr(data_mod, "_urlopen", lambda url, timeout: io.BytesIO(b"not the file"))
+    monkeypatch.setattr(download, "_urlopen", lambda url, timeout: io.BytesIO(b"not the file"))
     out = tmp_path / "run"
     rc = distill_main(["--dataset", "mnist", "--preset", "smoke", "--data-dir", str(root), "--out", str(out),
                        "--no-progress"])
@@ -172,7 +167,7 @@ def test_no_network_names_the_files(tmp_path, capsys, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data_mod, "_urlopen", offline)
+    monkeypatch.setattr(download, "_urlopen", offline)
     out = tmp_path / "run"
     rc = distill_main(["--dataset", "fashionmnist", "--preset", "smoke", "--data-dir", str(tmp_path / "d"),
                        "--out", str(out), "--no-progress"])

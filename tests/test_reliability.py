@@ -28,6 +28,7 @@ from PIL import Image
 from test_data import cifar_batch, dump, idx_bytes, write_tiny_cifar10, write_tiny_mnist
 from udd_fast import artifacts
 from udd_fast import data as data_mod
+from udd_fast.data import cifar, download, user
 from udd_fast.artifacts import INCOMPLETE, save_distilled
 from udd_fast.checkpoint import load_checkpoint
 from udd_fast.config import build_config
@@ -73,7 +74,7 @@ def ctx(tmp_path, monkeypatch, tiny, request):
     for var in ("UDD_FAST_DATA", "UDD_FAST_CACHE", "UDD_FAST_ALLOW_PARTIAL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path / "cwd")
-    monkeypatch.setattr(data_mod, "_urlopen", _offline)
+    monkeypatch.setattr(download, "_urlopen", _offline)
     return SimpleNamespace(tmp=tmp_path, npz=tiny.npz, tiny_run=tiny.run, run=tmp_path / "run", out=tmp_path / "out",
                            data=tmp_path / "data", marker=tmp_path / "MARKER", monkeypatch=monkeypatch,
                            request=request, mnist=None)
@@ -480,7 +481,7 @@ def test_cifar_pickles_of_every_protocol_still_load(tmp_path, protocol, names):
         raw = raw.replace(b"numpy._core", b"numpy.core")
     path = tmp_path / "data_batch_1"
     path.write_bytes(raw)
-    d = data_mod._read_pickle(path)
+    d = cifar._read_pickle(path)
     np.testing.assert_array_equal(d["data"], data)
     assert d["labels"] == [1, 2, 3, 0] and d["n"] == 4
 
@@ -498,11 +499,11 @@ def test_high_bit_depth_palette_and_alpha_images(tmp_path):
     pal.save(tmp_path / "pal.png")
     la = np.dstack([v16[:, :].astype(np.uint8), np.full((4, 4), 255, np.uint8)])
     Image.fromarray(la).save(tmp_path / "la.png")
-    gray = data_mod._read_image_files([tmp_path / "g16.png", tmp_path / "la.png"])
+    gray = user._read_image_files([tmp_path / "g16.png", tmp_path / "la.png"])
     assert gray.shape == (2, 1, 4, 4)
     np.testing.assert_array_equal(gray[0, 0], want16)  # old: converted via RGB, clipped to 255
     np.testing.assert_array_equal(gray[1, 0], la[:, :, 0])
-    mixed = data_mod._read_image_files([tmp_path / "g16.png", tmp_path / "opaque.png", tmp_path / "pal.png"])
+    mixed = user._read_image_files([tmp_path / "g16.png", tmp_path / "opaque.png", tmp_path / "pal.png"])
     assert mixed.shape == (3, 3, 4, 4)
     np.testing.assert_array_equal(mixed[0], np.repeat(want16[None], 3, 0))
     np.testing.assert_array_equal(mixed[1], rgb.transpose(2, 0, 1))

@@ -203,7 +203,7 @@ def write_grid(path, images, labels, num_classes):
 def save_distilled(path, images, labels, factor, info, config: dict, regions=None, facts=None, data_dir=None):
     """distilled.pt: stored images in [0,1] (float32), labels, factor, dataset facts, normalization,
     region boxes (`boxes` [M,4] with `region_src` [M], or None), the full config, the version, and
-    what identifies the training data (`data`: checkpoint.data_facts) with its directory (built-ins)."""
+    what identifies the training data (`data`: udd_fast.data.data_facts) with its directory (built-ins)."""
     write_torch(path, {
         "images": images.detach().float().clamp(0, 1).cpu(),
         "labels": labels.detach().long().cpu(),

@@ -14,7 +14,7 @@ import torch
 from . import __version__
 from .artifacts import ArtifactError, write_torch
 from .config import config_from_dict
-from .proxy import data_fingerprint
+from .data import data_mismatch
 
 FILENAME = "checkpoint.pt"
 FORMAT = "udd_fast.checkpoint/1"
@@ -23,20 +23,6 @@ _FACT_INTS = ("num_train", "num_test", "num_classes", "channels", "size")
 
 class CheckpointError(ArtifactError):
     """A checkpoint that cannot be resumed: missing, unreadable, corrupt or not matching this run."""
-
-
-def data_facts(data) -> dict:
-    """What identifies the training data (the fingerprint hashes images and labels: ~0.1 s for MNIST)."""
-    info = data.info
-    return {"name": info.name, "num_train": int(data.images.shape[0]), "num_test": int(data.test_images.shape[0]),
-            "num_classes": info.num_classes, "channels": info.channels, "size": info.size,
-            "class_names": list(info.class_names), "fingerprint": data_fingerprint(data)}
-
-
-def data_mismatch(saved: dict, facts: dict) -> list:
-    """How the data described by `saved` (facts stored with a run) differs from `facts` (the data
-    here), one line per fact; facts an older file lacks are not compared."""
-    return [f"{k} {saved[k]!r} there, {facts[k]!r} here" for k in facts if k in saved and saved[k] != facts[k]]
 
 
 def save_checkpoint(out_dir, state: dict, config: dict, facts: dict, dataset_arg: str, data_dir=None,
@@ -138,7 +124,7 @@ def check_state(st, cfg, facts):
 
 
 def check_data(ck: dict, facts: dict):
-    """Refuse a checkpoint made on other data."""
+    """Refuse a checkpoint made on other data (`facts`: udd_fast.data.data_facts of the data here)."""
     diff = data_mismatch(ck["data"], facts)
     if diff:
         raise CheckpointError(f"{ck['path']} was made on other data: " + "; ".join(diff))

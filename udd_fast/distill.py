@@ -29,9 +29,10 @@ from tqdm import tqdm
 from . import __version__, distributed, rng
 from .artifacts import (INCOMPLETE, ArtifactError, WriteError, check_out_dir, claim_run_dir, mark_complete,
                         save_distilled, write_error_message, write_grid, write_json)
-from .checkpoint import CheckpointError, check_data, data_facts, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_data, load_checkpoint, save_checkpoint
 from .config import CFC_WEIGHTS, FORMS, METHODS, PRECISIONS, PRESETS, build_config, field_problem
-from .data import DATASETS, DataError, RealData, canonical_name, load_dataset, resolve_data_dir, user_data_path
+from .data import (DATASETS, DataError, RealData, canonical_name, data_facts, load_dataset, resolve_data_dir,
+                   user_data_path)
 from .decode import factor_problem
 from .distributed import Comm, RankFailure
 from .engine import Distiller

@@ -162,7 +162,7 @@ def _check_run_dir(path: Path, allow: bool, warnings: list):
 def _check_same_data(saved, data, path, allow: bool, warnings: list):
     """Refuse data other than the set was distilled on (classes, counts, content), unless allowed."""
     from .artifacts import ArtifactError
-    from .checkpoint import data_facts, data_mismatch
+    from .data import data_facts, data_mismatch
 
     x = saved["images"]
     if data.info.channels != x.shape[1] or data.info.size != x.shape[-1]:  # cannot be overridden

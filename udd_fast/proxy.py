@@ -16,6 +16,7 @@ from tqdm import tqdm
 from . import __version__, rng
 from .artifacts import WriteError, write_torch
 from .augment import Strategy
+from .data import data_fingerprint
 from .models import ConvNet
 from .sampling import EpochBatches
 from .train import make_sgd, normalize, train_step
@@ -23,14 +24,6 @@ from .train import make_sgd, normalize, train_step
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("UDD_FAST_CACHE", Path.home() / ".cache" / "udd_fast")) / "proxy"
-
-
-def data_fingerprint(data) -> str:
-    """sha256 of the training images and labels (so a changed dataset never reuses a proxy)."""
-    h = hashlib.sha256()
-    h.update(data.images.cpu().numpy().tobytes())
-    h.update(data.labels.cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 def proxy_key(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, arch: str = "convnet") -> dict:
