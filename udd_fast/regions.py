@@ -138,8 +138,3 @@ class RegionSearch:
         """Stored-coordinate boxes [N,4] of the chosen windows, given each formation's tile origin [N,2]."""
         w = self.windows.to(choice.device)[choice]
         return w + tile_origin.repeat(1, 2)
-
-
-def region_views(images, src, boxes, size):
-    """The region views: crop_resize of each chosen box of its stored image to the full size."""
-    return ops.crop_resize(images, src, boxes, (size, size))
