@@ -26,7 +26,7 @@ from .distributed import Comm
 from .models import ConvNet
 from .regions import RegionSearch, window_grid
 from .sampling import EpochBatches, class_batch_indices
-from .train import make_sgd, normalize, train_step, train_step_part
+from .train import make_sgd, normalize, train_step
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -71,9 +71,10 @@ class Distiller:
 
     Distributed (`comm` with several ranks, batched form only): this rank owns classes [c0, c1): it
     takes their gradients, updates their rows of S (and of the momentum buffer), and searches their
-    regions; CFC prototypes are merged across ranks; the network update is data-parallel
-    (train_step_part). S, the buffers and the boxes are merged at the end of every outer iteration,
-    so between outer iterations every rank holds the whole state (state(), result(), regions()).
+    regions; CFC prototypes are merged across ranks; the network update is data-parallel (train_step
+    on this rank's share of each batch). S, the buffers and the boxes are merged at the end of every
+    outer iteration, so between outer iterations every rank holds the whole state (state(), result(),
+    regions()).
     """
 
     def __init__(self, cfg: Config, data, log=None, trace=None, proxy=None, comm: Comm = None):
@@ -441,18 +442,13 @@ class Distiller:
         model = _Autocast(net, self.amp) if self.bf16 else net
         for b in numbers:
             idx = self.net_batches.indices(b)
-            key = rng.key(self.cfg.seed, "net_update", b)
-            if not self.comm.distributed:
-                x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
-                train_step(model, opt, x, self.data.labels[idx], self.net_strategy, self.cfg.net_cutmix, key)
-                continue
 
             def load(pos, idx=idx):
                 i = idx[pos]
                 return normalize(self.data.to_float(i).to(self.dtype), self.mean, self.std), self.data.labels[i]
-            lo, hi = self.comm.shard(idx.shape[0])
-            train_step_part(model, opt, load, idx.shape[0], lo, hi, self.size, self.net_strategy,
-                            self.cfg.net_cutmix, key, self.reduce_grads)
+            part = self.comm.shard(idx.shape[0]) if self.comm.distributed else None
+            train_step(model, opt, load, idx.shape[0], self.size, self.net_strategy, self.cfg.net_cutmix,
+                       rng.key(self.cfg.seed, "net_update", b), part, self.reduce_grads)
 
     def reduce_grads(self, model):
         """Sum the network's gradients over the ranks (one flat all-reduce per batch)."""

@@ -24,7 +24,7 @@ from .augment import Strategy
 from .decode import decode_plan
 from .models import ARCHS, make_model
 from .sampling import EpochBatches
-from .train import accuracy, make_sgd, normalize, train_step
+from .train import accuracy, fit, normalize
 from . import ops
 
 
@@ -51,24 +51,23 @@ def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy,
         torch.manual_seed(rng.key(key, "init") & 0x7FFF_FFFF_FFFF_FFFF)
         model = make_model(arch, info.num_classes, info.channels, info.size)
     model = model.to(x.device).train()
-    opt = make_sgd(model)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * epochs // 3, 5 * epochs // 6], gamma=0.2)
     batches = EpochBatches(x.shape[0], batch, key, "batches", x.device)
     val_every = max(1, epochs // max(1, validations))
     n_test = test_count(data, test_limit)
-    best, last = 0.0, 0.0
-    bar = tqdm(range(1, epochs + 1), desc=desc, leave=False, disable=not progress, mininterval=1.0)
-    for epoch in bar:
-        for j in range(batches.per_epoch):
-            b = (epoch - 1) * batches.per_epoch + j
-            idx = batches.indices(b)
-            train_step(model, opt, x[idx], y[idx], strategy, use_cutmix, rng.key(key, "step", b))
-        sched.step()
+    acc = {"last": 0.0, "best": 0.0}
+    bar = tqdm(total=epochs, desc=desc, leave=False, disable=not progress, mininterval=1.0)
+
+    def validate(epoch):
+        bar.update(1)
         if (epoch % val_every == 0 and epoch // val_every <= validations) or epoch == epochs:
-            last = accuracy(model, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
-            best = max(best, last)
-            bar.set_postfix(acc=f"{last:.1f}")
-    return last, best
+            acc["last"] = accuracy(model, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
+            acc["best"] = max(acc["best"], acc["last"])
+            bar.set_postfix(acc=f"{acc['last']:.1f}")
+
+    fit(model, lambda idx: (x[idx], y[idx]), batches, epochs * batches.per_epoch, x.shape[-1], strategy, use_cutmix,
+        lambda b: rng.key(key, "step", b), schedule="epoch", on_epoch=validate)
+    bar.close()
+    return acc["last"], acc["best"]
 
 
 def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs=5, seed=0,
