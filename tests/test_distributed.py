@@ -150,7 +150,7 @@ def test_impossible_layouts_are_refused(mnist_data):
     cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8)
     with pytest.raises(ValueError, match="at least one class"):
         Distiller(cfg, mnist_data, comm=Comm(rank=0, world=11))
-    cfg.form = "sequential"
+    cfg.match.form = "sequential"
     with pytest.raises(ValueError, match="batched form"):
         Distiller(cfg, mnist_data, comm=Comm(rank=0, world=2))
 

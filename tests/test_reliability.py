@@ -632,7 +632,7 @@ def test_force_replaces_another_run(ctx):
     log = (ctx.run / "log.txt").read_text()
     assert "replaced the previous run's files" in log and "eval_resnet10_bn.json" in log and old_log not in log
     assert not (ctx.run / "eval_resnet10_bn.json").exists() and (ctx.run / "notes.txt").exists()
-    assert load_checkpoint(ctx.run)["config"].seed == 5
+    assert load_checkpoint(ctx.run)["config"].run.seed == 5
     assert json.loads((ctx.run / "summary.json").read_text())["seed"] == 5
 
 

@@ -88,7 +88,7 @@ def check_state(st, cfg, facts):
     keys = ("S", "buf", "pending", "net_batch", "outer_done", "region_boxes", "policy_counts", "last_loss")
     if not isinstance(st, dict) or any(k not in st for k in keys):
         raise ValueError(f"state must be a dict with {', '.join(keys)}")
-    shape = (facts["num_classes"] * cfg.ipc, facts["channels"], facts["size"], facts["size"])
+    shape = (facts["num_classes"] * cfg.run.ipc, facts["channels"], facts["size"], facts["size"])
     for k in ("S", "buf", "pending"):
         t = st[k]
         if t is None and k == "pending":
@@ -99,9 +99,10 @@ def check_state(st, cfg, facts):
         if not torch.isfinite(t).all():
             raise ValueError(f"state {k} contains NaN or infinity")
     done, net_batch = st["outer_done"], st["net_batch"]
-    if not (_is_int(done) and 0 <= done <= cfg.iterations):
-        raise ValueError(f"state outer_done {done!r} is outside [0, {cfg.iterations}] (the run's iterations)")
-    most = done * cfg.inner_loop * cfg.n_data  # a network update draws at most n_data batches (>= 1 image each)
+    if not (_is_int(done) and 0 <= done <= cfg.match.iterations):
+        raise ValueError(f"state outer_done {done!r} is outside [0, {cfg.match.iterations}] (the run's iterations)")
+    # a network update draws at most n_data batches (>= 1 image each)
+    most = done * cfg.match.inner_loop * cfg.net.n_data
     if not (_is_int(net_batch) and 0 <= net_batch <= most):
         raise ValueError(f"state net_batch {net_batch!r} is outside [0, {most}] for {done} outer iterations")
     counts = st["policy_counts"]
@@ -113,13 +114,13 @@ def check_state(st, cfg, facts):
         raise ValueError(f"state last_loss {loss!r} must be a finite number after an outer iteration")
     boxes = st["region_boxes"]
     if boxes is not None:
-        n = facts["num_classes"] * cfg.ipc * cfg.factor ** 2
-        side = cfg.factor * math.ceil(facts["size"] / cfg.factor)
+        n = facts["num_classes"] * cfg.run.ipc * cfg.match.factor ** 2
+        side = cfg.match.factor * math.ceil(facts["size"] / cfg.match.factor)
         ok = (isinstance(boxes, torch.Tensor) and not boxes.is_floating_point() and tuple(boxes.shape) == (n, 4)
               and int(boxes.min()) >= 0 and int(boxes.max()) <= side and bool((boxes[:, 2:] > boxes[:, :2]).all()))
         if not ok:
             raise ValueError(f"state region_boxes must be {n} integer boxes inside the {side}-pixel stored images")
-        if cfg.method != "udd" or cfg.policy == "none":
+        if cfg.run.method != "udd" or cfg.udd.policy == "none":
             raise ValueError("state has region boxes, but the run's config searches no regions")
 
 

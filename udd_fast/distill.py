@@ -30,16 +30,15 @@ from . import __version__, distributed, rng
 from .artifacts import (INCOMPLETE, ArtifactError, WriteError, check_out_dir, claim_run_dir, mark_complete,
                         save_distilled, write_error_message, write_grid, write_json)
 from .checkpoint import CheckpointError, check_data, load_checkpoint, save_checkpoint
-from .config import CFC_WEIGHTS, FORMS, METHODS, PRECISIONS, PRESETS, build_config, field_problem
+from .config import MAIN, PRESET, PRESETS, UDD, Config, build_config, setting_problem, settings
 from .data import (DATASETS, DataError, RealData, canonical_name, data_facts, load_dataset, resolve_data_dir,
                    user_data_path)
 from .decode import factor_problem
 from .distributed import Comm, RankFailure
 from .engine import Distiller
 from .evaluate import evaluate_set, test_count
-from .models import ARCHS
 from .proxy import load_or_train_proxy
-from .regions import POLICIES, window_grid
+from .regions import window_grid
 from .train import accuracy
 
 
@@ -51,18 +50,32 @@ class Interrupted(KeyboardInterrupt):
     """A stopped run; the message names the checkpoint and the resume command."""
 
 
-# Flags that change what a run computes: on --resume they must match the checkpoint's config.
-# (--iterations, evaluation, --checkpoint-every, --proxy-cache, --data-dir and the like may differ.)
-FIXED_ON_RESUME = ("ipc", "method", "preset", "seed", "device", "factor", "inner_loop", "lr_img", "batch_real",
-                   "n_data", "form", "precision", "policy", "region_size", "region_every", "jitter_sigma",
-                   "jitter_draws", "cfc_weight", "cfc_tau", "proxy_epochs")
-# Numeric flags, checked against the config's allowed values (config.field_problem).
-NUMERIC_FLAGS = ("ipc", "factor", "iterations", "inner_loop", "lr_img", "batch_real", "n_data", "eval_runs",
-                 "eval_epochs", "checkpoint_every", "region_size", "region_every", "jitter_sigma", "jitter_draws",
-                 "cfc_weight", "cfc_tau", "proxy_epochs")
-# What --method random (IPC real images per class, no distillation) has no use for.
-NOT_FOR_RANDOM = ("iterations", "factor", "inner_loop", "lr_img", "batch_real", "n_data", "form", "checkpoint_every",
-                  "precision")
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _options(section):
+    """The config settings whose options stand in a --help section (config.MAIN, PRESET or UDD)."""
+    return [f for f in settings() if f.metadata["flag"] == section]
+
+
+def _add_options(target, section):
+    """The options of a section's settings, as their metadata says (config.setting)."""
+    for f in _options(section):
+        m = f.metadata
+        kw = dict(default=f.default if m["flag_default"] else None, help=m["help"], metavar=m["metavar"])
+        if type(f.default) is bool:
+            kw["choices"] = ("on", "off")
+        elif m["flag_choices"] or m["choices"]:
+            kw["choices"] = m["flag_choices"] or m["choices"]
+        elif type(f.default) in (int, float):
+            kw["type"] = type(f.default)
+        target.add_argument(_flag(f.name), **kw)
+
+
+def _option_value(f, value):
+    """A setting's value from its option's (a bool option says on or off)."""
+    return value == "on" if type(f.default) is bool and value is not None else value
 
 
 def _parser():
@@ -74,61 +87,23 @@ def _parser():
     p.add_argument("--dataset", default=None,
                    help="(required unless --resume) mnist, fashionmnist, svhn, cifar10, cifar100, a .npz file (images, labels) or a folder "
                         "of class subfolders")
-    p.add_argument("--ipc", type=int, default=1, help="stored images per class (default 1)")
-    p.add_argument("--method", default="idc", choices=METHODS)
-    p.add_argument("--preset", default="quick", choices=tuple(PRESETS))
+    _add_options(p, MAIN)
     p.add_argument("--out", default=None, help="output directory (default runs/<dataset>-ipc<N>-<method>-<preset>-s<seed>, "
                                                "<dataset> being a built-in's name, an .npz file's stem or a folder's name)")
     p.add_argument("--force", action="store_true",
                    help="write into an output directory that holds another run, replacing its files")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run saved in DIR/checkpoint.pt (its config is kept; --iterations may be "
                         "raised to extend it); writes into DIR")
-    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="write checkpoint.pt every N outer iterations (default 1 for smoke/quick, 10 for paper; "
-                        "0 = only when stopped by SIGINT/SIGTERM)")
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="fp32 (no TF32; default on CPU), tf32 (TF32 matmuls/convolutions; default on CUDA) or "
-                        "bf16 (network forward passes under bf16 autocast; images and losses stay float32)")
-    g = p.add_argument_group("overrides of the preset")
-    g.add_argument("--factor", type=int, default=2, help="multi-formation factor k (1 = no multi-formation)")
-    g.add_argument("--iterations", type=int, default=None, help="outer iterations (0 evaluates the initialization)")
-    g.add_argument("--inner-loop", type=int, default=None)
-    g.add_argument("--lr-img", type=float, default=None)
-    g.add_argument("--batch-real", type=int, default=None)
-    g.add_argument("--n-data", type=int, default=None, help="real images per network update")
-    g.add_argument("--form", default=None, choices=FORMS, help="batched (default) or IDC's sequential loop")
-    g.add_argument("--eval-runs", type=int, default=None, help="0 skips evaluation")
-    g.add_argument("--eval-epochs", type=int, default=None)
-    g.add_argument("--eval-arch", default=None, choices=ARCHS)
-    u = p.add_argument_group("UDD (with --method udd)")
-    u.add_argument("--policy", default=None, choices=POLICIES,
-                   help="region policy: auto (response where the proxy is right, jitter elsewhere; default), "
-                        "response, jitter, or none (no regions)")
-    u.add_argument("--region-size", type=float, default=None, help="window side / tile side (default 0.5)")
-    u.add_argument("--region-every", type=int, default=None, help="search regions every N outer iterations (1)")
-    u.add_argument("--jitter-sigma", type=float, default=None, help="jitter noise std (0.2)")
-    u.add_argument("--jitter-draws", type=int, default=None, help="noise draws per window (4)")
-    u.add_argument("--cfc-weight", type=float, default=None,
-                   help=f"CFC loss weight lambda (default by matching metric: {CFC_WEIGHTS}; 0 = off)")
-    u.add_argument("--cfc-tau", type=float, default=None, help="CFC temperature (0.1)")
-    u.add_argument("--proxy-epochs", type=float, default=None, help="proxy training epochs (per preset)")
-    u.add_argument("--proxy-cache", default=None, help="proxy cache directory (default ~/.cache/udd_fast/proxy)")
-    u.add_argument("--eval-region-views", default=None, choices=("on", "off"),
-                   help="evaluate formations plus region views (on, default for udd) or formations only")
+    _add_options(p.add_argument_group(PRESET), PRESET)
+    _add_options(p.add_argument_group(UDD), UDD)
     p.add_argument("--dist-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="under torchrun: how long a collective of the distillation loop waits for the other ranks "
                         "before the run stops with its state saved (default 60)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-def _flag(name):
-    return "--" + name.replace("_", "-")
 
 
 def _check_flags(args, given=frozenset()):
@@ -137,19 +112,17 @@ def _check_flags(args, given=frozenset()):
         raise UsageError("--dataset is required (unless --resume DIR)")
     if args.force and args.resume:
         raise UsageError("--force with --resume: a resumed run continues in its own directory; drop --force")
-    for name in NUMERIC_FLAGS:
-        v = getattr(args, name)
-        problem = None if v is None else field_problem(name, v)
+    for f in settings():
+        v = getattr(args, f.name, None)
+        problem = None if v is None else setting_problem(f, _option_value(f, v))
         if problem:
-            raise UsageError(f"{_flag(name)} {problem} (got {v})")
+            raise UsageError(f"{_flag(f.name)} {problem} (got {v})")
     if args.ipc > 50:
         print(f"note: IPC {args.ipc} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
-    udd_flags = [f for f in ("policy", "region_size", "region_every", "jitter_sigma", "jitter_draws", "cfc_weight",
-                             "cfc_tau", "proxy_epochs", "proxy_cache", "eval_region_views")
-                 if getattr(args, f) is not None]
+    udd_flags = [f.name for f in _options(UDD) if getattr(args, f.name) is not None]
     if udd_flags and args.method != "udd":
         raise UsageError(f"{_flag(udd_flags[0])} is a UDD setting: it needs --method udd")
-    unused = [f for f in NOT_FOR_RANDOM if f in given]
+    unused = [f.name for f in settings() if f.metadata["distill_only"] and f.name in given]
     if args.method == "random" and unused:
         raise UsageError(f"{_flag(unused[0])} does not apply to --method random: it stores IPC real images per "
                          f"class, without distillation (factor 1, no iterations)")
@@ -165,8 +138,8 @@ def _check_world(args, cfg, comm, num_classes):
         return
     if args.method == "random":
         raise UsageError(f"--method random has nothing to distribute: run it in one process (not {comm.world})")
-    if cfg.form != "batched":
-        raise UsageError(f"--form {cfg.form} is one process's loop; a distributed run ({comm.world} ranks) uses "
+    if cfg.match.form != "batched":
+        raise UsageError(f"--form {cfg.match.form} is one process's loop; a distributed run ({comm.world} ranks) uses "
                          f"the batched form")
     if comm.world > num_classes:
         raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
@@ -184,22 +157,22 @@ def _check_class_sizes(data, need_per_class, what, fix):
 def _check_geometry(cfg, data):
     """The settings against the data: tile and window sizes, images per class. Before any work."""
     size = data.info.size
-    if cfg.method == "random":
-        _check_class_sizes(data, cfg.ipc, f"--method random with IPC {cfg.ipc}", "lower --ipc")
+    if cfg.run.method == "random":
+        _check_class_sizes(data, cfg.run.ipc, f"--method random with IPC {cfg.run.ipc}", "lower --ipc")
         return
-    problem = factor_problem(size, cfg.factor)
+    problem = factor_problem(size, cfg.match.factor)
     if problem:
-        raise UsageError(f"--factor {cfg.factor} {problem}")
-    if cfg.method == "udd" and cfg.policy != "none":
-        tile = math.ceil(size / cfg.factor)
+        raise UsageError(f"--factor {cfg.match.factor} {problem}")
+    if cfg.run.method == "udd" and cfg.udd.policy != "none":
+        tile = math.ceil(size / cfg.match.factor)
         try:
-            window_grid(tile, cfg.region_size)
+            window_grid(tile, cfg.udd.region_size)
         except ValueError as e:
-            raise UsageError(f"--region-size {cfg.region_size}: {e} ({size}-pixel images, factor {cfg.factor}); "
+            raise UsageError(f"--region-size {cfg.udd.region_size}: {e} ({size}-pixel images, factor {cfg.match.factor}); "
                              f"use at least {0.5 / tile:.3g}") from None
-    _check_class_sizes(data, cfg.ipc * cfg.factor ** 2,
-                       f"the mix initialization (IPC {cfg.ipc} x factor^2 {cfg.factor ** 2})", "lower --ipc or --factor")
-    _check_class_sizes(data, cfg.batch_real, f"a real batch of {cfg.batch_real} per class", "lower --batch-real")
+    _check_class_sizes(data, cfg.run.ipc * cfg.match.factor ** 2,
+                       f"the mix initialization (IPC {cfg.run.ipc} x factor^2 {cfg.match.factor ** 2})", "lower --ipc or --factor")
+    _check_class_sizes(data, cfg.match.batch_real, f"a real batch of {cfg.match.batch_real} per class", "lower --batch-real")
 
 
 class RunLog:
@@ -277,11 +250,12 @@ def _resume_config(args, given, ck):
     """The checkpoint's config with the flags that may change applied; refuse flags that would change
     what is computed. Fills args from the config and the saved data location so the usual flag checks
     apply and the printed resume command needs nothing else."""
-    cfg = ck["config"]
+    saved_cfg = ck["config"].to_dict()
     where = ck["path"]
-    for name in FIXED_ON_RESUME:
-        if name in given and getattr(args, name) != getattr(cfg, name):
-            raise UsageError(f"{_flag(name)} {getattr(args, name)} differs from {getattr(cfg, name)} in "
+    for f in settings():
+        name = f.name
+        if f.metadata["fixed_on_resume"] and name in given and getattr(args, name) != saved_cfg[name]:
+            raise UsageError(f"{_flag(name)} {getattr(args, name)} differs from {saved_cfg[name]} in "
                              f"{where}: a resumed run keeps its config (only --iterations, evaluation flags and "
                              f"--checkpoint-every may change)")
     saved = _saved_dataset_arg(ck["dataset_arg"])
@@ -293,13 +267,12 @@ def _resume_config(args, given, ck):
     if args.iterations is not None and args.iterations < done:
         raise UsageError(f"--iterations {args.iterations} is below the {done} outer iterations already done "
                          f"in {where}")
-    for name in ("iterations", "eval_runs", "eval_epochs", "eval_arch", "checkpoint_every", "proxy_cache"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.eval_region_views is not None:
-        cfg.eval_region_views = args.eval_region_views == "on"
-    for name in ("ipc", "method", "preset", "seed", "device", "factor"):
-        setattr(args, name, getattr(cfg, name))
+    changes = {f.name: _option_value(f, getattr(args, f.name)) for f in settings()
+               if f.metadata["flag"] and not f.metadata["fixed_on_resume"] and getattr(args, f.name) is not None}
+    cfg = Config.from_flat({**saved_cfg, **changes})
+    for f in settings():  # options with a default of their own would otherwise show that default
+        if f.metadata["flag_default"]:
+            setattr(args, f.name, saved_cfg[f.name])
     if "data_dir" not in given:
         args.data_dir = ck.get("data_dir")
     args.no_download = args.no_download or ck.get("no_download", False)
@@ -340,18 +313,13 @@ def run(args, given=frozenset(), comm: Comm = None):
         comm.same_everywhere(facts, "training data", DataError)
     if ck is not None:
         check_data(ck, facts)
-    factor = 1 if args.method == "random" else args.factor
-    cfg = cfg or build_config(info.name, args.ipc, args.preset, info.size, info.size_base, factor=factor,
-                       seed=args.seed, device=args.device, method=args.method, iterations=args.iterations,
-                       inner_loop=args.inner_loop, lr_img=args.lr_img, batch_real=args.batch_real,
-                       n_data=args.n_data, form=args.form, eval_runs=args.eval_runs, eval_epochs=args.eval_epochs,
-                       eval_arch=args.eval_arch, policy=args.policy, region_size=args.region_size,
-                       region_every=args.region_every, jitter_sigma=args.jitter_sigma, jitter_draws=args.jitter_draws,
-                       cfc_weight=args.cfc_weight, cfc_tau=args.cfc_tau, proxy_epochs=args.proxy_epochs,
-                       proxy_cache=args.proxy_cache, precision=args.precision, checkpoint_every=args.checkpoint_every,
-                       eval_region_views=None if args.eval_region_views is None else args.eval_region_views == "on")
-    if cfg.proxy_cache:  # a relative cache would move with the working directory of a resume
-        cfg.proxy_cache = str(Path(cfg.proxy_cache).expanduser().absolute())
+    if cfg is None:
+        values = {f.name: _option_value(f, getattr(args, f.name)) for f in settings() if f.metadata["flag"]}
+        ipc, preset, factor = values.pop("ipc"), values.pop("preset"), values.pop("factor")
+        cfg = build_config(info.name, ipc, preset, info.size, info.size_base,
+                           factor=1 if args.method == "random" else factor, **values)
+    if cfg.udd.proxy_cache:  # a relative cache would move with the working directory of a resume
+        cfg.udd.proxy_cache = str(Path(cfg.udd.proxy_cache).expanduser().absolute())
     _check_geometry(cfg, data)
     _check_world(args, cfg, comm, info.num_classes)
 
@@ -423,25 +391,25 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
     progress = progress and main
     info = data.info
     log(f"udd_fast {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"device {cfg.device}" + (f", {comm.world} ranks ({distributed.backend_name()})" if comm.distributed else ""))
+        f"device {cfg.run.device}" + (f", {comm.world} ranks ({distributed.backend_name()})" if comm.distributed else ""))
     log(f"dataset {info.name}: {data.images.shape[0]} train / {data.test_images.shape[0]} test, "
         f"{info.num_classes} classes, {info.channels}x{info.size}x{info.size}")
-    log(f"method {cfg.method}, IPC {cfg.ipc}, factor {cfg.factor}, preset {cfg.preset}: {PRESETS[cfg.preset]}")
+    log(f"method {cfg.run.method}, IPC {cfg.run.ipc}, factor {cfg.match.factor}, preset {cfg.run.preset}: {PRESETS[cfg.run.preset]}")
     log(f"config {cfg.to_dict()}")
     udd_summary = {}
     proxy = None
-    if cfg.method == "udd":  # rank 0 loads or trains it, every rank gets the same network
+    if cfg.run.method == "udd":  # rank 0 loads or trains it, every rank gets the same network
         proxy, udd_summary = comm.from_main(lambda: _cpu_proxy(*_proxy(cfg, data, log, progress)))
     t0 = time.time()
     final_loss = None
     regions = None
     loop_seconds = None
-    if cfg.method == "random":
-        images, labels = random_selection(data, cfg.ipc, cfg.seed)
+    if cfg.run.method == "random":
+        images, labels = random_selection(data, cfg.run.ipc, cfg.run.seed)
         iterations = 0
     else:
         d = Distiller(cfg, data, log=log, proxy=proxy, comm=comm)
-        iterations = cfg.iterations
+        iterations = cfg.match.iterations
         if proxy is not None and main:
             udd_summary["mue_initial"] = d.mue(d.S)  # S is the initialization until a state is loaded
         if ck is not None:
@@ -452,7 +420,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
             udd_summary["resumed_from_outer"] = d.outer_done
             log(f"resumed from {ck['path']} after {d.outer_done} outer iterations"
                 + ("" if ck["version"] == __version__ else f" (saved by udd_fast {ck['version']})"))
-        bar = tqdm(total=cfg.iterations, initial=d.outer_done, desc="distill", unit="outer", disable=not progress,
+        bar = tqdm(total=cfg.match.iterations, initial=d.outer_done, desc="distill", unit="outer", disable=not progress,
                    mininterval=1.0)
         snap = d.state()  # the last completed outer boundary: what a stop saves
         snap_start = snap["outer_done"]
@@ -465,13 +433,13 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
         def on_outer(outer, loss, seconds):
             nonlocal snap
             snap = d.state()
-            every = cfg.checkpoint_every
-            if every and (d.outer_done % every == 0 or d.outer_done == cfg.iterations):
+            every = cfg.run.checkpoint_every
+            if every and (d.outer_done % every == 0 or d.outer_done == cfg.match.iterations):
                 checkpoint(snap)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}")
-            if (outer + 1) % max(1, cfg.iterations // 10) == 0 or outer + 1 == cfg.iterations:
-                log(f"outer {outer + 1}/{cfg.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
+            if (outer + 1) % max(1, cfg.match.iterations // 10) == 0 or outer + 1 == cfg.match.iterations:
+                log(f"outer {outer + 1}/{cfg.match.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
 
         t_loop = time.time()
         with _StopOnSignal() as stop:
@@ -482,14 +450,14 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
             except KeyboardInterrupt:
                 bar.close()
                 path = checkpoint(snap)
-                msg = (f"stopped after {snap['outer_done']}/{cfg.iterations} outer iterations; state saved in {path}; "
+                msg = (f"stopped after {snap['outer_done']}/{cfg.match.iterations} outer iterations; state saved in {path}; "
                        f"resume with: {launcher} --resume {shlex.quote(str(out))}")
                 log(msg)
                 raise Interrupted(msg) from None
             except RankFailure as e:
                 bar.close()
                 path = checkpoint(snap)  # every rank holds the last merged boundary; rank 0 writes it
-                msg = (f"{e}; the state after {snap['outer_done']}/{cfg.iterations} outer iterations is in {path}; "
+                msg = (f"{e}; the state after {snap['outer_done']}/{cfg.match.iterations} outer iterations is in {path}; "
                        f"resume with: {launcher} --resume {shlex.quote(str(out))} (any number of processes)")
                 log(msg)
                 raise RankFailure(msg) from None
@@ -502,7 +470,7 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
         if not main:
             return None  # rank 0 saves and evaluates
         labels = d.labels()
-        final_loss = d.last_loss if cfg.iterations else None
+        final_loss = d.last_loss if cfg.match.iterations else None
         if proxy is not None:
             regions = d.regions()
             udd_summary.update(mue_final=d.mue(images), policy_share=d.policy_share(),
@@ -511,21 +479,21 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
                 f"{udd_summary['policy_share']}")
     distill_seconds = time.time() - t0
     log(f"distillation done in {distill_seconds:.1f} s")
-    save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict(), regions, facts, data_dir)
+    save_distilled(out / "distilled.pt", images, labels, cfg.match.factor, info, cfg.to_dict(), regions, facts, data_dir)
     write_grid(out / "grid.png", images, labels, info.num_classes)
 
     summary = {
-        "dataset": info.name, "ipc": cfg.ipc, "method": cfg.method, "preset": cfg.preset, "device": cfg.device,
-        "seed": cfg.seed, "factor": cfg.factor, "iterations": iterations, "inner_loop": cfg.inner_loop,
-        "form": cfg.form, "world_size": comm.world, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
+        "dataset": info.name, "ipc": cfg.run.ipc, "method": cfg.run.method, "preset": cfg.run.preset, "device": cfg.run.device,
+        "seed": cfg.run.seed, "factor": cfg.match.factor, "iterations": iterations, "inner_loop": cfg.match.inner_loop,
+        "form": cfg.match.form, "world_size": comm.world, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
         "loop_seconds": loop_seconds,
         "num_stored": int(images.shape[0]), "version": __version__, "torch": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
     }
     summary.update(udd_summary)
-    if cfg.eval_runs > 0:
-        use_views = regions is not None and cfg.eval_region_views
+    if cfg.eval.eval_runs > 0:
+        use_views = regions is not None and cfg.eval.eval_region_views
         res = _evaluate(cfg, data, images, labels, regions if use_views else None, log, progress)
         summary.update({k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean",
                                             "best_runs", "eval_seconds", "num_train")})
@@ -543,10 +511,10 @@ def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=No
 
 def _comm_summary(comm, cfg, outer_done, seconds):
     """Payload bytes this rank handed to collectives during the loop, by purpose and per iteration."""
-    inner = max(1, outer_done * cfg.inner_loop)
+    inner = max(1, outer_done * cfg.match.inner_loop)
     total = sum(comm.bytes_by_purpose.values())
     return {"world_size": comm.world, "rank": comm.rank, "backend": distributed.backend_name(),
-            "outer_iterations": outer_done, "inner_iterations": outer_done * cfg.inner_loop,
+            "outer_iterations": outer_done, "inner_iterations": outer_done * cfg.match.inner_loop,
             "payload_bytes_by_purpose": dict(comm.bytes_by_purpose),
             "calls_by_purpose": dict(comm.calls_by_purpose),
             "payload_bytes_per_inner_iteration": total / inner,
@@ -560,27 +528,25 @@ def _cpu_proxy(proxy, facts):
 def _proxy(cfg, data, log, progress):
     """The UDD proxy network (cached) and its facts for the summary."""
     t = time.time()
-    proxy, how = load_or_train_proxy(data, cfg.proxy_epochs, cfg.seed, cfg.eval_aug, cfg.eval_cutmix,
-                                     cfg.proxy_cache or None, progress, log)
-    n_test = test_count(data, cfg.eval_test_limit)
+    proxy, how = load_or_train_proxy(data, cfg.udd.proxy_epochs, cfg.run.seed, cfg.eval.eval_aug, cfg.eval.eval_cutmix,
+                                     cfg.udd.proxy_cache or None, progress, log)
+    n_test = test_count(data, cfg.eval.eval_test_limit)
     acc = accuracy(proxy, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
-    log(f"proxy network ({how}, {cfg.proxy_epochs} epochs): test accuracy {acc:.2f} % on {n_test} images")
-    facts = {"proxy": {"epochs": cfg.proxy_epochs, "source": how, "test_accuracy": acc,
+    log(f"proxy network ({how}, {cfg.udd.proxy_epochs} epochs): test accuracy {acc:.2f} % on {n_test} images")
+    facts = {"proxy": {"epochs": cfg.udd.proxy_epochs, "source": how, "test_accuracy": acc,
                        "seconds": time.time() - t},
-             "regions": {k: getattr(cfg, k) for k in ("policy", "region_size", "region_every", "jitter_sigma",
+             "regions": {k: getattr(cfg.udd, k) for k in ("policy", "region_size", "region_every", "jitter_sigma",
                                                       "jitter_draws")},
-             "cfc": {"weight": cfg.cfc_weight, "tau": cfg.cfc_tau}}
+             "cfc": {"weight": cfg.udd.cfc_weight, "tau": cfg.udd.cfc_tau}}
     return proxy, facts
 
 
 def _evaluate(cfg, data, images, labels, regions, log, progress):
     views = "with region views" if regions is not None else "formations only"
-    log(f"evaluating ({views}): {cfg.eval_arch}, {cfg.eval_epochs} epochs x {cfg.eval_runs} runs")
-    res = evaluate_set(images, labels, cfg.factor, data, cfg.eval_arch, cfg.eval_epochs, cfg.eval_runs, cfg.seed,
-                       cfg.eval_aug, cfg.eval_cutmix, cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit,
-                       progress, regions)
-    log(f"accuracy ({cfg.eval_arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % "
-        f"over {cfg.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
+    log(f"evaluating ({views}): {cfg.eval.eval_arch}, {cfg.eval.eval_epochs} epochs x {cfg.eval.eval_runs} runs")
+    res = evaluate_set(images, labels, cfg.match.factor, data, cfg.eval, cfg.run.seed, progress, regions)
+    log(f"accuracy ({cfg.eval.eval_arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % "
+        f"over {cfg.eval.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
         f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
     return res
 

@@ -10,6 +10,7 @@ without cutout whenever CutMix is on (IDC's `remove_aug(args.dsa_strategy, 'cuto
 default `--mixup cut`); cutout stays only where CutMix is off (SVHN at factor 1 and IPC 1).
 """
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from . import rng
 from .augment import Strategy
+from .config import EvalConfig
 from .decode import decode_plan
 from .models import ARCHS, make_model
 from .sampling import EpochBatches
@@ -42,18 +44,17 @@ def test_count(data, test_limit: int) -> int:
     return min(test_limit, n) if test_limit else n
 
 
-def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy, use_cutmix: bool,
-               batch: int = 64, validations: int = 4, test_limit: int = 0, progress: bool = False, desc: str = ""):
-    """Train a fresh `arch` on normalized x; test `validations` times, evenly spaced, the last at the
-    final epoch (IDC: 4). Returns (last accuracy, best validation accuracy)."""
-    info = data.info
+def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, desc: str = ""):
+    """Train a fresh ev.eval_arch on normalized x; test ev.eval_validations times, evenly spaced, the last
+    at the final epoch (IDC: 4). Returns (last accuracy, best validation accuracy)."""
+    info, epochs, validations = data.info, ev.eval_epochs, ev.eval_validations
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.key(key, "init") & 0x7FFF_FFFF_FFFF_FFFF)
-        model = make_model(arch, info.num_classes, info.channels, info.size)
+        model = make_model(ev.eval_arch, info.num_classes, info.channels, info.size)
     model = model.to(x.device).train()
-    batches = EpochBatches(x.shape[0], batch, key, "batches", x.device)
+    batches = EpochBatches(x.shape[0], ev.eval_batch, key, "batches", x.device)
     val_every = max(1, epochs // max(1, validations))
-    n_test = test_count(data, test_limit)
+    n_test = test_count(data, ev.eval_test_limit)
     acc = {"last": 0.0, "best": 0.0}
     bar = tqdm(total=epochs, desc=desc, leave=False, disable=not progress, mininterval=1.0)
 
@@ -64,17 +65,19 @@ def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy,
             acc["best"] = max(acc["best"], acc["last"])
             bar.set_postfix(acc=f"{acc['last']:.1f}")
 
-    fit(model, lambda idx: (x[idx], y[idx]), batches, epochs * batches.per_epoch, x.shape[-1], strategy, use_cutmix,
-        lambda b: rng.key(key, "step", b), schedule="epoch", on_epoch=validate)
+    fit(model, lambda idx: (x[idx], y[idx]), batches, epochs * batches.per_epoch, x.shape[-1],
+        Strategy.parse(ev.eval_aug), ev.eval_cutmix, lambda b: rng.key(key, "step", b), schedule="epoch",
+        on_epoch=validate)
     bar.close()
     return acc["last"], acc["best"]
 
 
-def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs=5, seed=0,
-                 strategy="color_crop_flip_scale_rotate", use_cutmix=True, batch=64, validations=4,
-                 test_limit=0, progress=True, regions=None):
-    """Evaluate stored images in [0,1] with IDC's protocol; returns a dict of the results.
+def evaluate_set(images, labels, factor: int, data, ev: EvalConfig, seed: int = 0, progress: bool = True,
+                 regions=None):
+    """Evaluate stored images in [0,1] with IDC's protocol as `ev` sets it (architecture, epochs, runs,
+    augmentation, CutMix, batch, validations, test images); returns a dict of the results.
     `regions` = (source index [M], box [M, 4]) adds UDD's region views to the decoded formations."""
+    arch, epochs, runs = ev.eval_arch, ev.eval_epochs, ev.eval_runs
     if runs < 1 or epochs < 1:
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
     if arch not in ARCHS:
@@ -88,12 +91,11 @@ def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs
         x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
         y = torch.cat([y, labels[src]])
     x = normalize(x, data.mean, data.std)
-    strat = Strategy.parse(strategy)
     t0 = time.time()
     last, best = [], []
     for r in range(runs):
-        a, b = train_once(x, y, data, arch, epochs, rng.key(seed, "eval", arch, r), strat, use_cutmix, batch,
-                          validations, test_limit, progress, desc=f"eval {arch} run {r + 1}/{runs}")
+        a, b = train_once(x, y, data, ev, rng.key(seed, "eval", arch, r), progress,
+                          desc=f"eval {arch} run {r + 1}/{runs}")
         last.append(a)
         best.append(b)
     return {
@@ -101,12 +103,13 @@ def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs
         "accuracy_runs": last,
         "accuracy_mean": statistics.fmean(last),
         "accuracy_std": statistics.stdev(last) if runs > 1 else 0.0,
-        "validations": validations,
-        "num_test": test_count(data, test_limit),
+        "validations": ev.eval_validations,
+        "num_test": test_count(data, ev.eval_test_limit),
         "best_runs": best,
         "best_mean": statistics.fmean(best),
         "eval_seconds": time.time() - t0,
-        "augmentation": str(strat), "cutmix": bool(use_cutmix), "region_views": regions is not None,
+        "augmentation": str(Strategy.parse(ev.eval_aug)), "cutmix": bool(ev.eval_cutmix),
+        "region_views": regions is not None,
     }
 
 
@@ -136,7 +139,7 @@ def _parser():
 def _saved_regions(saved, cfg, flag):
     """The saved region views to evaluate with, per --eval-region-views (default: the run's setting)."""
     has = saved.get("boxes") is not None
-    want = cfg.eval_region_views if flag is None else flag == "on"
+    want = cfg.eval.eval_region_views if flag is None else flag == "on"
     if want and flag == "on" and not has:
         raise ValueError("--eval-region-views on: this set has no region boxes (it was not distilled with UDD regions)")
     return (saved["region_src"], saved["boxes"]) if (want and has) else None
@@ -197,8 +200,8 @@ def main(argv=None):
         saved = load_distilled(args.path)
         _check_run_dir(Path(args.path), args.allow_incomplete, warnings)
         cfg = saved["config"]
-        runs = args.eval_runs if args.eval_runs is not None else cfg.eval_runs
-        epochs = args.eval_epochs if args.eval_epochs is not None else cfg.eval_epochs
+        runs = args.eval_runs if args.eval_runs is not None else cfg.eval.eval_runs
+        epochs = args.eval_epochs if args.eval_epochs is not None else cfg.eval.eval_epochs
         if runs < 1:
             raise ValueError(f"the run's config asks for {runs} evaluation runs: pass --eval-runs N (N >= 1)")
         regions = _saved_regions(saved, cfg, args.eval_region_views)
@@ -210,9 +213,9 @@ def main(argv=None):
         _check_same_data(saved, data, args.path, args.allow_data_mismatch, warnings)
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr)
-        res = evaluate_set(saved["images"], saved["labels"], saved["factor"], data, args.arch, epochs, runs,
-                           cfg.seed if args.seed is None else args.seed, cfg.eval_aug, cfg.eval_cutmix,
-                           cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit, not args.no_progress, regions)
+        ev = dataclasses.replace(cfg.eval, eval_arch=args.arch, eval_epochs=epochs, eval_runs=runs)
+        res = evaluate_set(saved["images"], saved["labels"], saved["factor"], data, ev,
+                           cfg.run.seed if args.seed is None else args.seed, not args.no_progress, regions)
     except (DataError, ArtifactError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
