@@ -9,45 +9,27 @@ Every input is checked before any long work starts, and nothing is written on ba
 Started by torchrun with several processes, the run is distributed (udd_fast.distributed): classes
 are split across ranks, network updates are data-parallel, and rank 0 alone writes files and
 evaluates. Exit status: 0 done, 2 bad input, 3 a rank failed (state saved), 130 interrupted.
+
+This module is the command line: its options come from the config's settings (udd_fast.config), a
+resumed run's from its checkpoint; the run itself is udd_fast.pipeline's phases.
 """
 import argparse
-import datetime
 import math
-import os
-import platform
 import re
-import shlex
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from . import __version__, distributed, rng
-from .artifacts import (INCOMPLETE, ArtifactError, WriteError, check_out_dir, claim_run_dir, mark_complete,
-                        save_distilled, write_error_message, write_grid, write_json)
-from .checkpoint import CheckpointError, check_data, load_checkpoint, save_checkpoint
-from .config import MAIN, PRESET, PRESETS, UDD, Config, build_config, setting_problem, settings
-from .data import (DATASETS, DataError, RealData, canonical_name, data_facts, load_dataset, resolve_data_dir,
-                   user_data_path)
-from .decode import factor_problem
+from . import distributed
+from .artifacts import ArtifactError
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import MAIN, PRESET, PRESETS, UDD, Config, setting_problem, settings
+from .data import DATASETS, DataError, canonical_name, user_data_path
 from .distributed import Comm, RankFailure
-from .engine import Distiller
-from .evaluate import evaluate_set, test_count
-from .proxy import load_or_train_proxy
-from .regions import window_grid
-from .train import accuracy
-
-
-class UsageError(ValueError):
-    """An impossible combination of flags."""
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stopped run; the message names the checkpoint and the resume command."""
+from .pipeline import Interrupted, Request, UsageError, execute, prepare
 
 
 def _flag(name):
@@ -107,13 +89,13 @@ def _parser():
 
 
 def _check_flags(args, given=frozenset()):
-    """The flags on their own (the data's geometry comes in _check_geometry)."""
+    """The flags on their own (the data's geometry comes in pipeline.check_geometry)."""
     if args.dataset is None and not args.resume:
         raise UsageError("--dataset is required (unless --resume DIR)")
     if args.force and args.resume:
         raise UsageError("--force with --resume: a resumed run continues in its own directory; drop --force")
     for f in settings():
-        v = getattr(args, f.name, None)
+        v = getattr(args, f.name) if f.metadata["flag"] else None
         problem = None if v is None else setting_problem(f, _option_value(f, v))
         if problem:
             raise UsageError(f"{_flag(f.name)} {problem} (got {v})")
@@ -130,89 +112,6 @@ def _check_flags(args, given=frozenset()):
         raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device; use --device cpu")
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         raise UsageError(f"--dist-timeout must be a finite number of seconds > 0 (got {args.dist_timeout})")
-
-
-def _check_world(args, cfg, comm, num_classes):
-    """What a distributed run cannot do, said before any work starts."""
-    if not comm.distributed:
-        return
-    if args.method == "random":
-        raise UsageError(f"--method random has nothing to distribute: run it in one process (not {comm.world})")
-    if cfg.match.form != "batched":
-        raise UsageError(f"--form {cfg.match.form} is one process's loop; a distributed run ({comm.world} ranks) uses "
-                         f"the batched form")
-    if comm.world > num_classes:
-        raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
-                         f"start at most {num_classes} processes")
-
-
-def _check_class_sizes(data, need_per_class, what, fix):
-    counts = data.class_counts.cpu()
-    small = int(counts.argmin())
-    if int(counts[small]) < need_per_class:
-        raise UsageError(f"{what} needs {need_per_class} training images per class, but class {small} "
-                         f"({data.info.class_names[small]}) has {int(counts[small])}: {fix}")
-
-
-def _check_geometry(cfg, data):
-    """The settings against the data: tile and window sizes, images per class. Before any work."""
-    size = data.info.size
-    if cfg.run.method == "random":
-        _check_class_sizes(data, cfg.run.ipc, f"--method random with IPC {cfg.run.ipc}", "lower --ipc")
-        return
-    problem = factor_problem(size, cfg.match.factor)
-    if problem:
-        raise UsageError(f"--factor {cfg.match.factor} {problem}")
-    if cfg.run.method == "udd" and cfg.udd.policy != "none":
-        tile = math.ceil(size / cfg.match.factor)
-        try:
-            window_grid(tile, cfg.udd.region_size)
-        except ValueError as e:
-            raise UsageError(f"--region-size {cfg.udd.region_size}: {e} ({size}-pixel images, factor {cfg.match.factor}); "
-                             f"use at least {0.5 / tile:.3g}") from None
-    _check_class_sizes(data, cfg.run.ipc * cfg.match.factor ** 2,
-                       f"the mix initialization (IPC {cfg.run.ipc} x factor^2 {cfg.match.factor ** 2})", "lower --ipc or --factor")
-    _check_class_sizes(data, cfg.match.batch_real, f"a real batch of {cfg.match.batch_real} per class", "lower --batch-real")
-
-
-class RunLog:
-    """Lines to stderr and to log.txt in the output directory (appended as the run goes). A failed write
-    raises WriteError once; later lines go to stderr only."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.fh = open(path, "a", buffering=1)
-        except OSError as e:
-            raise WriteError(write_error_message(path, e)) from None
-
-    def __call__(self, msg):
-        line = f"[{datetime.datetime.now().isoformat(timespec='seconds')}] {msg}"
-        tqdm.write(line, file=sys.stderr)
-        if self.fh is None:
-            return
-        try:
-            self.fh.write(line + "\n")
-        except OSError as e:
-            self.close()
-            raise WriteError(write_error_message(self.path, e)) from None
-
-    def close(self):
-        if self.fh is not None:
-            try:
-                self.fh.close()
-            except OSError:
-                pass  # the line that could not be written was already reported
-            self.fh = None
-
-
-def random_selection(data, ipc, seed):
-    """IPC random real images per class (keyed): the same stored pixels as a distilled set, factor 1."""
-    K = data.info.num_classes
-    keys = rng.subkeys(rng.key(seed, "random_selection"), torch.arange(K, device=data.images.device))
-    perm = rng.permutation(keys, data.class_indices.shape[1], valid=data.class_counts)[:, :ipc]
-    idx = torch.gather(data.class_indices, 1, perm).reshape(-1)
-    return data.to_float(idx), data.labels[idx]
 
 
 def _explicit_flags(argv):
@@ -280,18 +179,9 @@ def _resume_config(args, given, ck):
     return cfg
 
 
-def _resume_advice(out: Path, launcher: str) -> str:
-    """Where a stopped run stands and the command that continues it."""
-    try:
-        done = load_checkpoint(out)["state"]["outer_done"]
-    except CheckpointError:
-        return (f"no checkpoint was saved, so nothing can be resumed; {out} is marked incomplete ({INCOMPLETE}); "
-                f"start again with --force")
-    return (f"the last checkpoint ({done} outer iterations) is kept in {out / 'checkpoint.pt'} and {out} is marked "
-            f"incomplete ({INCOMPLETE}); resume with: {launcher} --resume {shlex.quote(str(out))}")
-
-
 def run(args, given=frozenset(), comm: Comm = None):
+    """The run the flags ask for (--resume: the saved one, continued); returns its summary (None on ranks
+    other than 0)."""
     comm = comm or Comm()
     given = set(given)
     ck = cfg = None
@@ -300,255 +190,13 @@ def run(args, given=frozenset(), comm: Comm = None):
         cfg = _resume_config(args, given, ck)
     _check_flags(args, given)
     dataset = _dataset_arg(args.dataset)
-    out = Path(args.out or _default_out(dataset, args)).absolute()
-    replaced = comm.from_main(lambda: check_out_dir(out, args.force, bool(args.resume)), (ArtifactError,))
-    data_dir = None if Path(dataset).is_absolute() else resolve_data_dir(args.data_dir)
-    # each node's local rank 0 first: it downloads what the node's other ranks then read
-    ds = comm.everywhere(lambda: load_dataset(dataset, data_dir, download=not args.no_download), (DataError,),
-                         local_first=True)
-    info = ds.info
-    data = RealData(ds, comm.device if comm.distributed else args.device)
-    facts = data_facts(data)
-    if comm.distributed:
-        comm.same_everywhere(facts, "training data", DataError)
-    if ck is not None:
-        check_data(ck, facts)
     if cfg is None:
         values = {f.name: _option_value(f, getattr(args, f.name)) for f in settings() if f.metadata["flag"]}
-        ipc, preset, factor = values.pop("ipc"), values.pop("preset"), values.pop("factor")
-        cfg = build_config(info.name, ipc, preset, info.size, info.size_base,
-                           factor=1 if args.method == "random" else factor, **values)
-    if cfg.udd.proxy_cache:  # a relative cache would move with the working directory of a resume
-        cfg.udd.proxy_cache = str(Path(cfg.udd.proxy_cache).expanduser().absolute())
-    _check_geometry(cfg, data)
-    _check_world(args, cfg, comm, info.num_classes)
-
-    # every check passed: from here on the output directory is this run's
-    launcher = (f"torchrun --nproc_per_node {comm.world} -m udd_fast.distill" if comm.distributed
-                else "python -m udd_fast.distill")
-    note = f"Once it has written checkpoint.pt, continue it with: {launcher} --resume {shlex.quote(str(out))}\n"
-    stale = comm.from_main(lambda: claim_run_dir(out, replaced, note), (ArtifactError,))
-    log = RunLog(out / "log.txt") if comm.is_main else None  # rank 0 alone writes
-    try:
-        if replaced:
-            log(f"--force: replaced the previous run's files in {out}: {', '.join(replaced)}")
-        if stale:
-            log(f"removed temporary files a stopped run left in {out}: {', '.join(stale)}")
-        summary = _distill_and_evaluate(cfg, data, out, log or (lambda msg: None), progress=not args.no_progress,
-                                        ck=ck, dataset_arg=dataset, facts=facts, comm=comm, data_dir=data_dir,
-                                        no_download=args.no_download, launcher=launcher)
-        if comm.is_main:
-            mark_complete(out)
-        return summary
-    except (WriteError, KeyboardInterrupt) as e:
-        if isinstance(e, Interrupted) or not comm.is_main:
-            raise
-        msg = f"{e}; {_resume_advice(out, launcher)}" if isinstance(e, WriteError) else \
-            f"stopped before the run completed; {_resume_advice(out, launcher)}"
-        try:
-            log(msg)
-        except WriteError:
-            pass  # the disk is full: the message still reaches stderr
-        raise (WriteError if isinstance(e, WriteError) else Interrupted)(msg) from None
-    finally:
-        if log is not None:
-            log.close()
-
-
-class _StopOnSignal:
-    """While distilling: the first SIGINT/SIGTERM asks the loop to stop at its next inner iteration (so
-    the last outer boundary is saved); a second one interrupts at once."""
-
-    def __init__(self):
-        self.requested, self.old = False, {}
-
-    def __call__(self):
-        return self.requested
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        # said at once (an inner iteration can take minutes); os.write is safe inside a signal handler
-        os.write(2, f"\n{signal.Signals(signum).name} received: stopping at the end of the current inner iteration "
-                    f"and saving the last outer boundary (send it again to stop at once; that boundary is still "
-                    f"saved)\n".encode())
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal handlers only there
-            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-
-
-def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=None, facts=None, comm=None,
-                          data_dir=None, no_download=False, launcher="python -m udd_fast.distill"):
-    comm = comm or Comm()
-    main = comm.is_main
-    progress = progress and main
-    info = data.info
-    log(f"udd_fast {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"device {cfg.run.device}" + (f", {comm.world} ranks ({distributed.backend_name()})" if comm.distributed else ""))
-    log(f"dataset {info.name}: {data.images.shape[0]} train / {data.test_images.shape[0]} test, "
-        f"{info.num_classes} classes, {info.channels}x{info.size}x{info.size}")
-    log(f"method {cfg.run.method}, IPC {cfg.run.ipc}, factor {cfg.match.factor}, preset {cfg.run.preset}: {PRESETS[cfg.run.preset]}")
-    log(f"config {cfg.to_dict()}")
-    udd_summary = {}
-    proxy = None
-    if cfg.run.method == "udd":  # rank 0 loads or trains it, every rank gets the same network
-        proxy, udd_summary = comm.from_main(lambda: _cpu_proxy(*_proxy(cfg, data, log, progress)))
-    t0 = time.time()
-    final_loss = None
-    regions = None
-    loop_seconds = None
-    if cfg.run.method == "random":
-        images, labels = random_selection(data, cfg.run.ipc, cfg.run.seed)
-        iterations = 0
     else:
-        d = Distiller(cfg, data, log=log, proxy=proxy, comm=comm)
-        iterations = cfg.match.iterations
-        if proxy is not None and main:
-            udd_summary["mue_initial"] = d.mue(d.S)  # S is the initialization until a state is loaded
-        if ck is not None:
-            try:
-                d.load_state(ck["state"])
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise CheckpointError(f"{ck['path']}: its state does not fit this run ({e})") from None
-            udd_summary["resumed_from_outer"] = d.outer_done
-            log(f"resumed from {ck['path']} after {d.outer_done} outer iterations"
-                + ("" if ck["version"] == __version__ else f" (saved by udd_fast {ck['version']})"))
-        bar = tqdm(total=cfg.match.iterations, initial=d.outer_done, desc="distill", unit="outer", disable=not progress,
-                   mininterval=1.0)
-        snap = d.state()  # the last completed outer boundary: what a stop saves
-        snap_start = snap["outer_done"]
-
-        def checkpoint(state):
-            if not main:
-                return Path(out) / "checkpoint.pt"
-            return save_checkpoint(out, state, cfg.to_dict(), facts, dataset_arg, data_dir, no_download)
-
-        def on_outer(outer, loss, seconds):
-            nonlocal snap
-            snap = d.state()
-            every = cfg.run.checkpoint_every
-            if every and (d.outer_done % every == 0 or d.outer_done == cfg.match.iterations):
-                checkpoint(snap)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
-            if (outer + 1) % max(1, cfg.match.iterations // 10) == 0 or outer + 1 == cfg.match.iterations:
-                log(f"outer {outer + 1}/{cfg.match.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
-
-        t_loop = time.time()
-        with _StopOnSignal() as stop:
-            try:
-                images = d.run(on_outer, should_stop=stop)
-                if stop.requested:
-                    raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                bar.close()
-                path = checkpoint(snap)
-                msg = (f"stopped after {snap['outer_done']}/{cfg.match.iterations} outer iterations; state saved in {path}; "
-                       f"resume with: {launcher} --resume {shlex.quote(str(out))}")
-                log(msg)
-                raise Interrupted(msg) from None
-            except RankFailure as e:
-                bar.close()
-                path = checkpoint(snap)  # every rank holds the last merged boundary; rank 0 writes it
-                msg = (f"{e}; the state after {snap['outer_done']}/{cfg.match.iterations} outer iterations is in {path}; "
-                       f"resume with: {launcher} --resume {shlex.quote(str(out))} (any number of processes)")
-                log(msg)
-                raise RankFailure(msg) from None
-        bar.close()
-        loop_seconds = time.time() - t_loop
-        if comm.distributed:
-            udd_summary["communication"] = _comm_summary(comm, cfg, d.outer_done - int(snap_start), loop_seconds)
-            log(f"communication per inner iteration (payload bytes, rank {comm.rank}): "
-                f"{udd_summary['communication']['payload_bytes_per_inner_iteration']:.0f}")
-        if not main:
-            return None  # rank 0 saves and evaluates
-        labels = d.labels()
-        final_loss = d.last_loss if cfg.match.iterations else None
-        if proxy is not None:
-            regions = d.regions()
-            udd_summary.update(mue_final=d.mue(images), policy_share=d.policy_share(),
-                               policy_counts=dict(d.policy_counts))
-            log(f"mUE {udd_summary['mue_initial']:.4f} -> {udd_summary['mue_final']:.4f}; policy share "
-                f"{udd_summary['policy_share']}")
-    distill_seconds = time.time() - t0
-    log(f"distillation done in {distill_seconds:.1f} s")
-    save_distilled(out / "distilled.pt", images, labels, cfg.match.factor, info, cfg.to_dict(), regions, facts, data_dir)
-    write_grid(out / "grid.png", images, labels, info.num_classes)
-
-    summary = {
-        "dataset": info.name, "ipc": cfg.run.ipc, "method": cfg.run.method, "preset": cfg.run.preset, "device": cfg.run.device,
-        "seed": cfg.run.seed, "factor": cfg.match.factor, "iterations": iterations, "inner_loop": cfg.match.inner_loop,
-        "form": cfg.match.form, "world_size": comm.world, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
-        "loop_seconds": loop_seconds,
-        "num_stored": int(images.shape[0]), "version": __version__, "torch": torch.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
-    }
-    summary.update(udd_summary)
-    if cfg.eval.eval_runs > 0:
-        use_views = regions is not None and cfg.eval.eval_region_views
-        res = _evaluate(cfg, data, images, labels, regions if use_views else None, log, progress)
-        summary.update({k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean",
-                                            "best_runs", "eval_seconds", "num_train")})
-        summary["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
-                                               "num_test", "region_views")}
-        if regions is not None:  # region views raise the decoded count: always report both readings
-            other = _evaluate(cfg, data, images, labels, None if use_views else regions, log, progress)
-            key = "without_region_views" if use_views else "with_region_views"
-            summary[key] = {k: other[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "num_train")}
-            summary["eval_seconds"] += other["eval_seconds"]
-    write_json(out / "summary.json", summary)  # the last artifact: the run is complete once it is there
-    log(f"saved {out}/distilled.pt, summary.json, grid.png, log.txt")
-    return summary
-
-
-def _comm_summary(comm, cfg, outer_done, seconds):
-    """Payload bytes this rank handed to collectives during the loop, by purpose and per iteration."""
-    inner = max(1, outer_done * cfg.match.inner_loop)
-    total = sum(comm.bytes_by_purpose.values())
-    return {"world_size": comm.world, "rank": comm.rank, "backend": distributed.backend_name(),
-            "outer_iterations": outer_done, "inner_iterations": outer_done * cfg.match.inner_loop,
-            "payload_bytes_by_purpose": dict(comm.bytes_by_purpose),
-            "calls_by_purpose": dict(comm.calls_by_purpose),
-            "payload_bytes_per_inner_iteration": total / inner,
-            "loop_seconds": seconds, "seconds_per_inner_iteration": seconds / inner}
-
-
-def _cpu_proxy(proxy, facts):
-    return proxy.cpu(), facts  # sent to the other ranks as CPU tensors; the Distiller moves it to its device
-
-
-def _proxy(cfg, data, log, progress):
-    """The UDD proxy network (cached) and its facts for the summary."""
-    t = time.time()
-    proxy, how = load_or_train_proxy(data, cfg.udd.proxy_epochs, cfg.run.seed, cfg.eval.eval_aug, cfg.eval.eval_cutmix,
-                                     cfg.udd.proxy_cache or None, progress, log)
-    n_test = test_count(data, cfg.eval.eval_test_limit)
-    acc = accuracy(proxy, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
-    log(f"proxy network ({how}, {cfg.udd.proxy_epochs} epochs): test accuracy {acc:.2f} % on {n_test} images")
-    facts = {"proxy": {"epochs": cfg.udd.proxy_epochs, "source": how, "test_accuracy": acc,
-                       "seconds": time.time() - t},
-             "regions": {k: getattr(cfg.udd, k) for k in ("policy", "region_size", "region_every", "jitter_sigma",
-                                                      "jitter_draws")},
-             "cfc": {"weight": cfg.udd.cfc_weight, "tau": cfg.udd.cfc_tau}}
-    return proxy, facts
-
-
-def _evaluate(cfg, data, images, labels, regions, log, progress):
-    views = "with region views" if regions is not None else "formations only"
-    log(f"evaluating ({views}): {cfg.eval.eval_arch}, {cfg.eval.eval_epochs} epochs x {cfg.eval.eval_runs} runs")
-    res = evaluate_set(images, labels, cfg.match.factor, data, cfg.eval, cfg.run.seed, progress, regions)
-    log(f"accuracy ({cfg.eval.eval_arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % "
-        f"over {cfg.eval.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
-        f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
-    return res
+        values = cfg.to_dict()
+    req = Request(dataset, Path(args.out or _default_out(dataset, args)).absolute(), values, args.data_dir,
+                  download=not args.no_download, force=args.force, resume=ck, progress=not args.no_progress)
+    return execute(prepare(req, comm))
 
 
 def _interrupt(signum, frame):
