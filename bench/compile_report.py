@@ -97,10 +97,12 @@ def _run_crop(dt, c, hw, ohw, n, aligned=True):
 
 def _augment_cases(full):
     """diff_augment forward and backward: dtype x channels x strategy x size."""
-    sizes = [(32, 32), (28, 28), (7, 5), (1, 1)]
-    if full:
-        for dt, c, s, hw in itertools.product(DTYPES, (1, 3), FULL_STRATEGIES, sizes):
+    if full:  # every strategy at a size divisible by 16 and at 1x1 (all ints 1); odd sizes below
+        for dt, c, s, hw in itertools.product(DTYPES, (1, 3), FULL_STRATEGIES, ((32, 32), (1, 1))):
             yield f"diff_augment {dt} C{c} {s} {hw[0]}x{hw[1]}", dict(dt=dt, c=c, strategy=s, hw=hw)
+        for dt, c, hw in itertools.product(DTYPES, (1, 3), ((28, 28), (7, 5))):
+            yield f"diff_augment {dt} C{c} {FULL_STRATEGY} {hw[0]}x{hw[1]}", dict(dt=dt, c=c, strategy=FULL_STRATEGY,
+                                                                               hw=hw)
     else:
         for s in DEFAULT_STRATEGIES:
             yield f"diff_augment float32 C3 {s} 32x32", dict(dt="float32", c=3, strategy=s, hw=(32, 32))
@@ -353,7 +355,7 @@ def _demangle(names):
 
 def _short(name):
     """'void (anonymous namespace)::cfc_fwd_kernel<c10::Half, float>(...)' -> 'cfc_fwd_kernel<c10::Half, float>'."""
-    name = name.split("(anonymous namespace)::")[-1]
+    name = name.replace("(anonymous namespace)::", "").removeprefix("void ")
     depth, out = 0, []
     for ch in name:
         if ch == "(" and depth == 0:
@@ -361,7 +363,7 @@ def _short(name):
         depth += ch == "<"
         depth -= ch == ">"
         out.append(ch)
-    return "".join(out).replace("void ", "").strip()
+    return "".join(out).strip()
 
 
 def compile_cuda(full_tu=False, archs=ARCHS, log=print):
@@ -372,8 +374,13 @@ def compile_cuda(full_tu=False, archs=ARCHS, log=print):
         raise FileNotFoundError("nvcc not found (CUDA_HOME, CUDA_PATH or PATH)")
     with tempfile.TemporaryDirectory() as tmp:
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+        gencode.append(f"-gencode=arch=compute_{max(archs)},code=compute_{max(archs)}")  # PTX, as setup.py
+        import torch.utils.cpp_extension as ce
+
+        # the flags torch's CUDAExtension and setup.py pass, plus -Xptxas -v for the report
         cmd = [nvcc, "-c", str(REPO / "csrc" / "ops_cuda.cu"), "-o", str(Path(tmp, "ops_cuda.o")), "-std=c++20",
-               "-O3", "-lineinfo", "-Xptxas", "-v", *gencode, *[f"-I{d}" for d in _torch_includes(tmp)]]
+               *ce.COMMON_NVCC_FLAGS, "-O3", "-lineinfo", "-Xptxas", "-v", *gencode,
+               *[f"-I{d}" for d in _torch_includes(tmp)]]
         cmd += ["-DTORCH_EXTENSION_NAME=_C_cuda"] if full_tu else ["-DUDD_FAST_KERNELS_ONLY"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -453,10 +460,11 @@ def main(argv=None):
     out = {"triton": None, "cuda": None}
     if ops_only or "triton" in only:
         # a fresh cache: every variant is really compiled and ptxas reports on it
-        os.environ.setdefault("TRITON_CACHE_DIR", tempfile.mkdtemp(prefix="udd_fast_triton_"))
-        t0 = time.perf_counter()
-        res = compile_triton(a.full, a.arch, ops_only or None, log)
-        out["triton"] = {"results": res, "seconds": time.perf_counter() - t0}
+        with tempfile.TemporaryDirectory(prefix="udd_fast_triton_") as cache:
+            os.environ["TRITON_CACHE_DIR"] = cache
+            t0 = time.perf_counter()
+            res = compile_triton(a.full, a.arch, ops_only or None, log)
+            out["triton"] = {"results": res, "seconds": time.perf_counter() - t0}
     if "cuda" in only:
         try:
             out["cuda"] = compile_cuda(a.cuda_full, a.arch, log)

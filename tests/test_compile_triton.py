@@ -35,7 +35,7 @@ def _triton_or_skip():
 def _compile(tmp_path, *extra):
     _triton_or_skip()
     out = tmp_path / "compile.json"
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "compile_report.py"), "--only", "triton", "--quiet",
                            "--json", str(out), *extra], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.exists(), f"compile_report.py crashed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
