@@ -130,7 +130,7 @@ def _run_augment(dt, c, strategy, hw, aligned=True):
 
 def _response_cases(full):
     """response_map: dtype x feature channels x map size x windows (9, or 1 given alone)."""
-    maps = [(128, 4, 4), (128, 3, 3), (37, 3, 5), (1, 1, 7), (5, 1, 1)]
+    maps = [(128, 4, 4), (128, 3, 3), (128, 8, 8), (37, 3, 5), (1, 1, 7), (5, 1, 1)]  # 32, 28, 64 px proxies
     for dt, (ch, h, w), nw in itertools.product(DTYPES, maps, (9, 1)):
         if not full and (dt != "float32" and (ch, h, w) != (128, 4, 4) or nw == 1 and (ch, h, w) != (5, 1, 1)):
             continue
@@ -175,9 +175,9 @@ def _run_region(dt, c, nw, d, hw, aligned=True):
 
 def _cfc_cases(full):
     """cfc_loss forward and backward: dtype x classes K x feature width D."""
-    ks, widths = (1, 10, 100, 1000), (2048, 301, 1)
+    ks, widths = (1, 10, 100, 1000), (2048, 1152, 512, 301, 1)  # ConvNet-3 at 32 and 28 px, ResNet-10
     for dt, k, d in itertools.product(DTYPES, ks, widths):
-        if not full and (dt != "float32" and d != 2048 or d == 1 and k != 10):
+        if not full and (dt != "float32" and d != 2048 or d in (1152, 512, 1) and k != 10):
             continue
         yield f"cfc_loss {dt} K{k} D{d}", dict(dt=dt, k=k, d=d)
     yield "cfc_loss float32 K100 D2048 unaligned", dict(dt="float32", k=100, d=2048, aligned=False)
@@ -386,7 +386,9 @@ def compile_cuda(full_tu=False, archs=ARCHS, log=print):
         proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     text = proc.stdout + proc.stderr
-    shown = " ".join(Path(c).name if c == nvcc else c for c in cmd if not c.startswith("-I"))
+    shown = " ".join("nvcc" if c == nvcc else "csrc/ops_cuda.cu" if c.endswith("ops_cuda.cu") else
+                     "ops_cuda.o" if c.endswith("ops_cuda.o") else c for c in cmd if not c.startswith("-I"))
+    shown += " -I<torch's include folders>"
     if proc.returncode != 0:
         errors = "\n".join(line for line in text.splitlines() if "error" in line)[:4000]
         return {"ok": False, "cmd": shown, "seconds": seconds, "error": errors or text[-4000:], "kernels": []}

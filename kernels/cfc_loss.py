@@ -15,7 +15,7 @@ import triton.language as tl
 BLOCK_D = 64
 MAX_BLOCK_K = 16  # classes per step
 # One warp per row: its reductions need no barrier inside the loops. With 32 classes per step, or 2
-# or 4 warps, some sm_80/sm_90 variant spilled a few bytes (bench/compile_report.py).
+# or 4 warps, some sm_80/sm_90 variant spilled registers (bench/compile_report.py).
 NUM_WARPS = 1
 EPS = 1e-12  # F.normalize's eps
 

@@ -3,15 +3,16 @@ not (bench/compile_report.py): every kernel for every dtype, without register sp
 compiles the kernels alone (-DUDD_FAST_KERNELS_ONLY, torch's flags and headers, about 20 s); the
 whole extension translation unit with torch's bindings takes minutes and is marked slow. The
 cfc_loss shared-memory bound at any K is a static_assert in the file, so compiling it checks it."""
+import importlib.util
 import re
-import sys
 
 import pytest
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "bench"))
-import compile_report  # noqa: E402
+_spec = importlib.util.spec_from_file_location("compile_report", REPO / "bench" / "compile_report.py")
+compile_report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compile_report)
 
 ARCHS = {"sm_80", "sm_90"}
 DTYPES = {"float, float", "double, double", "c10::Half, float", "c10::BFloat16, float"}

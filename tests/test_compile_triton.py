@@ -2,7 +2,7 @@
 on this machine, GPU or not: bench/compile_report.py records the launchers' real arguments on CPU
 tensors, lets Triton's binder specialize them for a CUDA target (dtypes, constexprs, pointer
 alignment, integers divisible by 16 or equal to 1) and compiles each with triton.compile and the
-bundled ptxas. No variant may spill registers (a single K-wide tile once spilled 60 KB per row in
+bundled ptxas. No variant may spill registers (a single K-wide tile once spilled up to 60 KB per thread in
 cfc_loss at K = 1000). The default matrix covers every kernel and every constexpr value; the
 exhaustive one (every strategy x dtype x channels x size) is marked slow."""
 import json
