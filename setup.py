@@ -37,7 +37,8 @@ def _optional_build_ext(base, skipped):
         def build_extensions(self):
             exts, built = self.extensions, []
             # torch's build_extensions wraps the compiler's methods: start each extension from the originals
-            saved = {k: getattr(self.compiler, k) for k in ("compile", "_compile", "src_extensions") if hasattr(self.compiler, k)}
+            saved = {k: getattr(self.compiler, k) for k in ("compile", "_compile", "src_extensions")
+                     if hasattr(self.compiler, k)}
             for ext in exts:
                 self.extensions = [ext]
                 for k, v in saved.items():

@@ -2,9 +2,10 @@
 on this machine, GPU or not: bench/compile_report.py records the launchers' real arguments on CPU
 tensors, lets Triton's binder specialize them for a CUDA target (dtypes, constexprs, pointer
 alignment, integers divisible by 16 or equal to 1) and compiles each with triton.compile and the
-bundled ptxas. No variant may spill registers (a single K-wide tile once spilled up to 60 KB per thread in
-cfc_loss at K = 1000). The default matrix covers every kernel and every constexpr value; the
-exhaustive one (every strategy x dtype x channels x size) is marked slow."""
+bundled ptxas. No variant may spill registers, beyond a few bytes in float64 (a single K-wide tile
+once spilled up to 60 KB per thread in cfc_loss at K = 1000). The default matrix covers every
+kernel and every constexpr value; the exhaustive one (every strategy x dtype x channels, up to an
+hour on 2 cores) is marked slow."""
 import json
 import os
 import re
@@ -78,7 +79,8 @@ def test_every_kernel_and_constexpr_value_is_covered(results):
             assert ints <= ones, f"{arch} {kernel}: integer arguments never equal to 1: {ints - ones}"
             if "total" in ints:
                 assert any(r["signature"].get("total") == "i64" for r in rs), f"{arch} {kernel}: no 64-bit count"
-            unaligned = [r for r in rs if {n for n, t in r["signature"].items() if t[0] == "*"} - set(r["divisible_by_16"])]
+            unaligned = [r for r in rs
+                         if {n for n, t in r["signature"].items() if t[0] == "*"} - set(r["divisible_by_16"])]
             assert unaligned, f"{arch} {kernel}: no variant with an unaligned pointer"
         aug = [r for r in got if r["kernel"] in ("_diff_augment_fwd", "_diff_augment_scatter")]
         for name, values in (("C", {"1", "3"}), ("DO_FLIP", {"True", "False"}), ("CUTOUT", {"True", "False"}),
@@ -93,10 +95,20 @@ def test_every_kernel_and_constexpr_value_is_covered(results):
             assert {"1", "10", "100", "1000"} <= ks, (arch, kernel, ks)
 
 
+# float64 (the tests' precision, no GPU hot path): ptxas may keep a value on the stack across its
+# double-precision division and trig subroutine calls; the exhaustive run found that in 22 of 6654
+# variants (diff_augment with a rotation), at most 8 + 20 bytes. Every other variant: none.
+FP64_SPILL_BYTES = 32
+
+
+def _spill_bound(r):
+    return FP64_SPILL_BYTES if r["constexprs"].get("ACC") == "fp64" else 0
+
+
 def test_no_variant_spills_registers(results):
     spills = [f"{r['arch']} {r['kernel']} ({r['cases'][0]}): {r['regs']} registers, spill stores/loads "
               f"{r['spill_stores']}/{r['spill_loads']} bytes" for r in results
-              if r["ok"] and (r["spill_stores"] or r["spill_loads"])]
+              if r["ok"] and r["spill_stores"] + r["spill_loads"] > _spill_bound(r)]
     assert not spills, "\n".join(spills)
 
 

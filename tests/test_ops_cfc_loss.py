@@ -1,9 +1,10 @@
 """udd_fast.ops.cfc_loss on every live backend against cfc.cfc_loss_ref, value and gradient w.r.t.
 the features, both reductions, on fresh random inputs: feature widths 2048 and odd ones, K up to 1000
-classes (the kernels walk the classes in blocks of 32), several temperatures, a zero feature row (F.normalize's eps clamp), non-contiguous
-features; gradcheck of the reference (and the C++ backend) in float64; second derivatives (through
-the reference, under create_graph); and the engine's use: a gradient-matching term built with
-create_graph plus the CFC term, differentiated once w.r.t. the input."""
+classes (the kernels walk the classes in blocks), several temperatures, a zero feature row
+(F.normalize's eps clamp), non-contiguous features; gradcheck of the reference (and the C++
+backend) in float64; second derivatives (through the reference, under create_graph); and the
+engine's use: a gradient-matching term built with create_graph plus the CFC term, differentiated
+once w.r.t. the input."""
 import pytest
 import torch
 import torch.nn.functional as F

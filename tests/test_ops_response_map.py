@@ -1,7 +1,8 @@
 """udd_fast.ops.response_map on every live backend against regions.response_map_ref,
 window_scores_ref and usage_entropy_ref, on fresh random inputs: odd channel counts and maps (4x4,
-3x5, 1x7; 1x1 to 5x5 with one or few channels), K up to 100 classes, tiles 16/14/11 with default and odd region sizes, rows whose R is
-all negative or zero (UE 0), non-contiguous inputs; forward only (with grad it runs the references)."""
+3x5, 1x7; 1x1 to 5x5 with one or few channels), K up to 100 classes, tiles 16/14/11 with default
+and odd region sizes, rows whose R is all negative or zero (UE 0), non-contiguous inputs; forward
+only (with grad it runs the references)."""
 import pytest
 import torch
 
