@@ -1,44 +1,113 @@
 """Install with `pip install --no-build-isolation .` after torch, so pip never fetches another torch.
 
 Builds, when it can, the C++ CPU kernels `udd_fast._C` (skip with UDD_FAST_NO_CPP=1) and the CUDA
-kernels `udd_fast._C_cuda` (when torch has CUDA and nvcc is found; skip with UDD_FAST_NO_CUDA=1).
-Without them the package still works: udd_fast.ops falls back to torch and says so once.
+kernels `udd_fast._C_cuda` (when torch has CUDA and nvcc is found; skip with UDD_FAST_NO_CUDA=1;
+sm_80, sm_90 and PTX unless TORCH_CUDA_ARCH_LIST says otherwise). Both are optional: an extension
+that fails to compile (no compiler, nvcc and torch of different CUDA majors, a host compiler nvcc
+does not accept, ...) is reported with the reason and skipped, and the rest installs.
+udd_fast/_build_report.json records what was built and why not; udd_fast.ops falls back to torch
+and says why (`udd_fast.ops.available_backends(reasons=True)`).
 The Triton kernels live in the top-level folder kernels/ and install as udd_fast.kernels.
 """
+import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
 
 version = re.search(r'__version__ = "([^"]+)"', Path("udd_fast/__init__.py").read_text()).group(1)
+REPORT = "_build_report.json"  # in the installed udd_fast package; read by udd_fast.ops
+# Ampere and Hopper machine code, plus Hopper PTX that newer GPUs compile at load time.
+DEFAULT_GENCODE = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+                   "-gencode=arch=compute_90,code=compute_90"]
 
 
 def _flag(name):
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _optional_build_ext(base, skipped):
+    """base (torch's BuildExtension) building each extension on its own: a failure is printed with its
+    reason and the extension left out; `skipped` holds the ones not even tried, with why."""
+
+    class OptionalBuildExt(base):
+        def build_extensions(self):
+            exts, built = self.extensions, []
+            # torch's build_extensions wraps the compiler's methods: start each extension from the originals
+            saved = {k: getattr(self.compiler, k) for k in ("compile", "_compile", "src_extensions")
+                     if hasattr(self.compiler, k)}
+            for ext in exts:
+                self.extensions = [ext]
+                for k, v in saved.items():
+                    setattr(self.compiler, k, list(v) if isinstance(v, list) else v)
+                try:
+                    super().build_extensions()
+                except Exception as e:  # any compile or configuration failure: warn, go on without it
+                    why = f"the build failed: {type(e).__name__}: {str(e).strip()[:500]}"
+                    self.report[ext.name] = {"built": False, "reason": why}
+                    print(f"WARNING: udd_fast: extension {ext.name} not built ({why}); installing without it, "
+                          "udd_fast.ops uses its other backends", file=sys.stderr)
+                else:
+                    self.report[ext.name] = {"built": True, "reason": "ok"}
+                    built.append(ext)
+            self.extensions = built  # the ones whose files exist (copied in place, listed as outputs)
+
+        def run(self):
+            self.report = {name: {"built": False, "reason": why} for name, why in skipped.items()}
+            for name, why in skipped.items():
+                print(f"udd_fast: extension {name} skipped: {why}", file=sys.stderr)
+            super().run()
+            text = json.dumps(self.report, indent=1)
+            out = Path(self.build_lib, "udd_fast")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / REPORT).write_text(text)
+            if self.inplace:  # editable installs and build_ext --inplace import from the source tree
+                Path("udd_fast", REPORT).write_text(text)
+
+    return OptionalBuildExt
+
+
 def _extensions():
-    """(ext_modules, cmdclass) for whatever can be built here."""
+    """(ext_modules, cmdclass) for whatever can be tried here."""
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:  # no torch at build time: pure-Python install
         return [], {}
-    exts = []
+    exts, skipped = [], {}
     cxx = ["-O3"]  # the C++ standard is left to torch (its headers need a recent one)
-    if not _flag("UDD_FAST_NO_CPP") and (shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")):
+    if _flag("UDD_FAST_NO_CPP"):
+        skipped["udd_fast._C"] = "UDD_FAST_NO_CPP is set"
+    else:
+        # always tried (a missing compiler is one more reason the build reports), so the report exists
         exts.append(CppExtension("udd_fast._C", ["csrc/ops_cpu.cpp"], extra_compile_args={"cxx": cxx + ["-fopenmp"]},
                                  extra_link_args=["-fopenmp"]))
-    has_nvcc = CUDA_HOME is not None and Path(CUDA_HOME, "bin", "nvcc").exists()
-    if not _flag("UDD_FAST_NO_CUDA") and torch.version.cuda is not None and has_nvcc:
-        exts.append(CUDAExtension("udd_fast._C_cuda", ["csrc/ops_cuda.cu"],
-                                  extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]}))
-    if not exts:
+    nvcc = CUDA_HOME is not None and Path(CUDA_HOME, "bin", "nvcc").exists()
+    if _flag("UDD_FAST_NO_CUDA"):
+        skipped["udd_fast._C_cuda"] = "UDD_FAST_NO_CUDA is set"
+    elif torch.version.cuda is None:
+        skipped["udd_fast._C_cuda"] = f"torch {torch.__version__} has no CUDA (torch.version.cuda is None)"
+    elif not nvcc:
+        skipped["udd_fast._C_cuda"] = "nvcc not found (set CUDA_HOME)"
+    else:
+        nvcc_flags = ["-O3", "-lineinfo"]  # -lineinfo: source lines in Nsight Compute and compute-sanitizer
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            nvcc_flags += DEFAULT_GENCODE  # else torch asks the visible GPU, and fails without one
+        try:
+            exts.append(CUDAExtension("udd_fast._C_cuda", ["csrc/ops_cuda.cu"],
+                                      extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags}))
+        except Exception as e:  # torch refusing the CUDA setup (paths, versions)
+            skipped["udd_fast._C_cuda"] = f"torch's CUDA setup failed: {type(e).__name__}: {e}"
+    if not exts:  # nothing to compile: write the report here, with the package's sources
+        Path("udd_fast", REPORT).write_text(json.dumps(
+            {name: {"built": False, "reason": why} for name, why in skipped.items()}, indent=1))
         return [], {}
     # ninja when present (torch falls back to distutils otherwise).
-    return exts, {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    base = BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    return exts, {"build_ext": _optional_build_ext(base, skipped)}
 
 
 ext_modules, cmdclass = _extensions()
@@ -51,10 +120,12 @@ setup(
     long_description_content_type="text/markdown",
     packages=["udd_fast", "udd_fast.kernels"],
     package_dir={"udd_fast.kernels": "kernels"},
+    package_data={"udd_fast": [REPORT]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",
     # torch unpinned on purpose: an installed build (CPU or the user's CUDA one) satisfies it.
     install_requires=["torch", "numpy>=2", "tqdm", "pillow", "scipy"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "triton==3.6.0"]},
+    # Triton unpinned and optional: a CUDA torch brings the Triton it was built with.
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
 )

@@ -3,13 +3,13 @@
 // double, half and bfloat16 (arithmetic in float, double for double).
 // Same semantics and layout of work as the Triton kernels in kernels/ and the CPU ones in
 // csrc/ops_cpu.cpp; backward scatters with atomicAdd into a float (double) buffer.
-#include <torch/extension.h>
-#include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
+//
+// With -DUDD_FAST_KERNELS_ONLY only the kernels are compiled, each for the four dtypes, without
+// torch's bindings and their headers (tests/test_compile_cuda.py: seconds instead of minutes).
+#include <ATen/OpMathType.h>  // at::Half, at::BFloat16, at::opmath_type: all the kernels need
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 namespace {
@@ -268,16 +268,42 @@ __global__ void region_mask_kernel(const scalar_t* __restrict__ x, const uint8_t
   out[e] = static_cast<scalar_t>((v - static_cast<acc_t>(mean[c])) / static_cast<acc_t>(stdv[c]));
 }
 
-// -- cfc_loss: one block per row. Forward: |f| and the K dot products by per-thread partial sums,
-// warp shuffles and one shared slot per warp (deterministic), then logits / lse / loss by thread 0.
-// Backward: ds = g (softmax - onehot) / tau in shared memory, <z, dz> by a block reduction, then
-// df = (dz - z <z, dz>) / |f| with dz recomputed (dz / eps where the norm is clamped).
+// -- cfc_loss: one block per row. Forward: |f| and the dot products with a tile of CFC_CLASSES
+// prototypes at a time by per-thread partial sums, warp shuffles and one shared slot per warp and
+// class (deterministic), the tile's logits written out, then logsumexp and loss by block reductions.
+// Backward: ds = g (softmax - onehot) / tau a tile of THREADS classes at a time in shared memory,
+// <z, dz> by a block reduction, then df = (dz - z <z, dz>) / |f| with dz recomputed (dz / eps where
+// the norm is clamped). Shared memory does not grow with K (it passed 48 KB at K ~ 750 in double when
+// the forward held every class at once).
 constexpr double NORM_EPS = 1e-12;  // F.normalize's eps
+constexpr int WARPS = THREADS / 32;
+constexpr int CFC_CLASSES = 32;  // prototypes per forward tile
+
+constexpr size_t cfc_fwd_smem(size_t acc_bytes) { return (WARPS * CFC_CLASSES + WARPS) * acc_bytes; }
+constexpr size_t cfc_bwd_smem(size_t acc_bytes) { return (THREADS + WARPS) * acc_bytes; }
+constexpr size_t DEFAULT_SMEM = 48 * 1024;  // what a launch may use without opting in
+static_assert(cfc_fwd_smem(sizeof(double)) <= DEFAULT_SMEM && cfc_bwd_smem(sizeof(double)) <= DEFAULT_SMEM,
+              "cfc_loss shared memory must fit the default at any K");
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t warp_sum(acc_t v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
   return v;
+}
+
+// Sum (or max) over the block, in a fixed order; every thread gets it. part: [WARPS] in shared memory.
+template <typename acc_t, bool MAX>
+__device__ __forceinline__ acc_t block_reduce(acc_t v, acc_t* part) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const acc_t w = __shfl_down_sync(0xffffffffu, v, o);
+    v = MAX ? (w > v ? w : v) : v + w;
+  }
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  acc_t r = part[0];
+  for (int w = 1; w < WARPS; ++w) r = MAX ? (part[w] > r ? part[w] : r) : r + part[w];
+  __syncthreads();  // part is reused by the next reduction
+  return r;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -286,42 +312,45 @@ __global__ void cfc_fwd_kernel(const scalar_t* __restrict__ f, const int64_t* __
                                acc_t* __restrict__ logits, acc_t* __restrict__ lse, acc_t* __restrict__ den, int64_t K,
                                int64_t D) {
   extern __shared__ unsigned char smem[];
-  acc_t* red = reinterpret_cast<acc_t*>(smem);  // [warps][K + 1]: the K dots and |f|^2
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  acc_t* red = reinterpret_cast<acc_t*>(smem);  // [WARPS][CFC_CLASSES]: the tile's partial dots
+  acc_t* part = red + WARPS * CFC_CLASSES;     // [WARPS]: block reductions
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t i = blockIdx.x;
   const scalar_t* fi = f + i * D;
+  acc_t* si = logits + i * K;
   acc_t sq = 0;
   for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
     const acc_t v = static_cast<acc_t>(fi[e]);
     sq += v * v;
   }
-  sq = warp_sum(sq);
-  if (lane == 0) red[warp * (K + 1) + K] = sq;
-  for (int64_t k = 0; k < K; ++k) {
-    acc_t s = 0;
-    for (int64_t e = threadIdx.x; e < D; e += blockDim.x)
-      s += static_cast<acc_t>(fi[e]) * static_cast<acc_t>(mu[k * D + e]);
-    s = warp_sum(s);
-    if (lane == 0) red[warp * (K + 1) + k] = s;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    acc_t total = 0;
-    for (int w = 0; w < warps; ++w) total += red[w * (K + 1) + K];
-    const acc_t d = max(sqrt(total), static_cast<acc_t>(NORM_EPS));
-    acc_t mx = -INFINITY;
-    for (int64_t k = 0; k < K; ++k) {
+  const acc_t d = max(sqrt(block_reduce<acc_t, false>(sq, part)), static_cast<acc_t>(NORM_EPS));
+  for (int64_t k0 = 0; k0 < K; k0 += CFC_CLASSES) {
+    const int kn = K - k0 < CFC_CLASSES ? static_cast<int>(K - k0) : CFC_CLASSES;
+    for (int k = 0; k < kn; ++k) {
+      const scalar_t* mk = mu + (k0 + k) * D;
       acc_t s = 0;
-      for (int w = 0; w < warps; ++w) s += red[w * (K + 1) + k];
-      s = s / d / tau;
-      logits[i * K + k] = s;
-      mx = max(mx, s);
+      for (int64_t e = threadIdx.x; e < D; e += blockDim.x) s += static_cast<acc_t>(fi[e]) * static_cast<acc_t>(mk[e]);
+      s = warp_sum(s);
+      if (lane == 0) red[warp * CFC_CLASSES + k] = s;
     }
-    acc_t sum = 0;
-    for (int64_t k = 0; k < K; ++k) sum += exp(logits[i * K + k] - mx);
+    __syncthreads();
+    if (threadIdx.x < kn) {
+      acc_t s = 0;
+      for (int w = 0; w < WARPS; ++w) s += red[w * CFC_CLASSES + threadIdx.x];
+      si[k0 + threadIdx.x] = s / d / tau;
+    }
+    __syncthreads();  // red is refilled by the next tile; the logits are visible to the whole block
+  }
+  acc_t mx = -INFINITY;
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) mx = max(mx, si[k]);
+  mx = block_reduce<acc_t, true>(mx, part);
+  acc_t sum = 0;
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) sum += exp(si[k] - mx);
+  sum = block_reduce<acc_t, false>(sum, part);
+  if (threadIdx.x == 0) {
     lse[i] = mx + log(sum);
     den[i] = d;
-    loss[i] = lse[i] - logits[i * K + labels[i]];
+    loss[i] = lse[i] - si[labels[i]];
   }
 }
 
@@ -332,38 +361,88 @@ __global__ void cfc_bwd_kernel(const acc_t* __restrict__ g, const scalar_t* __re
                                const acc_t* __restrict__ den, acc_t tau, scalar_t* __restrict__ gf, int64_t K,
                                int64_t D) {
   extern __shared__ unsigned char smem[];
-  acc_t* ds = reinterpret_cast<acc_t*>(smem);  // [K]
-  acc_t* red = ds + K;                         // [warps]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  acc_t* ds = reinterpret_cast<acc_t*>(smem);  // [THREADS]: a tile of classes
+  acc_t* part = ds + THREADS;                  // [WARPS]
   const int64_t i = blockIdx.x;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
-    ds[k] = g[i] * (exp(logits[i * K + k] - lse[i]) - (k == labels[i] ? acc_t(1) : acc_t(0))) / tau;
-  __syncthreads();
   const scalar_t* fi = f + i * D;
-  const acc_t d = den[i];
-  acc_t part = 0;
-  for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
+  const acc_t d = den[i], gi = g[i], li = lse[i];
+  const int64_t y = labels[i];
+  // dz[e] = sum_k ds_k mu[k, e] for this thread's e of chunk e0 (every thread takes part in the
+  // tile loads and barriers, in range or not)
+  auto dz_at = [&](int64_t e) {
     acc_t dz = 0;
-    for (int64_t k = 0; k < K; ++k) dz += ds[k] * static_cast<acc_t>(mu[k * D + e]);
-    part += static_cast<acc_t>(fi[e]) / d * dz;
+    for (int64_t k0 = 0; k0 < K; k0 += THREADS) {
+      const int64_t k = k0 + threadIdx.x;
+      if (k < K) ds[threadIdx.x] = gi * (exp(logits[i * K + k] - li) - (k == y ? acc_t(1) : acc_t(0))) / tau;
+      __syncthreads();
+      const int kn = K - k0 < THREADS ? static_cast<int>(K - k0) : THREADS;
+      if (e < D)
+        for (int kk = 0; kk < kn; ++kk) dz += ds[kk] * static_cast<acc_t>(mu[(k0 + kk) * D + e]);
+      __syncthreads();
+    }
+    return dz;
+  };
+  acc_t zdz = 0;
+  for (int64_t e0 = 0; e0 < D; e0 += blockDim.x) {
+    const int64_t e = e0 + threadIdx.x;
+    const acc_t dz = dz_at(e);
+    if (e < D) zdz += static_cast<acc_t>(fi[e]) / d * dz;
   }
-  part = warp_sum(part);
-  if (lane == 0) red[warp] = part;
-  __syncthreads();
-  acc_t proj = 0;
-  for (int w = 0; w < warps; ++w) proj += red[w];
+  acc_t proj = block_reduce<acc_t, false>(zdz, part);
   if (d <= static_cast<acc_t>(NORM_EPS)) proj = 0;
-  for (int64_t e = threadIdx.x; e < D; e += blockDim.x) {
-    acc_t dz = 0;
-    for (int64_t k = 0; k < K; ++k) dz += ds[k] * static_cast<acc_t>(mu[k * D + e]);
-    gf[i * D + e] = static_cast<scalar_t>((dz - static_cast<acc_t>(fi[e]) / d * proj) / d);
+  for (int64_t e0 = 0; e0 < D; e0 += blockDim.x) {
+    const int64_t e = e0 + threadIdx.x;
+    const acc_t dz = dz_at(e);
+    if (e < D) gf[i * D + e] = static_cast<scalar_t>((dz - static_cast<acc_t>(fi[e]) / d * proj) / d);
   }
 }
 
+}  // namespace
+
+#ifdef UDD_FAST_KERNELS_ONLY
+namespace {
+// Every kernel for every dtype the dispatch of the bindings instantiates.
+template <typename scalar_t>
+void instantiate() {
+  using acc_t = at::opmath_type<scalar_t>;
+  void* kernels[] = {(void*)&crop_resize_fwd_kernel<scalar_t, acc_t>, (void*)&crop_resize_bwd_kernel<scalar_t, acc_t>,
+                     (void*)&diff_augment_fwd_kernel<scalar_t, acc_t>,
+                     (void*)&diff_augment_scatter_kernel<scalar_t, acc_t>, (void*)&colour_bwd_kernel<scalar_t, acc_t>,
+                     (void*)&response_map_kernel<scalar_t, acc_t>, (void*)&region_mask_kernel<scalar_t, acc_t>,
+                     (void*)&cfc_fwd_kernel<scalar_t, acc_t>, (void*)&cfc_bwd_kernel<scalar_t, acc_t>};
+  (void)kernels;
+}
+}  // namespace
+void udd_fast_instantiate_kernels() {
+  instantiate<float>();
+  instantiate<double>();
+  instantiate<at::Half>();
+  instantiate<at::BFloat16>();
+}
+#else
+#include <torch/extension.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+namespace {
+
 at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-void check_cuda(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.is_cuda(), what, " must be a CUDA tensor for udd_fast._C_cuda");
+// Every tensor argument a CUDA tensor on the first one's device (the device guard is set from it):
+// a tensor elsewhere would be read through a pointer the kernel cannot dereference.
+struct Arg {
+  const char* name;
+  const at::Tensor& t;
+};
+
+void check_cuda(std::initializer_list<Arg> args) {
+  const Arg& first = *args.begin();
+  for (const Arg& a : args) {
+    TORCH_CHECK(a.t.is_cuda(), "udd_fast._C_cuda: ", a.name, " must be a CUDA tensor, got one on ", a.t.device());
+    TORCH_CHECK(a.t.device() == first.t.device(), "udd_fast._C_cuda: ", a.name, " is on ", a.t.device(), " but ",
+                first.name, " is on ", first.t.device(), "; every tensor must be on the same device");
+  }
 }
 
 Spec make_spec(bool flip, bool color, bool cutout, const std::vector<int64_t>& ops, int64_t cut_h, int64_t cut_w) {
@@ -375,7 +454,7 @@ Spec make_spec(bool flip, bool color, bool cutout, const std::vector<int64_t>& o
 
 at::Tensor crop_resize_forward(const at::Tensor& images, const at::Tensor& src, const at::Tensor& boxes, int64_t oh,
                                int64_t ow) {
-  check_cuda(images, "images");
+  check_cuda({{"images", images}, {"src", src}, {"boxes", boxes}});
   const c10::cuda::CUDAGuard guard(images.device());
   auto img = images.contiguous();
   auto s = src.to(at::kLong).contiguous();
@@ -397,7 +476,7 @@ at::Tensor crop_resize_forward(const at::Tensor& images, const at::Tensor& src, 
 
 at::Tensor crop_resize_backward(const at::Tensor& grad_out, const at::Tensor& src, const at::Tensor& boxes,
                                 int64_t num_images, int64_t h, int64_t w) {
-  check_cuda(grad_out, "grad_out");
+  check_cuda({{"grad_out", grad_out}, {"src", src}, {"boxes", boxes}});
   const c10::cuda::CUDAGuard guard(grad_out.device());
   auto g = grad_out.contiguous();
   auto s = src.to(at::kLong).contiguous();
@@ -420,7 +499,8 @@ at::Tensor crop_resize_backward(const at::Tensor& grad_out, const at::Tensor& sr
 at::Tensor diff_augment_forward(const at::Tensor& x, const at::Tensor& params, const at::Tensor& index,
                                 const at::Tensor& mean, bool flip, bool color, bool cutout, std::vector<int64_t> ops,
                                 int64_t cut_h, int64_t cut_w) {
-  check_cuda(x, "x");
+  check_cuda({{"x", x}, {"params", params}, {"index", index}});
+  if (color) check_cuda({{"x", x}, {"mean", mean}});  // read only with colour
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous();
   const auto acc = acc_type(xc.scalar_type());
@@ -445,7 +525,7 @@ at::Tensor diff_augment_forward(const at::Tensor& x, const at::Tensor& params, c
 at::Tensor diff_augment_backward(const at::Tensor& grad_out, const at::Tensor& params, const at::Tensor& index,
                                  bool flip, bool color, bool cutout, std::vector<int64_t> ops, int64_t cut_h,
                                  int64_t cut_w) {
-  check_cuda(grad_out, "grad_out");
+  check_cuda({{"grad_out", grad_out}, {"params", params}, {"index", index}});
   const c10::cuda::CUDAGuard guard(grad_out.device());
   auto g = grad_out.contiguous();
   const auto acc = acc_type(g.scalar_type());
@@ -478,7 +558,7 @@ at::Tensor diff_augment_backward(const at::Tensor& grad_out, const at::Tensor& p
 
 std::vector<at::Tensor> response_map_forward(const at::Tensor& fmap, const at::Tensor& head, const at::Tensor& labels,
                                              const at::Tensor& wmat) {
-  check_cuda(fmap, "feature_map");
+  check_cuda({{"feature_map", fmap}, {"head", head}, {"labels", labels}, {"wmat", wmat}});
   const c10::cuda::CUDAGuard guard(fmap.device());
   auto f = fmap.contiguous();
   auto w = head.to(f.scalar_type()).contiguous();
@@ -495,7 +575,18 @@ std::vector<at::Tensor> response_map_forward(const at::Tensor& fmap, const at::T
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "response_map_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    response_map_kernel<scalar_t, acc_t><<<N, threads, HW * sizeof(acc_t), stream>>>(
+    // R sits in shared memory: past the default 48 KB (h*w > 6144 cells in float64) opt in to what
+    // the device allows, and say so clearly beyond that
+    const size_t smem = HW * sizeof(acc_t);
+    if (smem > DEFAULT_SMEM) {
+      int optin = 0;
+      C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, f.get_device()));
+      TORCH_CHECK(smem <= static_cast<size_t>(optin), "response_map: a ", H, "x", W, " feature map needs ", smem,
+                  " bytes of shared memory in the CUDA kernel; this device allows ", optin);
+      C10_CUDA_CHECK(cudaFuncSetAttribute(response_map_kernel<scalar_t, acc_t>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    }
+    response_map_kernel<scalar_t, acc_t><<<N, threads, smem, stream>>>(
         f.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), m.data_ptr<acc_t>(),
         R.data_ptr<scalar_t>(), scores.data_ptr<scalar_t>(), ue.data_ptr<scalar_t>(), CH, HW, NW);
   });
@@ -505,7 +596,7 @@ std::vector<at::Tensor> response_map_forward(const at::Tensor& fmap, const at::T
 
 at::Tensor region_mask_forward(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& noise,
                                const at::Tensor& mean, const at::Tensor& stdv) {
-  check_cuda(x, "x");
+  check_cuda({{"x", x}, {"masks", masks}, {"noise", noise}, {"mean", mean}, {"std", stdv}});
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous();
   auto m = masks.to(at::kByte).contiguous();
@@ -532,7 +623,7 @@ at::Tensor region_mask_forward(const at::Tensor& x, const at::Tensor& masks, con
 
 std::vector<at::Tensor> cfc_loss_forward(const at::Tensor& features, const at::Tensor& labels,
                                          const at::Tensor& protos, double tau) {
-  check_cuda(features, "features");
+  check_cuda({{"features", features}, {"labels", labels}, {"prototypes", protos}});
   const c10::cuda::CUDAGuard guard(features.device());
   auto f = features.contiguous();
   auto y = labels.to(at::kLong).contiguous();
@@ -548,8 +639,7 @@ std::vector<at::Tensor> cfc_loss_forward(const at::Tensor& features, const at::T
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "cfc_loss_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t shared = (THREADS / 32) * (K + 1) * sizeof(acc_t);
-    cfc_fwd_kernel<scalar_t, acc_t><<<N, THREADS, shared, stream>>>(
+    cfc_fwd_kernel<scalar_t, acc_t><<<N, THREADS, cfc_fwd_smem(sizeof(acc_t)), stream>>>(
         f.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), mu.data_ptr<scalar_t>(), static_cast<acc_t>(tau),
         loss.data_ptr<acc_t>(), logits.data_ptr<acc_t>(), lse.data_ptr<acc_t>(), den.data_ptr<acc_t>(), K, D);
   });
@@ -560,7 +650,8 @@ std::vector<at::Tensor> cfc_loss_forward(const at::Tensor& features, const at::T
 at::Tensor cfc_loss_backward(const at::Tensor& grad, const at::Tensor& features, const at::Tensor& labels,
                              const at::Tensor& protos, const at::Tensor& logits, const at::Tensor& lse,
                              const at::Tensor& den, double tau) {
-  check_cuda(features, "features");
+  check_cuda({{"features", features}, {"grad", grad}, {"labels", labels}, {"prototypes", protos}, {"logits", logits},
+              {"lse", lse}, {"den", den}});
   const c10::cuda::CUDAGuard guard(features.device());
   auto f = features.contiguous();
   const auto acc = acc_type(f.scalar_type());
@@ -576,8 +667,7 @@ at::Tensor cfc_loss_backward(const at::Tensor& grad, const at::Tensor& features,
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.scalar_type(), "cfc_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const size_t shared = (K + THREADS / 32) * sizeof(acc_t);
-    cfc_bwd_kernel<scalar_t, acc_t><<<N, THREADS, shared, stream>>>(
+    cfc_bwd_kernel<scalar_t, acc_t><<<N, THREADS, cfc_bwd_smem(sizeof(acc_t)), stream>>>(
         g.data_ptr<acc_t>(), f.data_ptr<scalar_t>(), y.data_ptr<int64_t>(), mu.data_ptr<scalar_t>(),
         s.data_ptr<acc_t>(), l.data_ptr<acc_t>(), d.data_ptr<acc_t>(), static_cast<acc_t>(tau),
         gf.data_ptr<scalar_t>(), K, D);
@@ -599,3 +689,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cfc_loss_forward", &cfc_loss_forward);
   m.def("cfc_loss_backward", &cfc_loss_backward);
 }
+#endif  // UDD_FAST_KERNELS_ONLY

@@ -2,13 +2,21 @@
 forward: ||f||, logits s_k = <f, mu_k> / max(||f||, eps) / tau, logsumexp, loss = lse - s_y;
 backward: ds = g (softmax(s) - onehot(y)) / tau, dz = ds @ mu, df = (dz - z <z, dz>) / ||f||
 (dz / eps where the norm is clamped, as F.normalize). The logits, lse and denominators are saved
-by the forward for the backward. D is a constexpr: a runtime loop bound fails in Triton's
-interpreter under NumPy 2."""
+by the forward for the backward.
+
+The classes go BLOCK_K at a time (an online logsumexp in the forward), so a program holds one
+BLOCK_K x BLOCK_D tile at any K: a single K-wide tile spilled registers from K = 100 on (see
+bench/RESULTS.md). K and D are constexprs: a runtime loop bound fails in Triton's interpreter under
+NumPy 2."""
 import torch
 import triton
 import triton.language as tl
 
 BLOCK_D = 64
+MAX_BLOCK_K = 16  # classes per step
+# One warp per row: its reductions need no barrier inside the loops. With 32 classes per step, or 2
+# or 4 warps, some sm_80/sm_90 variant spilled registers (bench/compile_report.py).
+NUM_WARPS = 1
 EPS = 1e-12  # F.normalize's eps
 
 
@@ -17,63 +25,90 @@ def _consts(tau, acc_t, device):
     return torch.tensor([tau, EPS], dtype=acc_t, device=device)
 
 
+def _block_k(k):
+    return min(triton.next_power_of_2(k), MAX_BLOCK_K)
+
+
 @triton.jit
-def _cfc_fwd(f_ptr, lab_ptr, mu_ptr, loss_ptr, s_ptr, lse_ptr, den_ptr, K, c_ptr,
+def _cfc_fwd(f_ptr, lab_ptr, mu_ptr, loss_ptr, s_ptr, lse_ptr, den_ptr, c_ptr, K: tl.constexpr,
              D: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
     tau = tl.load(c_ptr)
     eps = tl.load(c_ptr + 1)
-    k = tl.arange(0, BLOCK_K)
-    live_k = k < K
-    dots = tl.zeros((BLOCK_K,), dtype=ACC)
+    y = tl.load(lab_ptr + i)
     sq = tl.zeros((BLOCK_D,), dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         f = tl.load(f_ptr + i * D + d, mask=d < D, other=0).to(ACC)
-        mu = tl.load(mu_ptr + k[:, None] * D + d[None, :], mask=live_k[:, None] & (d[None, :] < D), other=0).to(ACC)
-        dots += tl.sum(mu * f[None, :], axis=1)
         sq += f * f
     den = tl.maximum(tl.sqrt(tl.sum(sq, axis=0)), eps)
-    s = dots / den / tau
-    s = tl.where(live_k, s, -float("inf"))
-    mx = tl.max(s, axis=0)
-    lse = mx + tl.log(tl.sum(tl.where(live_k, tl.exp(s - mx), 0.0), axis=0))
-    y = tl.load(lab_ptr + i)
-    sy = tl.sum(tl.where(k == y, s, 0.0), axis=0)
-    tl.store(s_ptr + i * K + k, s, mask=live_k)
+    inv = 1.0 / (den * tau)  # one division per row, not one per class
+    mx = tl.full((), -float("inf"), ACC)  # running max and sum of exp(s - max)
+    tot = tl.zeros((), ACC)
+    sy = tl.zeros((), ACC)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        live_k = k < K
+        prod = tl.zeros((BLOCK_K, BLOCK_D), dtype=ACC)  # reduced once after the loop: no barrier inside it
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            f = tl.load(f_ptr + i * D + d, mask=d < D, other=0).to(ACC)
+            mu = tl.load(mu_ptr + k[:, None] * D + d[None, :], mask=live_k[:, None] & (d[None, :] < D),
+                         other=0).to(ACC)
+            prod += mu * f[None, :]
+        s = tl.sum(prod, axis=1) * inv
+        tl.store(s_ptr + i * K + k, s, mask=live_k)
+        s = tl.where(live_k, s, -float("inf"))
+        new = tl.maximum(mx, tl.max(s, axis=0))
+        tot = tot * tl.exp(mx - new) + tl.sum(tl.where(live_k, tl.exp(s - new), 0.0), axis=0)
+        mx = new
+        sy += tl.sum(tl.where(k == y, s, 0.0), axis=0)
+    lse = mx + tl.log(tot)
     tl.store(lse_ptr + i, lse)
     tl.store(den_ptr + i, den)
     tl.store(loss_ptr + i, lse - sy)
 
 
 @triton.jit
-def _cfc_bwd(g_ptr, f_ptr, lab_ptr, mu_ptr, s_ptr, lse_ptr, den_ptr, gf_ptr, K, c_ptr,
+def _dz(d, i, y, gt, lse, s_ptr, mu_ptr, K: tl.constexpr, D: tl.constexpr, ACC: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dz[d] = sum_k ds_k mu[k, d], ds_k = (g / tau) (softmax(s)_k - [k == y]), BLOCK_K classes at a time."""
+    prod = tl.zeros((BLOCK_K, BLOCK_D), dtype=ACC)  # reduced once after the loop: no barrier inside it
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        live_k = k < K
+        s = tl.load(s_ptr + i * K + k, mask=live_k, other=0)
+        p = tl.where(live_k, tl.exp(s - lse), 0.0)
+        ds = gt * (p - (k == y).to(ACC))
+        mu = tl.load(mu_ptr + k[:, None] * D + d[None, :], mask=live_k[:, None] & (d[None, :] < D), other=0).to(ACC)
+        prod += ds[:, None] * mu
+    return tl.sum(prod, axis=0)
+
+
+@triton.jit
+def _cfc_bwd(g_ptr, f_ptr, lab_ptr, mu_ptr, s_ptr, lse_ptr, den_ptr, gf_ptr, c_ptr, K: tl.constexpr,
              D: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
     tau = tl.load(c_ptr)
     eps = tl.load(c_ptr + 1)
-    k = tl.arange(0, BLOCK_K)
-    live_k = k < K
     y = tl.load(lab_ptr + i)
-    s = tl.load(s_ptr + i * K + k, mask=live_k, other=0)
-    p = tl.where(live_k, tl.exp(s - tl.load(lse_ptr + i)), 0.0)
-    ds = tl.load(g_ptr + i) * (p - (k == y).to(ACC)) / tau
+    gt = tl.load(g_ptr + i) / tau
+    lse = tl.load(lse_ptr + i)
     den = tl.load(den_ptr + i)
+    rden = 1.0 / den  # one division per row, not one per element
     clamped = den <= eps  # F.normalize divides by the constant eps there
     # pass 1: <z, dz>; pass 2: the gradient (dz recomputed: cheaper than a second buffer)
     zdz = tl.zeros((BLOCK_D,), dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         f = tl.load(f_ptr + i * D + d, mask=d < D, other=0).to(ACC)
-        mu = tl.load(mu_ptr + k[:, None] * D + d[None, :], mask=live_k[:, None] & (d[None, :] < D), other=0).to(ACC)
-        zdz += (f / den) * tl.sum(ds[:, None] * mu, axis=0)
+        zdz += (f * rden) * _dz(d, i, y, gt, lse, s_ptr, mu_ptr, K, D, ACC, BLOCK_K, BLOCK_D)
     proj = tl.where(clamped, 0.0, tl.sum(zdz, axis=0))
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
         f = tl.load(f_ptr + i * D + d, mask=d < D, other=0).to(ACC)
-        mu = tl.load(mu_ptr + k[:, None] * D + d[None, :], mask=live_k[:, None] & (d[None, :] < D), other=0).to(ACC)
-        dz = tl.sum(ds[:, None] * mu, axis=0)
-        tl.store(gf_ptr + i * D + d, ((dz - (f / den) * proj) / den).to(gf_ptr.dtype.element_ty), mask=d < D)
+        dz = _dz(d, i, y, gt, lse, s_ptr, mu_ptr, K, D, ACC, BLOCK_K, BLOCK_D)
+        tl.store(gf_ptr + i * D + d, ((dz - (f * rden) * proj) * rden).to(gf_ptr.dtype.element_ty), mask=d < D)
 
 
 def _acc(dtype):
@@ -89,8 +124,8 @@ def cfc_loss_forward(features, labels, protos, tau):
     loss, lse, den = (torch.empty(n, dtype=acc_t, device=features.device) for _ in range(3))
     s = torch.empty(n, kk, dtype=acc_t, device=features.device)
     if n:
-        _cfc_fwd[(n,)](features, labels, protos, loss, s, lse, den, kk, _consts(tau, acc_t, features.device),
-                       D=dim, ACC=acc_tl, BLOCK_K=triton.next_power_of_2(kk), BLOCK_D=BLOCK_D)
+        _cfc_fwd[(n,)](features, labels, protos, loss, s, lse, den, _consts(tau, acc_t, features.device),
+                       K=kk, D=dim, ACC=acc_tl, BLOCK_K=_block_k(kk), BLOCK_D=BLOCK_D, num_warps=NUM_WARPS)
     return loss, s, lse, den
 
 
@@ -101,7 +136,6 @@ def cfc_loss_backward(grad, features, labels, protos, logits, lse, den, tau):
     acc_t, acc_tl = _acc(features.dtype)
     gf = torch.empty_like(features)
     if n:
-        _cfc_bwd[(n,)](grad, features, labels, protos, logits, lse, den, gf, kk,
-                       _consts(tau, acc_t, features.device), D=dim, ACC=acc_tl,
-                       BLOCK_K=triton.next_power_of_2(kk), BLOCK_D=BLOCK_D)
+        _cfc_bwd[(n,)](grad, features, labels, protos, logits, lse, den, gf, _consts(tau, acc_t, features.device),
+                       K=kk, D=dim, ACC=acc_tl, BLOCK_K=_block_k(kk), BLOCK_D=BLOCK_D, num_warps=NUM_WARPS)
     return gf

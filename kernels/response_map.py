@@ -37,7 +37,9 @@ def _response_map_fwd(f_ptr, w_ptr, lab_ptr, m_ptr, r_ptr, s_ptr, ue_ptr, HW, NW
     total = tl.sum(pos, axis=0)
     q = pos / tl.where(total > 0, total, 1.0)
     ent = -tl.sum(tl.where(q > 0, q * tl.log(tl.where(q > 0, q, 1.0)), 0.0), axis=0)
-    ue = ent / tl.log(HW.to(ACC))
+    # HW as an ACC value: an HW of 1 reaches the kernel as a Python int (the JIT makes ints equal to 1
+    # constants), which has no .to; a 1x1 map gives 0 / log(1), NaN, as the reference
+    ue = ent / tl.log(tl.zeros((), ACC) + HW)
     tl.store(ue_ptr + n, ue.to(ue_ptr.dtype.element_ty))
 
 

@@ -1,7 +1,9 @@
 """Backend selection of udd_fast.ops: env var and setter, auto's choice, clear errors for missing
 backends, import failures reported once, the Triton kernels importable as udd_fast.kernels, and
 (in CI) every backend that should be live here is."""
+import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -123,6 +125,30 @@ def test_missing_extension_is_reported_once_and_auto_falls_back(monkeypatch):
         ops.set_backend("cpp")
     monkeypatch.undo()
     ops._modules.pop("cpp", None)  # let the real extension load again
+
+
+def test_unbuilt_extension_reason_comes_from_the_build_report(monkeypatch, tmp_path):
+    """setup.py records why it left an extension out (udd_fast/_build_report.json); the import
+    failure then carries that reason."""
+    report = tmp_path / "_build_report.json"
+    monkeypatch.setattr(ops, "BUILD_REPORT", report)
+    monkeypatch.setitem(sys.modules, "udd_fast._C", None)  # makes `import udd_fast._C` raise
+    try:
+        for text, want in (('{"udd_fast._C": {"built": false, "reason": "the build failed: CompileError: boom"}}',
+                            "udd_fast._C was not built: the build failed: CompileError: boom"),
+                           ("{not json", "import failed: ModuleNotFoundError")):  # unreadable: the import error alone
+            report.write_text(text)
+            ops._modules.pop("cpp", None)
+            ops._errors.pop("cpp", None)
+            ops._warned.discard("cpp")
+            with pytest.warns(RuntimeWarning, match=re.escape(want.removeprefix("import failed: "))):
+                live, why = ops.available_backends(reasons=True)["cpp"]
+            assert not live and want in why
+        assert "not built" not in why
+    finally:
+        monkeypatch.undo()
+        ops._modules.pop("cpp", None)  # let the real extension load again
+        ops._errors.pop("cpp", None)
 
 
 def test_kernels_package_is_importable():

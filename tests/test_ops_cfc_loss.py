@@ -1,9 +1,10 @@
 """udd_fast.ops.cfc_loss on every live backend against cfc.cfc_loss_ref, value and gradient w.r.t.
-the features, both reductions, on fresh random inputs: feature widths 2048 and odd ones, K up to 100
-classes, several temperatures, a zero feature row (F.normalize's eps clamp), non-contiguous
-features; gradcheck of the reference (and the C++ backend) in float64; second derivatives (through
-the reference, under create_graph); and the engine's use: a gradient-matching term built with
-create_graph plus the CFC term, differentiated once w.r.t. the input."""
+the features, both reductions, on fresh random inputs: feature widths 2048 and odd ones, K up to 1000
+classes (the kernels walk the classes in blocks), several temperatures, a zero feature row
+(F.normalize's eps clamp), non-contiguous features; gradcheck of the reference (and the C++
+backend) in float64; second derivatives (through the reference, under create_graph); and the
+engine's use: a gradient-matching term built with create_graph plus the CFC term, differentiated
+once w.r.t. the input."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,19 @@ def test_cfc_loss_matches_reference(ops_backend, seed, reduction):
     device = ops_device(ops_backend)
     for case in cases(seed):
         check(*case, torch.float32, device, reduction)
+
+
+def test_cfc_loss_many_classes(ops_backend):
+    """K = 1000 (ImageNet-1k): 63 blocks of classes and the running logsumexp across them; labels in
+    the first, a middle and the last block, one twice. Once per backend (interpreted Triton takes
+    seconds per call)."""
+    device = ops_device(ops_backend)
+    g = torch.Generator().manual_seed(11)
+    n, d, k = 4, 77, 1000
+    feats = torch.randn(n, d, generator=g) * 3
+    protos = prototypes_ref(torch.randn(k, 2, d, generator=g) + torch.randn(k, 1, d, generator=g))
+    labels = torch.tensor([0, 999, 517, 999])
+    check(feats, labels, protos, 0.1, torch.float32, device, "none")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])

@@ -11,12 +11,15 @@ Backends (env UDD_FAST_BACKEND, read at import, or `set_backend` / `use_backend`
   cpp     the extension udd_fast._C (float32/float64 on the CPU)
   torch   the references
 An explicitly chosen backend that cannot run raises; a backend that fails to import is reported
-once (a RuntimeWarning carrying the import error). `available_backends()` says what is live.
+once (a RuntimeWarning carrying the import error, and for an extension setup.py could not build,
+the reason from its build report udd_fast/_build_report.json). `available_backends()` says what is
+live.
 """
 import contextlib
 import functools
 import importlib
 import importlib.util
+import json
 import os
 import sys
 import threading
@@ -70,10 +73,8 @@ def _load(name):
     with _lock:
         if name not in _modules:
             try:
-                if name == "cpp":
-                    _modules[name] = importlib.import_module("udd_fast._C")
-                elif name == "cuda":
-                    _modules[name] = importlib.import_module("udd_fast._C_cuda")
+                if name in _EXTENSIONS:
+                    _modules[name] = importlib.import_module(_EXTENSIONS[name])
                 elif name == "triton":
                     import triton  # noqa: F401  (a clear error when Triton itself is missing)
                     _modules[name] = _import_kernels()
@@ -82,12 +83,27 @@ def _load(name):
             except Exception as e:  # any import failure is reported, never hidden
                 _modules[name] = None
                 _errors[name] = f"{type(e).__name__}: {e}"
+                if name in _EXTENSIONS and _build_reason(name):
+                    _errors[name] = f"{_EXTENSIONS[name]} was not built: {_build_reason(name)} ({_errors[name]})"
         mod = _modules[name]
         if mod is None and name not in _warned:
             _warned.add(name)
             warnings.warn(f"udd_fast.ops: backend {name!r} is unavailable ({_errors[name]}); "
                           f"'auto' falls back (see udd_fast.ops.available_backends())", RuntimeWarning, stacklevel=3)
     return mod
+
+
+_EXTENSIONS = {"cpp": "udd_fast._C", "cuda": "udd_fast._C_cuda"}
+BUILD_REPORT = Path(__file__).resolve().parent / "_build_report.json"  # written by setup.py's build
+
+
+def _build_reason(name):
+    """Why setup.py did not build backend `name`'s extension (from its build report), or None."""
+    try:
+        entry = json.loads(BUILD_REPORT.read_text()).get(_EXTENSIONS[name], {})
+    except (OSError, ValueError):  # no report: built by other means, or not installed by setup.py
+        return None
+    return None if entry.get("built", True) else entry.get("reason", "unknown reason")
 
 
 def _interpreting():
