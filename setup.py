@@ -125,7 +125,7 @@ setup(
     cmdclass=cmdclass,
     python_requires=">=3.10",
     # torch unpinned on purpose: an installed build (CPU or the user's CUDA one) satisfies it.
-    install_requires=["torch", "numpy>=2", "tqdm", "pillow", "scipy"],
+    install_requires=["torch", "numpy>=2", "tqdm", "pillow", "scipy", "matplotlib"],
     # Triton unpinned and optional: a CUDA torch brings the Triton it was built with.
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
 )

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import assert_same_run, require_dataset, shared_data_dir
+from test_pictures import check_grid
 from udd_fast import __version__
 from udd_fast.data import download
 from udd_fast.distill import main as distill_main
@@ -45,13 +46,10 @@ def _check_artifacts(out, dataset, ipc, k, channels, size, factor, method="idc",
     assert summary["accuracy_mean"] == pytest.approx(np.mean(runs))
     assert summary["accuracy_std"] == pytest.approx(np.std(runs, ddof=1))
     assert summary["distill_seconds"] > 0 and summary["eval_seconds"] > 0
-    grid = np.array(Image.open(out / "grid.png"))
-    assert grid.shape[0] == k * (size + 2) + 2  # one row per class
-    assert grid.shape[1] == ipc * (size + 2) + 2
-    # the first stored image of class 0 is in the grid, pixel for pixel
-    first = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    cell = grid[2:2 + size, 2:2 + size]
-    assert np.array_equal(cell.reshape(first.shape), first)
+    check_grid(np.array(Image.open(out / "grid.png").convert("RGB")), x, factor, saved["dataset_info"]["class_names"])
+    assert Image.open(out / "curves.png").size[0] > 300
+    assert [p[0] for p in summary["history"]["loss"]] == list(range(1, iterations + 1))
+    assert "<img" in (out / "report.html").read_text()
     log = (out / "log.txt").read_text()
     assert "accuracy" in log and "saved" in log
     assert not list(out.glob(".*.tmp"))

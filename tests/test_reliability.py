@@ -567,8 +567,8 @@ def test_disk_full_before_the_summary(ctx, capsys):
     ctx.monkeypatch.setattr(artifacts, "_atomic", REAL_ATOMIC)
     assert distill_main(_printed_resume(err)) == 0
     assert (out / "summary.json").exists() and not (out / INCOMPLETE).exists()
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "distilled.pt", "grid.png", "log.txt",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "distilled.pt", "grid.png",
+                                                     "log.txt", "report.html", "summary.json"]
 
 
 def test_file_size_limit_in_a_real_process(ctx):
@@ -724,7 +724,7 @@ def test_artifact_modes_follow_the_umask_and_the_test_count_is_true(ctx):
                              "--eval-epochs", "1", "--out", str(ctx.run)]) == 0
     finally:
         os.umask(old)
-    for name in ("checkpoint.pt", "distilled.pt", "summary.json", "grid.png", "log.txt"):
+    for name in ("checkpoint.pt", "distilled.pt", "summary.json", "grid.png", "curves.png", "report.html", "log.txt"):
         assert stat.S_IMODE((ctx.run / name).stat().st_mode) == 0o640, name  # mkstemp alone gives 0600
     summary = json.loads((ctx.run / "summary.json").read_text())
     assert summary["eval"]["num_test"] == 6  # smoke's limit is 1000; the split holds 6

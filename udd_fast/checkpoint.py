@@ -26,11 +26,14 @@ class CheckpointError(ArtifactError):
 
 
 def save_checkpoint(out_dir, state: dict, config: dict, facts: dict, dataset_arg: str, data_dir=None,
-                    no_download=False) -> Path:
+                    no_download=False, history=None) -> Path:
+    """history: the run's curves so far ({"loss"|"mue"|"accuracy": [[outer, value], ...]}), so a resumed
+    run's curves.png shows the whole run."""
     path = Path(out_dir) / FILENAME
     write_torch(path, {"format": FORMAT, "version": __version__, "config": dict(config), "data": dict(facts),
                        "dataset_arg": str(dataset_arg), "data_dir": None if data_dir is None else str(data_dir),
-                       "no_download": bool(no_download), "state": state})
+                       "no_download": bool(no_download), "state": state,
+                       "history": {k: [[int(o), float(v)] for o, v in pts] for k, pts in (history or {}).items()}})
     return path
 
 
@@ -73,6 +76,12 @@ def _check_fields(ck):
             raise ValueError(f"{key} must be a string")
     if not isinstance(ck.get("no_download", False), bool):
         raise ValueError("no_download must be true or false")
+    hist = ck.get("history") or {}
+    if not (isinstance(hist, dict) and all(
+            k in ("loss", "mue", "accuracy") and isinstance(pts, list)
+            and all(isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and isinstance(p[1], float) for p in pts)
+            for k, pts in hist.items())):
+        raise ValueError("history must map loss/mue/accuracy to lists of [outer, value]")
     facts = ck["data"]
     if not isinstance(facts, dict) or not isinstance(facts.get("fingerprint"), str) \
             or not isinstance(facts.get("name"), str):

@@ -191,6 +191,9 @@ class EvalConfig(_Group):
     eval_validations: int = setting(4, at_least=1)
     # 0: the whole test set; smoke tests use a prefix to stay fast
     eval_test_limit: int = setting(0, at_least=0)
+    eval_every: int = setting(0, "a short evaluation (1 run, a fifth of the evaluation epochs) every N outer "
+                                 "iterations, plotted in curves.png and recorded in summary.json (default 0: none)",
+                              flag=MAIN, metavar="N", distill_only=True, at_least=0)
     eval_region_views: bool = setting(True, "evaluate formations plus region views (on, default for udd) or "
                                             "formations only", flag=UDD)
 

@@ -1,7 +1,8 @@
 """`python -m udd_fast.distill`: distill a dataset, evaluate the result and save the artifacts.
 
-Writes into --out: distilled.pt, summary.json, grid.png (one row per class) and log.txt, and, while
-distilling, checkpoint.pt (resume a stopped run with --resume DIR). The directory is marked INCOMPLETE
+Writes into --out: distilled.pt, grid.png, curves.png, report.html, summary.json (udd_fast.result) and
+log.txt, and, while distilling, checkpoint.pt (resume a stopped run with --resume DIR); the same runs
+from Python: udd_fast.api. The directory is marked INCOMPLETE
 until summary.json, the last artifact, is written (udd_fast.artifacts); a directory holding another
 run is refused unless --force.
 Every input is checked before any long work starts, and nothing is written on bad input.
@@ -21,15 +22,14 @@ import sys
 import threading
 from pathlib import Path
 
-import torch
-
 from . import distributed
 from .artifacts import ArtifactError
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import MAIN, PRESET, PRESETS, UDD, Config, setting_problem, settings
-from .data import DATASETS, DataError, canonical_name, user_data_path
+from .config import MAIN, PRESET, PRESETS, UDD, Config, settings
+from .data import DATASETS, DataError
 from .distributed import Comm, RankFailure
-from .pipeline import Interrupted, Request, UsageError, execute, prepare
+from .pipeline import (Interrupted, Request, UsageError, check_settings, dataset_arg, execute, option_settings,
+                       prepare)
 
 
 def _flag(name):
@@ -88,30 +88,24 @@ def _parser():
     return p
 
 
+def _spell(name, value=None):
+    return _flag(name) + ("" if value is None else f" {value}")
+
+
 def _check_flags(args, given=frozenset()):
     """The flags on their own (the data's geometry comes in pipeline.check_geometry)."""
     if args.dataset is None and not args.resume:
         raise UsageError("--dataset is required (unless --resume DIR)")
     if args.force and args.resume:
         raise UsageError("--force with --resume: a resumed run continues in its own directory; drop --force")
-    for f in settings():
-        v = getattr(args, f.name) if f.metadata["flag"] else None
-        problem = None if v is None else setting_problem(f, _option_value(f, v))
-        if problem:
-            raise UsageError(f"{_flag(f.name)} {problem} (got {v})")
-    if args.ipc > 50:
-        print(f"note: IPC {args.ipc} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
-    udd_flags = [f.name for f in _options(UDD) if getattr(args, f.name) is not None]
-    if udd_flags and args.method != "udd":
-        raise UsageError(f"{_flag(udd_flags[0])} is a UDD setting: it needs --method udd")
-    unused = [f.name for f in settings() if f.metadata["distill_only"] and f.name in given]
-    if args.method == "random" and unused:
-        raise UsageError(f"{_flag(unused[0])} does not apply to --method random: it stores IPC real images per "
-                         f"class, without distillation (factor 1, no iterations)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device; use --device cpu")
+    check_settings(_values(args), given, _spell)
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         raise UsageError(f"--dist-timeout must be a finite number of seconds > 0 (got {args.dist_timeout})")
+
+
+def _values(args) -> dict:
+    """The option settings' values as the flags give them (None: not given)."""
+    return {f.name: _option_value(f, getattr(args, f.name)) for f in option_settings()}
 
 
 def _explicit_flags(argv):
@@ -120,13 +114,6 @@ def _explicit_flags(argv):
     for a in p._actions:
         a.default = None
     return {k for k, v in vars(p.parse_args(argv)).items() if v is not None}
-
-
-def _dataset_arg(name):
-    """What identifies the dataset on the command line: user data's resolved absolute path (the same
-    from any working directory), else the canonical built-in name."""
-    path = user_data_path(name)
-    return str(path) if path is not None else canonical_name(name)
 
 
 def _saved_dataset_arg(saved: str) -> str:
@@ -158,7 +145,7 @@ def _resume_config(args, given, ck):
                              f"{where}: a resumed run keeps its config (only --iterations, evaluation flags and "
                              f"--checkpoint-every may change)")
     saved = _saved_dataset_arg(ck["dataset_arg"])
-    if "dataset" in given and _dataset_arg(args.dataset) != saved:
+    if "dataset" in given and dataset_arg(args.dataset) != saved:
         raise UsageError(f"--dataset {args.dataset} differs from {saved} in {where}")
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--out {args.out}: a resumed run writes into its own directory {args.resume}")
@@ -189,9 +176,9 @@ def run(args, given=frozenset(), comm: Comm = None):
         ck = comm.from_main(lambda: load_checkpoint(args.resume), (CheckpointError,))
         cfg = _resume_config(args, given, ck)
     _check_flags(args, given)
-    dataset = _dataset_arg(args.dataset)
+    dataset = dataset_arg(args.dataset)
     if cfg is None:
-        values = {f.name: _option_value(f, getattr(args, f.name)) for f in settings() if f.metadata["flag"]}
+        values = _values(args)
     else:
         values = cfg.to_dict()
     req = Request(dataset, Path(args.out or _default_out(dataset, args)).absolute(), values, args.data_dir,

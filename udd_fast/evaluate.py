@@ -10,7 +10,6 @@ without cutout whenever CutMix is on (IDC's `remove_aug(args.dsa_strategy, 'cuto
 default `--mixup cut`); cutout stays only where CutMix is off (SVHN at factor 1 and IPC 1).
 """
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -36,6 +35,19 @@ def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
         return images, labels
     src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device)
     return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
+
+
+def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, regions=None):
+    """What an evaluation trains on, in [0,1]: the formations of every stored image, plus UDD's region
+    views when `regions` = (source index [M], box [M, 4]) is given."""
+    images = images.float().clamp(0, 1)
+    labels = labels.long()
+    x, y = decode_all(images, labels, factor)
+    if regions is not None:
+        src, boxes = (t.to(images.device).long() for t in regions)
+        x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
+        y = torch.cat([y, labels[src]])
+    return x, y
 
 
 def test_count(data, test_limit: int) -> int:
@@ -82,14 +94,7 @@ def evaluate_set(images, labels, factor: int, data, ev: EvalConfig, seed: int = 
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    dev = data.images.device
-    images = images.to(dev).float().clamp(0, 1)
-    labels = labels.to(dev).long()
-    x, y = decode_all(images, labels, factor)
-    if regions is not None:
-        src, boxes = (t.to(dev).long() for t in regions)
-        x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
-        y = torch.cat([y, labels[src]])
+    x, y = training_set(images.to(data.images.device), labels.to(data.images.device), factor, regions)
     x = normalize(x, data.mean, data.std)
     t0 = time.time()
     last, best = [], []
@@ -136,7 +141,7 @@ def _parser():
     return p
 
 
-def _saved_regions(saved, cfg, flag):
+def saved_regions(saved, cfg, flag):
     """The saved region views to evaluate with, per --eval-region-views (default: the run's setting)."""
     has = saved.get("boxes") is not None
     want = cfg.eval.eval_region_views if flag is None else flag == "on"
@@ -145,7 +150,7 @@ def _saved_regions(saved, cfg, flag):
     return (saved["region_src"], saved["boxes"]) if (want and has) else None
 
 
-def _check_run_dir(path: Path, allow: bool, warnings: list):
+def check_run_dir(path: Path, allow: bool, warnings: list):
     """A set inside a run directory marked INCOMPLETE may not match the rest of that run."""
     from .artifacts import INCOMPLETE, ArtifactError
 
@@ -161,7 +166,7 @@ def _check_run_dir(path: Path, allow: bool, warnings: list):
     warnings.append(msg)
 
 
-def _check_same_data(saved, data, path, allow: bool, warnings: list):
+def check_same_data(saved, data, path, allow: bool, warnings: list):
     """Refuse data other than the set was distilled on (classes, counts, content), unless allowed."""
     from .artifacts import ArtifactError
     from .data import data_facts, data_mismatch
@@ -185,46 +190,31 @@ def _check_same_data(saved, data, path, allow: bool, warnings: list):
 
 
 def main(argv=None):
-    from .artifacts import ArtifactError, WriteError, load_distilled, write_json
-    from .data import DataError, RealData, load_dataset
+    from .api import UsageError, evaluate_distilled
+    from .artifacts import ArtifactError, WriteError, write_json
+    from .data import DataError
 
     args = _parser().parse_args(argv)
-    warnings = []
     try:
         for name in ("eval_runs", "eval_epochs"):
             v = getattr(args, name)
             if v is not None and v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
         if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but this torch build sees no CUDA device")
-        saved = load_distilled(args.path)
-        _check_run_dir(Path(args.path), args.allow_incomplete, warnings)
-        cfg = saved["config"]
-        runs = args.eval_runs if args.eval_runs is not None else cfg.eval.eval_runs
-        epochs = args.eval_epochs if args.eval_epochs is not None else cfg.eval.eval_epochs
-        if runs < 1:
-            raise ValueError(f"the run's config asks for {runs} evaluation runs: pass --eval-runs N (N >= 1)")
-        regions = _saved_regions(saved, cfg, args.eval_region_views)
-        name = saved["dataset"]
-        if name.startswith(("npz:", "folder:")):
-            name = name.split(":", 1)[1]
-        data_dir = args.data_dir if args.data_dir is not None else saved.get("data_dir")
-        data = RealData(load_dataset(name, data_dir, download=not args.no_download), args.device)
-        _check_same_data(saved, data, args.path, args.allow_data_mismatch, warnings)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        ev = dataclasses.replace(cfg.eval, eval_arch=args.arch, eval_epochs=epochs, eval_runs=runs)
-        res = evaluate_set(saved["images"], saved["labels"], saved["factor"], data, ev,
-                           cfg.run.seed if args.seed is None else args.seed, not args.no_progress, regions)
-    except (DataError, ArtifactError, ValueError) as e:
+            raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device")
+        res = evaluate_distilled(args.path, data_dir=args.data_dir, download=not args.no_download, arch=args.arch,
+                                 runs=args.eval_runs, epochs=args.eval_epochs, seed=args.seed,
+                                 region_views=None if args.eval_region_views is None else args.eval_region_views == "on",
+                                 device=args.device, progress=not args.no_progress,
+                                 allow_data_mismatch=args.allow_data_mismatch, allow_incomplete=args.allow_incomplete)
+    except (DataError, ArtifactError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     res["path"] = str(args.path)
-    res["warnings"] = warnings
     print(json.dumps(res, indent=2))
     out = Path(args.path)
     out_dir = out if out.is_dir() else out.parent
-    print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {runs} runs "
+    print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
           f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
     try:
         write_json(out_dir / f"eval_{args.arch}.json", res)

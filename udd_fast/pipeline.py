@@ -5,14 +5,16 @@ its flags):
     execute(run)                    claims the run directory (INCOMPLETE) and opens log.txt, then
         load_proxy(run)             UDD's proxy network, cached or trained, on every rank
         result = distill(run)       the outer iterations, checkpoints, a stop on SIGINT/SIGTERM
-        save(run, result)           distilled.pt and grid.png
+        res = save(run, result)     the Result: distilled.pt and grid.png written
         evaluate(run, result)       IDC's evaluation, with and without UDD's region views
-        build_summary(...)          summary.json, the last artifact; the directory is then complete
+        build_summary(...)          then curves.png, report.html and summary.json, the last artifact
+                                    (udd_fast.result); the directory is then complete
 
 execute turns a stop or a failed write into a message naming the last checkpoint and the resume
 command. With several ranks (torchrun) every rank runs the phases; rank 0 alone writes files and
 evaluates.
 """
+import dataclasses
 import datetime
 import math
 import os
@@ -30,16 +32,18 @@ from tqdm import tqdm
 
 from . import __version__, distributed, rng
 from .artifacts import (INCOMPLETE, ArtifactError, WriteError, check_out_dir, claim_run_dir, mark_complete,
-                        save_distilled, write_error_message, write_grid, write_json)
+                        write_error_message)
 from .checkpoint import CheckpointError, check_data, load_checkpoint, save_checkpoint
-from .config import PRESETS, Config, build_config
-from .data import DataError, RealData, data_facts, load_dataset, resolve_data_dir
+from .config import PRESETS, UDD, Config, build_config, setting_problem, settings
+from .data import (ArrayDataset, DataError, RealData, canonical_name, data_facts, load_dataset, resolve_data_dir,
+                   user_data_path)
 from .decode import factor_problem
 from .distributed import Comm, RankFailure
 from .engine import Distiller
 from .evaluate import evaluate_set, test_count
 from .proxy import load_or_train_proxy
 from .regions import window_grid
+from .result import Result, write_outcome, write_set
 from .train import accuracy
 
 
@@ -58,7 +62,8 @@ def _quiet(msg):
 @dataclass
 class Request:
     """What a run is asked to do."""
-    dataset: str  # a built-in's canonical name, or user data's resolved absolute path
+    # a built-in's canonical name, user data's resolved absolute path, or data in memory (data.from_arrays)
+    dataset: object
     out: Path  # the run directory
     # flat config settings (udd_fast.config): for a new run the ones given (None: the dataset and the
     # preset decide); for a resumed run all of them (its checkpoint's, with the changes allowed)
@@ -109,7 +114,8 @@ class Distilled:
     iterations: int  # outer iterations of the run (0: real images, --method random)
     final_loss: float  # the last outer iteration's mean matching loss (None without iterations)
     seconds: float
-    loop_seconds: float  # the outer iterations alone (None without a loop)
+    loop_seconds: float  # the outer iterations alone, without the short evaluations (None without a loop)
+    history: dict = field(default_factory=dict)  # {"loss"|"mue"|"accuracy": [[outer, value], ...]}
 
 
 # -- prepare: every check before anything is written -------------------------------------------------
@@ -119,10 +125,13 @@ def prepare(req: Request, comm: Comm = None) -> Run:
     ranks. Raises UsageError, DataError, ArtifactError or CheckpointError; writes nothing."""
     comm = comm or Comm()
     replaced = comm.from_main(lambda: check_out_dir(req.out, req.force, req.resume is not None), (ArtifactError,))
-    data_dir = None if Path(req.dataset).is_absolute() else resolve_data_dir(req.data_dir)
-    # each node's local rank 0 first: it downloads what the node's other ranks then read
-    ds = comm.everywhere(lambda: load_dataset(req.dataset, data_dir, download=req.download), (DataError,),
-                         local_first=True)
+    if isinstance(req.dataset, ArrayDataset):
+        data_dir, ds = None, req.dataset
+    else:
+        data_dir = None if Path(req.dataset).is_absolute() else resolve_data_dir(req.data_dir)
+        # each node's local rank 0 first: it downloads what the node's other ranks then read
+        ds = comm.everywhere(lambda: load_dataset(req.dataset, data_dir, download=req.download), (DataError,),
+                             local_first=True)
     data = RealData(ds, comm.device if comm.distributed else req.settings["device"])
     facts = data_facts(data)
     if comm.distributed:
@@ -135,6 +144,41 @@ def prepare(req: Request, comm: Comm = None) -> Run:
     check_geometry(cfg, data)
     check_world(cfg, comm, ds.info.num_classes)
     return Run(req, cfg, data, facts, data_dir, comm, replaced)
+
+
+def option_settings() -> list:
+    """The settings a run may be given (the command line's options, the API's keyword arguments)."""
+    return [f for f in settings() if f.metadata["flag"]]
+
+
+def option_defaults() -> dict:
+    """Each option setting's value when not given: its default where it has its own, else None (the
+    dataset and the preset decide)."""
+    return {f.name: f.default if f.metadata["flag_default"] else None for f in option_settings()}
+
+
+def check_settings(values: dict, given, spell):
+    """The settings of a new run on their own (against the data: check_geometry): each value allowed,
+    UDD's only with --method udd, none that needs a distillation with --method random, a CUDA device
+    present. spell(name, value=None) is how the caller names a setting, with a value if given (--flag
+    value, or keyword=value)."""
+    for f in option_settings():
+        v = values.get(f.name)
+        problem = None if v is None else setting_problem(f, v)
+        if problem:
+            raise UsageError(f"{spell(f.name)} {problem} (got {v})")
+    if values["ipc"] > 50:
+        print(f"note: IPC {values['ipc']} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
+    udd = [f.name for f in option_settings() if f.metadata["flag"] == UDD and values.get(f.name) is not None]
+    if udd and values["method"] != "udd":
+        raise UsageError(f"{spell(udd[0])} is a UDD setting: it needs {spell('method', 'udd')}")
+    unused = [f.name for f in option_settings() if f.metadata["distill_only"] and f.name in given]
+    if values["method"] == "random" and unused:
+        raise UsageError(f"{spell(unused[0])} does not apply to {spell('method', 'random')}: it stores IPC real images per "
+                         f"class, without distillation (factor 1, no iterations)")
+    if str(values["device"]).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"{spell('device', 'cuda')} was asked for, but this torch build sees no CUDA device; use "
+                         f"{spell('device', 'cpu')}")
 
 
 def _config(settings: dict, info, resumed: bool) -> Config:
@@ -157,6 +201,8 @@ def check_world(cfg: Config, comm: Comm, num_classes: int):
     if cfg.match.form != "batched":
         raise UsageError(f"--form {cfg.match.form} is one process's loop; a distributed run ({comm.world} ranks) "
                          f"uses the batched form")
+    if cfg.eval.eval_every:  # rank 0 alone evaluates: the others would wait past --dist-timeout
+        raise UsageError(f"--eval-every is one process's: a distributed run ({comm.world} ranks) evaluates at the end")
     if comm.world > num_classes:
         raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
                          f"start at most {num_classes} processes")
@@ -225,8 +271,8 @@ class RunLog:
             self.fh = None
 
 
-def execute(run: Run):
-    """Claim the run directory and run the phases; returns the summary (None on ranks other than 0).
+def execute(run: Run) -> Result:
+    """Claim the run directory and run the phases; returns the Result (None on ranks other than 0).
     A stop (KeyboardInterrupt) or a failed write is logged and raised again as Interrupted or WriteError
     with a message naming the last checkpoint and the resume command."""
     comm, out = run.comm, run.out
@@ -245,12 +291,12 @@ def execute(run: Run):
         result = distill(run)
         if not comm.is_main:
             return None  # rank 0 saves and evaluates
-        save(run, result)
-        summary = build_summary(run, result, evaluate(run, result))
-        write_json(out / "summary.json", summary)  # the last artifact: the run is complete once it is there
-        run.log(f"saved {out}/distilled.pt, summary.json, grid.png, log.txt")
+        res = save(run, result)
+        res.summary = build_summary(run, result, evaluate(run, result))
+        write_outcome(out, res)  # summary.json last: the run is complete once it is there
+        run.log(f"saved {out}/distilled.pt, grid.png, curves.png, report.html, summary.json, log.txt")
         mark_complete(out)
-        return summary
+        return res
     except (WriteError, KeyboardInterrupt) as e:
         if isinstance(e, Interrupted) or not comm.is_main:
             raise
@@ -372,14 +418,17 @@ def distill(run: Run) -> Distilled:
         return Distilled(images, labels, None, 0, None, seconds, None)
     d = Distiller(cfg, run.data, log=log, proxy=run.proxy, comm=comm)
     iterations = cfg.match.iterations
+    history = {"loss": [], "mue": [], "accuracy": []}
     if run.proxy is not None and comm.is_main:
         run.notes["mue_initial"] = d.mue(d.S)  # S is the initialization until a state is loaded
+        history["mue"].append([0, run.notes["mue_initial"]])
     if ck is not None:
         try:
             d.load_state(ck["state"])
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{ck['path']}: its state does not fit this run ({e})") from None
         run.notes["resumed_from_outer"] = d.outer_done
+        history = {k: [p for p in v if p[0] <= d.outer_done] for k, v in (ck.get("history") or history).items()}
         log(f"resumed from {ck['path']} after {d.outer_done} outer iterations"
             + ("" if ck["version"] == __version__ else f" (saved by udd_fast {ck['version']})"))
     bar = tqdm(total=iterations, initial=d.outer_done, desc="distill", unit="outer", disable=not run.progress,
@@ -390,11 +439,20 @@ def distill(run: Run) -> Distilled:
     def checkpoint(state):
         if not comm.is_main:
             return run.out / "checkpoint.pt"
-        return save_checkpoint(run.out, state, cfg.to_dict(), run.facts, run.request.dataset, run.data_dir,
-                               not run.request.download)
+        return save_checkpoint(run.out, state, cfg.to_dict(), run.facts, dataset_arg(run.request.dataset),
+                               run.data_dir, not run.request.download, history)
+
+    eval_seconds = 0.0
 
     def on_outer(outer, loss, seconds):
-        nonlocal snap
+        nonlocal snap, eval_seconds
+        history["loss"].append([outer + 1, loss])
+        if run.proxy is not None and comm.is_main:
+            history["mue"].append([outer + 1, d.mue(d.S)])
+        if cfg.eval.eval_every and (outer + 1) % cfg.eval.eval_every == 0:
+            t = time.time()
+            history["accuracy"].append([outer + 1, short_evaluation(run, d)])
+            eval_seconds += time.time() - t
         snap = d.state()
         every = cfg.run.checkpoint_every
         if every and (d.outer_done % every == 0 or d.outer_done == iterations):
@@ -425,7 +483,7 @@ def distill(run: Run) -> Distilled:
             log(msg)
             raise RankFailure(msg) from None
     bar.close()
-    loop_seconds = time.time() - t_loop
+    loop_seconds = time.time() - t_loop - eval_seconds
     if comm.distributed:
         run.notes["communication"] = _comm_summary(comm, cfg, d.outer_done - int(snap_start), loop_seconds)
         log(f"communication per inner iteration (payload bytes, rank {comm.rank}): "
@@ -440,8 +498,31 @@ def distill(run: Run) -> Distilled:
             f"{run.notes['policy_share']}")
     seconds = time.time() - t0
     log(f"distillation done in {seconds:.1f} s")
+    if eval_seconds:
+        run.notes["eval_every_seconds"] = eval_seconds
     return Distilled(images, d.labels(), regions, iterations, d.last_loss if iterations else None, seconds,
-                     loop_seconds)
+                     loop_seconds, history)
+
+
+def short_evaluation(run: Run, d: Distiller) -> float:
+    """--eval-every: the set as it stands, trained on once for a fifth of the evaluation epochs (the same
+    network initialization and batches each time, so the points compare); the test accuracy in %."""
+    ev = dataclasses.replace(run.cfg.eval, eval_runs=1, eval_epochs=max(1, run.cfg.eval.eval_epochs // 5))
+    regions = d.regions() if run.cfg.eval.eval_region_views else None
+    res = evaluate_set(d.result(), d.labels(), run.cfg.match.factor, run.data, ev, run.cfg.run.seed, False, regions)
+    run.log(f"outer {d.outer_done}: short evaluation ({ev.eval_arch}, {ev.eval_epochs} epochs, 1 run) "
+            f"{res['accuracy_mean']:.2f} % ({res['eval_seconds']:.1f} s)")
+    return res["accuracy_mean"]
+
+
+def dataset_arg(dataset) -> str:
+    """What identifies the data to load (and a checkpoint records to find it again): user data's resolved
+    absolute path (the same from any working directory), a built-in's canonical name, or for data in
+    memory its name alone. Raises DataError for an unknown name or a missing path."""
+    if isinstance(dataset, ArrayDataset):
+        return dataset.info.name
+    path = user_data_path(dataset)
+    return str(path) if path is not None else canonical_name(dataset)
 
 
 def _comm_summary(comm, cfg, outer_done, seconds):
@@ -459,12 +540,14 @@ def _comm_summary(comm, cfg, outer_done, seconds):
 
 # -- save, evaluate, summarize ----------------------------------------------------------------------------
 
-def save(run: Run, result: Distilled):
-    """distilled.pt (the set, its config and the data's identity) and grid.png (one row per class)."""
-    info = run.data.info
-    save_distilled(run.out / "distilled.pt", result.images, result.labels, run.cfg.match.factor, info,
-                   run.cfg.to_dict(), result.regions, run.facts, run.data_dir)
-    write_grid(run.out / "grid.png", result.images, result.labels, info.num_classes)
+def save(run: Run, result: Distilled) -> Result:
+    """The Result, its distilled.pt (the set, its config and the data's identity) and grid.png written."""
+    regions = None if result.regions is None else tuple(t.cpu() for t in result.regions)
+    res = Result(result.images.detach().float().cpu(), result.labels.cpu(), run.cfg.match.factor, regions,
+                 run.data.info, run.cfg, {"history": result.history}, run.facts,
+                 None if run.data_dir is None else str(run.data_dir))
+    write_set(run.out, res)
+    return res
 
 
 def evaluate(run: Run, result: Distilled) -> dict:
@@ -508,6 +591,7 @@ def build_summary(run: Run, result: Distilled, evaluation: dict) -> dict:
         "loop_seconds": result.loop_seconds, "num_stored": int(result.images.shape[0]), "version": __version__,
         "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
+        "history": result.history,
     }
     summary.update(run.notes)
     summary.update(evaluation)

@@ -21,10 +21,10 @@ from .identity import data_facts, data_fingerprint, data_mismatch
 from .idx import load_idx
 from .registry import CIFAR_LAYOUT, DATASETS, canonical_name, resolve_data_dir
 from .svhn import load_svhn
-from .user import load_folder, load_npz, user_data_path
+from .user import from_arrays, load_folder, load_npz, user_data_path
 
 __all__ = ["ArrayDataset", "DATASETS", "DataError", "DatasetInfo", "RealData", "canonical_name", "data_facts",
-           "data_fingerprint", "data_mismatch", "load_dataset", "resolve_data_dir", "user_data_path"]
+           "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "resolve_data_dir", "user_data_path"]
 
 
 def load_dataset(name: str, data_dir=None, download: bool = True) -> ArrayDataset:

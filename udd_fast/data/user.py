@@ -128,16 +128,28 @@ def load_npz(path: Path) -> ArrayDataset:
     for key in ("images", "labels"):
         if key not in arrays:
             raise DataError(f"{path}: missing array {key!r} (found {sorted(arrays)})")
-    if ("test_images" in arrays) != ("test_labels" in arrays):
-        raise DataError(f"{path}: give both 'test_images' and 'test_labels' or neither")
-    train = (_user_images(arrays["images"], f"{path}['images']"),
-             as_int_labels(arrays["labels"], f"{path}['labels']"))
+    names = arrays["class_names"].tolist() if "class_names" in arrays else None
+    return from_arrays(arrays["images"], arrays["labels"], arrays.get("test_images"), arrays.get("test_labels"),
+                       names, name=f"npz:{path}", where=str(path))
+
+
+def from_arrays(images, labels, test_images=None, test_labels=None, class_names=None, *, name="arrays",
+                where="arrays") -> ArrayDataset:
+    """User data from arrays (numpy or torch): images uint8 or float in [0,1] as (N,H,W), (N,H,W,C) or
+    (N,C,H,W), labels 0..K-1 (every class present); without a test split every 10th sample of each
+    class is held out as test. `where` names the source in errors."""
+    def arr(a):
+        return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+    if (test_images is None) != (test_labels is None):
+        raise DataError(f"{where}: give both 'test_images' and 'test_labels' or neither")
+    train = (_user_images(arr(images), f"{where}['images']"), as_int_labels(arr(labels), f"{where}['labels']"))
     test = None
-    if "test_images" in arrays:
-        test = (_user_images(arrays["test_images"], f"{path}['test_images']"),
-                as_int_labels(arrays["test_labels"], f"{path}['test_labels']"))
-    names = [str(n) for n in arrays["class_names"].tolist()] if "class_names" in arrays else None
-    return _user_dataset(f"npz:{path}", str(path), train, test, names)
+    if test_images is not None:
+        test = (_user_images(arr(test_images), f"{where}['test_images']"),
+                as_int_labels(arr(test_labels), f"{where}['test_labels']"))
+    names = None if class_names is None else [str(n) for n in class_names]
+    return _user_dataset(name, where, train, test, names)
 
 
 def _class_dirs(root: Path) -> list[Path]:
