@@ -115,7 +115,8 @@ class Distilled:
     final_loss: float  # the last outer iteration's mean matching loss (None without iterations)
     seconds: float
     loop_seconds: float  # the outer iterations alone, without the short evaluations (None without a loop)
-    history: dict = field(default_factory=dict)  # {"loss"|"mue"|"accuracy": [[outer, value], ...]}
+    # {"loss"|"mue"|"accuracy": [[outer, value], ...]}, empty without outer iterations
+    history: dict = field(default_factory=lambda: {"loss": [], "mue": [], "accuracy": []})
 
 
 # -- prepare: every check before anything is written -------------------------------------------------
