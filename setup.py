@@ -118,7 +118,7 @@ setup(
     description="Fast, checkable dataset distillation: IDC multi-formation gradient matching and UDD",
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=["udd_fast", "udd_fast.kernels"],
+    packages=["udd_fast", "udd_fast.ops", "udd_fast.kernels"],
     package_dir={"udd_fast.kernels": "kernels"},
     package_data={"udd_fast": [REPORT]},
     ext_modules=ext_modules,

@@ -207,17 +207,18 @@ def _record_launches(full, only=None):
     import triton.runtime.jit as jit
 
     from udd_fast import ops
+    from udd_fast.ops import backend
 
-    kernels = ops._import_kernels()
+    kernels = backend._import_kernels()
     assert isinstance(kernels.cfc_loss._cfc_fwd, jit.JITFunction), "Triton kernels were loaded interpreted"
     launches, current = [], []
 
     def record(self, *args, grid, warmup, **kwargs):
         launches.append((*current, self, args, dict(kwargs)))
 
-    saved_run, saved_interp = jit.JITFunction.run, ops._interpreting
+    saved_run, saved_interp = jit.JITFunction.run, backend._interpreting
     jit.JITFunction.run = record
-    ops._interpreting = lambda: True  # let the triton backend take CPU tensors (nothing runs)
+    backend._interpreting = lambda: True  # let the triton backend take CPU tensors (nothing runs)
     try:
         with ops.use_backend("triton"):
             for op, (cases, run) in OPS_TABLES.items():
@@ -227,7 +228,7 @@ def _record_launches(full, only=None):
                     current[:] = [op, label]
                     run(**kw)
     finally:
-        jit.JITFunction.run, ops._interpreting = saved_run, saved_interp
+        jit.JITFunction.run, backend._interpreting = saved_run, saved_interp
     return launches
 
 

@@ -13,6 +13,8 @@ import torch
 
 from conftest import REPO
 from udd_fast import augment, ops
+from udd_fast.ops import backend
+from udd_fast.ops.crop_resize import crop_resize_ref
 
 
 def test_available_backends_lists_every_backend_with_reasons():
@@ -77,7 +79,7 @@ def test_env_var_is_read_at_import():
 
 def test_auto_picks_cpp_on_cpu_tensors_else_torch():
     with ops.use_backend("auto"):
-        want = "cpp" if ops._why_not("cpp", torch.device("cpu")) is None else "torch"
+        want = "cpp" if ops.why_unavailable("cpp", torch.device("cpu")) is None else "torch"
         assert ops.resolve(torch.zeros(1)) == want
         assert ops.resolve(torch.zeros(1, dtype=torch.float16)) == "torch"  # C++ is float32/float64
 
@@ -109,9 +111,9 @@ def test_missing_extension_is_reported_once_and_auto_falls_back(monkeypatch):
     """Simulate a failed build: importing udd_fast._C fails; auto warns once with the import error
     and runs the reference; an explicit request raises."""
     monkeypatch.setitem(sys.modules, "udd_fast._C", None)  # makes `import udd_fast._C` raise
-    monkeypatch.delitem(ops._modules, "cpp", raising=False)
-    monkeypatch.setattr(ops, "_warned", set())
-    monkeypatch.setattr(ops, "_errors", {})
+    monkeypatch.delitem(backend._modules, "cpp", raising=False)
+    monkeypatch.setattr(backend, "_warned", set())
+    monkeypatch.setattr(backend, "_errors", {})
     images, src, boxes = torch.rand(2, 3, 6, 6), torch.tensor([0, 1]), torch.tensor([[0, 0, 3, 3], [3, 3, 6, 6]])
     with ops.use_backend("auto"):
         with pytest.warns(RuntimeWarning, match=r"backend 'cpp' is unavailable \(ModuleNotFoundError|ImportError"):
@@ -119,45 +121,45 @@ def test_missing_extension_is_reported_once_and_auto_falls_back(monkeypatch):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # reported once, not again
             out = ops.crop_resize(images, src, boxes, (6, 6))
-    torch.testing.assert_close(out, ops.crop_resize_ref(images, src, boxes, (6, 6)))
+    torch.testing.assert_close(out, crop_resize_ref(images, src, boxes, (6, 6)))
     assert ops.available_backends(reasons=True)["cpp"][0] is False
     with pytest.raises(RuntimeError, match="'cpp' is not available"):
         ops.set_backend("cpp")
     monkeypatch.undo()
-    ops._modules.pop("cpp", None)  # let the real extension load again
+    backend._modules.pop("cpp", None)  # let the real extension load again
 
 
 def test_unbuilt_extension_reason_comes_from_the_build_report(monkeypatch, tmp_path):
     """setup.py records why it left an extension out (udd_fast/_build_report.json); the import
     failure then carries that reason."""
     report = tmp_path / "_build_report.json"
-    monkeypatch.setattr(ops, "BUILD_REPORT", report)
+    monkeypatch.setattr(backend, "BUILD_REPORT", report)
     monkeypatch.setitem(sys.modules, "udd_fast._C", None)  # makes `import udd_fast._C` raise
     try:
         for text, want in (('{"udd_fast._C": {"built": false, "reason": "the build failed: CompileError: boom"}}',
                             "udd_fast._C was not built: the build failed: CompileError: boom"),
                            ("{not json", "import failed: ModuleNotFoundError")):  # unreadable: the import error alone
             report.write_text(text)
-            ops._modules.pop("cpp", None)
-            ops._errors.pop("cpp", None)
-            ops._warned.discard("cpp")
+            backend._modules.pop("cpp", None)
+            backend._errors.pop("cpp", None)
+            backend._warned.discard("cpp")
             with pytest.warns(RuntimeWarning, match=re.escape(want.removeprefix("import failed: "))):
                 live, why = ops.available_backends(reasons=True)["cpp"]
             assert not live and want in why
         assert "not built" not in why
     finally:
         monkeypatch.undo()
-        ops._modules.pop("cpp", None)  # let the real extension load again
-        ops._errors.pop("cpp", None)
+        backend._modules.pop("cpp", None)  # let the real extension load again
+        backend._errors.pop("cpp", None)
 
 
 def test_kernels_package_is_importable():
-    if not ops.available_backends(reasons=True)["triton"][0] and "triton" in ops._errors:
-        pytest.skip(f"triton not importable: {ops._errors['triton']}")
+    if not ops.available_backends(reasons=True)["triton"][0] and "triton" in backend._errors:
+        pytest.skip(f"triton not importable: {backend._errors['triton']}")
     try:
         import triton  # noqa: F401
     except ImportError as e:
         pytest.skip(f"triton not installed: {e}")
-    mod = ops._import_kernels()
+    mod = backend._import_kernels()
     assert sys.modules["udd_fast.kernels"] is mod
     assert callable(mod.crop_resize_forward) and callable(mod.diff_augment_backward)
