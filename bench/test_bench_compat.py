@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from common import C, FACTOR, SIZE, sync
 from udd_fast import compat, ops
 from udd_fast.models import ConvNet
 
 IDC_MIRROR = "/work/.mirror/snu-mllab+Efficient-Dataset-Condensation/repo"
-IPC, FACTOR, C, SIZE, BATCH_REAL, BATCH_NET = 10, 2, 3, 32, 64, 64
+IPC, BATCH_REAL, BATCH_NET = 10, 64, 64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["idc", "compat"]
 
@@ -44,15 +45,10 @@ def _impl(idc, impl):
     return idc.DiffAug, (lambda img, target, factor: idc.decode_zoom(synth, img, target, factor)), idc.matchloss
 
 
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def _run(benchmark, impl, group, fn, rounds=20):
     def timed():
         out = fn()
-        _sync()
+        sync(DEVICE)
         return out
 
     benchmark.group = group
