@@ -20,11 +20,12 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import C, FACTOR, SIZE, sync  # noqa: E402
 from idc_code import load_idc_functions, make_idc_synth, require_idc_src  # noqa: E402
 from udd_fast import compat, ops  # noqa: E402
 from udd_fast.models import ConvNet  # noqa: E402
 
-IPC, FACTOR, C, SIZE, BATCH_REAL, BATCH_NET = 10, 2, 3, 32, 64, 64
+IPC, BATCH_REAL, BATCH_NET = 10, 64, 64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["idc", "compat"]
 
@@ -42,15 +43,10 @@ def _impl(idc, impl):
     return idc.DiffAug, (lambda img, target, factor: idc.decode_zoom(synth, img, target, factor)), idc.matchloss
 
 
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
 def _run(benchmark, impl, group, fn, rounds=20):
     def timed():
         out = fn()
-        _sync()
+        sync(DEVICE)
         return out
 
     benchmark.group = group

@@ -11,15 +11,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import close_at_run_scale, run_scale
-from udd_fast.cfc import cfc_loss_ref, prototypes_ref
+from udd_fast.cfc import prototypes_ref
 from udd_fast.config import build_config
-from udd_fast.decode import crop_resize_ref, decode_plan
+from udd_fast.decode import decode_plan
 from udd_fast.distill import main as distill_main
 from udd_fast.engine import Distiller
 from udd_fast.evaluate import main as evaluate_main
 from udd_fast.proxy import load_or_train_proxy, new_proxy
-from udd_fast.regions import (RegionSearch, response_map_ref, usage_entropy_ref, window_grid,
-                              window_pixel_masks, window_scores_ref)
+from udd_fast.ops.cfc_loss import cfc_loss_ref
+from udd_fast.ops.crop_resize import crop_resize_ref
+from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref
+from udd_fast.regions import RegionSearch, window_grid, window_pixel_masks
 
 
 class LinearProxy(nn.Module):
