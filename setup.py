@@ -18,7 +18,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-version = re.search(r'__version__ = "([^"]+)"', Path("udd_fast/__init__.py").read_text()).group(1)
+version = re.search(r'__version__ = "([^"]+)"', Path("udd_fast/version.py").read_text()).group(1)
 REPORT = "_build_report.json"  # in the installed udd_fast package; read by udd_fast.ops
 # csrc/: one file per op and device, and each extension's bindings.
 OPS = ("crop_resize", "diff_augment", "response_map", "region_mask", "cfc_loss")

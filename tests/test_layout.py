@@ -13,9 +13,6 @@ FORBIDDEN = [
     ("udd_fast.checkpoint", "udd_fast.proxy", "the data fingerprint belongs to the data (udd_fast.data)"),
     ("udd_fast.compat", "udd_fast.engine", "the drop-in needs the matching distance (udd_fast.matching), not the loop"),
 ]
-# Known cycles, each removed by a change under way. ops <-> regions: the ops' references move out of
-# regions.py into udd_fast/ops/ (issue 14, point 1), which ends this cycle; delete the entry then.
-KNOWN_CYCLES = [{"udd_fast.ops", "udd_fast.regions"}]
 
 
 def _module_name(path: Path) -> str:
@@ -105,8 +102,8 @@ def test_the_graph_sees_every_kind_of_import():
 
 
 def test_no_import_cycles():
-    unknown = [c for c in cycles(import_graph()) if set(c) not in KNOWN_CYCLES]
-    assert not unknown, "import cycles: " + "; ".join(" <-> ".join(c) for c in unknown)
+    found = cycles(import_graph())
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
 def test_layering_rules():

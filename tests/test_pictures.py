@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from udd_fast import pictures
-from udd_fast.evaluate import decode_all
+from udd_fast.decode import decode_all
 from udd_fast.report import report_html
 
 

@@ -4,7 +4,7 @@ The Python API (udd_fast.api): `distill_dataset(...)` returns a `Result`; `evalu
 evaluates a Result or a saved run. Imported on first use, so `import udd_fast` stays light.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _API = ("distill_dataset", "evaluate_distilled", "Result")
 __all__ = [*_API, "__version__"]

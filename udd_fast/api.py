@@ -13,16 +13,14 @@ Settings are the command line's options as keyword arguments (`--eval-epochs 10`
 `eval_epochs=10`, on/off options take True/False); errors are exceptions (UsageError, DataError,
 ArtifactError) with the command line's messages.
 """
-import dataclasses
-import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
-from .artifacts import ArtifactError, load_distilled
-from .data import ArrayDataset, DataError, RealData, from_arrays, load_dataset
+from .artifacts import ArtifactError
+from .data import DataError, from_arrays
 from .distributed import Comm
+from .evaluate import evaluate_distilled
 from .pipeline import (Request, UsageError, check_settings, dataset_arg, execute, option_defaults, option_settings,
                        prepare)
 from .result import Result
@@ -62,65 +60,6 @@ def distill_dataset(data, labels=None, *, test_images=None, test_labels=None, cl
         where = Path(out).absolute() if out is not None else Path(tmp) / "run"
         req = Request(dataset, where, values, data_dir, download=download, force=force, progress=progress)
         return execute(prepare(req, Comm()))
-
-
-def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=None, runs=None, epochs=None,
-                       seed=None, region_views=None, device="cpu", progress=True, allow_data_mismatch=False,
-                       allow_incomplete=False) -> dict:
-    """Evaluate a distilled set with IDC's protocol; returns the results (accuracy per run, mean, std,
-    ...; "warnings" lists what was allowed).
-
-    source: a Result, a run directory holding distilled.pt, or the file itself.
-    data: the data to test on (a dataset name, an .npz or folder path, or an ArrayDataset from
-      udd_fast.data.from_arrays); default: the set's own, read from `data_dir` (default: the run's).
-    arch, runs, epochs, seed, region_views: default the run's own settings.
-    """
-    from .evaluate import check_run_dir, check_same_data, evaluate_set, saved_regions
-
-    for name, v in (("runs", runs), ("epochs", epochs)):
-        if v is not None and v < 1:
-            raise UsageError(f"{name} must be >= 1 (got {v})")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} was asked for, but this torch build sees no CUDA device")
-    warnings = []
-    if isinstance(source, Result):
-        saved = {"images": source.images, "labels": source.labels, "factor": source.factor,
-                 "dataset": source.info.name, "config": source.config, "data": source.facts,
-                 "data_dir": source.data_dir, "region_src": None, "boxes": None,
-                 "dataset_info": {"num_classes": source.info.num_classes, "class_names": list(source.class_names)}}
-        if source.regions is not None:
-            saved["region_src"], saved["boxes"] = source.regions
-        where = f"the Result of {source.info.name}"
-    else:
-        saved = load_distilled(source)
-        check_run_dir(Path(source), allow_incomplete, warnings)
-        where = str(source)
-    cfg = saved["config"]
-    runs = cfg.eval.eval_runs if runs is None else runs
-    if runs < 1:
-        raise UsageError(f"the run's config asks for {runs} evaluation runs: pass runs=N (--eval-runs N on the "
-                         f"command line), N >= 1")
-    regions = saved_regions(saved, cfg, None if region_views is None else ("on" if region_views else "off"))
-    if isinstance(data, ArrayDataset):
-        ds = data
-    else:
-        name = data if data is not None else saved["dataset"]
-        if name == "arrays":
-            raise UsageError(f"{where} was distilled from images in memory: pass them as data "
-                             f"(udd_fast.data.from_arrays(images, labels, test_images, test_labels))")
-        if name.startswith(("npz:", "folder:")):
-            name = name.split(":", 1)[1]
-        ds = load_dataset(name, data_dir if data_dir is not None else saved.get("data_dir"), download=download)
-    real = RealData(ds, device)
-    check_same_data(saved, real, where, allow_data_mismatch, warnings)
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    ev = dataclasses.replace(cfg.eval, eval_arch=arch or cfg.eval.eval_arch, eval_runs=runs,
-                             eval_epochs=cfg.eval.eval_epochs if epochs is None else epochs)
-    res = evaluate_set(saved["images"], saved["labels"], saved["factor"], real, ev,
-                       cfg.run.seed if seed is None else seed, progress, regions)
-    res["warnings"] = warnings
-    return res
 
 
 __all__ = ["distill_dataset", "evaluate_distilled", "Result", "ArtifactError", "DataError", "UsageError"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 
 INCOMPLETE = "INCOMPLETE"
 # the files a run writes into its directory (plus eval_<arch>.json from `evaluate`)

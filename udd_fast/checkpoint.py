@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .artifacts import ArtifactError, write_torch
 from .config import config_from_dict
 from .data import data_mismatch

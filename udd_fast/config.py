@@ -43,6 +43,10 @@ PRESET = "overrides of the preset"
 UDD = "UDD (with --method udd)"  # the options of this section need --method udd
 
 
+class UsageError(ValueError):
+    """An impossible combination of settings (flags on the command line, keywords in the API)."""
+
+
 def _device_problem(value):
     return None if value == "cpu" or value.startswith("cuda") else "must be cpu or cuda[:N]"
 

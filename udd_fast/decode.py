@@ -3,12 +3,15 @@
 Stored images S hold k x k tiles each; decoding cuts the tiles (after padding right/bottom with 0.5
 to a multiple of k) and upsamples each bilinearly to the full size. Decode and UDD's region views
 are both `ops.crop_resize` (section 3) with integer boxes in stored coordinates: `decode_plan` gives
-the decode's.
+the decode's, `decode_all` applies it, `training_set` adds the region views: what an evaluation
+trains on.
 """
 import math
 
 import torch
 import torch.nn.functional as F
+
+from . import ops
 
 
 def factor_problem(size: int, factor: int):
@@ -58,3 +61,24 @@ def mix_init(real: torch.Tensor, ipc: int, factor: int) -> torch.Tensor:
             t += 1
         y += hr
     return out
+
+
+def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
+    """Every stored image decoded into its factor^2 formations (labels repeated)."""
+    if factor <= 1:
+        return images, labels
+    src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device)
+    return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
+
+
+def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, regions=None):
+    """What an evaluation trains on, in [0,1]: the formations of every stored image, plus UDD's region
+    views when `regions` = (source index [M], box [M, 4]) is given."""
+    images = images.float().clamp(0, 1)
+    labels = labels.long()
+    x, y = decode_all(images, labels, factor)
+    if regions is not None:
+        src, boxes = (t.to(images.device).long() for t in regions)
+        x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
+        y = torch.cat([y, labels[src]])
+    return x, y

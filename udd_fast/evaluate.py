@@ -10,6 +10,7 @@ without cutout whenever CutMix is on (IDC's `remove_aug(args.dsa_strategy, 'cuto
 default `--mixup cut`); cutout stays only where CutMix is off (SVHN at factor 1 and IPC 1).
 """
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -20,34 +21,15 @@ import torch
 from tqdm import tqdm
 
 from . import rng
+from .artifacts import load_distilled
 from .augment import Strategy
-from .config import EvalConfig
-from .decode import decode_plan
+from .config import EvalConfig, UsageError
+from .data import ArrayDataset, RealData, load_dataset
+from .decode import training_set
 from .models import ARCHS, make_model
+from .result import Result
 from .sampling import EpochBatches
 from .train import accuracy, fit, normalize
-from . import ops
-
-
-def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
-    """Every stored image decoded into its factor^2 formations (labels repeated)."""
-    if factor <= 1:
-        return images, labels
-    src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device)
-    return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
-
-
-def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, regions=None):
-    """What an evaluation trains on, in [0,1]: the formations of every stored image, plus UDD's region
-    views when `regions` = (source index [M], box [M, 4]) is given."""
-    images = images.float().clamp(0, 1)
-    labels = labels.long()
-    x, y = decode_all(images, labels, factor)
-    if regions is not None:
-        src, boxes = (t.to(images.device).long() for t in regions)
-        x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
-        y = torch.cat([y, labels[src]])
-    return x, y
 
 
 def test_count(data, test_limit: int) -> int:
@@ -116,6 +98,63 @@ def evaluate_set(images, labels, factor: int, data, ev: EvalConfig, seed: int = 
         "augmentation": str(Strategy.parse(ev.eval_aug)), "cutmix": bool(ev.eval_cutmix),
         "region_views": regions is not None,
     }
+
+
+def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=None, runs=None, epochs=None,
+                       seed=None, region_views=None, device="cpu", progress=True, allow_data_mismatch=False,
+                       allow_incomplete=False) -> dict:
+    """Evaluate a distilled set with IDC's protocol; returns the results (accuracy per run, mean, std,
+    ...; "warnings" lists what was allowed).
+
+    source: a Result, a run directory holding distilled.pt, or the file itself.
+    data: the data to test on (a dataset name, an .npz or folder path, or an ArrayDataset from
+      udd_fast.data.from_arrays); default: the set's own, read from `data_dir` (default: the run's).
+    arch, runs, epochs, seed, region_views: default the run's own settings.
+    """
+    for name, v in (("runs", runs), ("epochs", epochs)):
+        if v is not None and v < 1:
+            raise UsageError(f"{name} must be >= 1 (got {v})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} was asked for, but this torch build sees no CUDA device")
+    warnings = []
+    if isinstance(source, Result):
+        saved = {"images": source.images, "labels": source.labels, "factor": source.factor,
+                 "dataset": source.info.name, "config": source.config, "data": source.facts,
+                 "data_dir": source.data_dir, "region_src": None, "boxes": None,
+                 "dataset_info": {"num_classes": source.info.num_classes, "class_names": list(source.class_names)}}
+        if source.regions is not None:
+            saved["region_src"], saved["boxes"] = source.regions
+        where = f"the Result of {source.info.name}"
+    else:
+        saved = load_distilled(source)
+        check_run_dir(Path(source), allow_incomplete, warnings)
+        where = str(source)
+    cfg = saved["config"]
+    runs = cfg.eval.eval_runs if runs is None else runs
+    if runs < 1:
+        raise UsageError(f"the run's config asks for {runs} evaluation runs: pass runs=N (--eval-runs N on the "
+                         f"command line), N >= 1")
+    regions = saved_regions(saved, cfg, None if region_views is None else ("on" if region_views else "off"))
+    if isinstance(data, ArrayDataset):
+        ds = data
+    else:
+        name = data if data is not None else saved["dataset"]
+        if name == "arrays":
+            raise UsageError(f"{where} was distilled from images in memory: pass them as data "
+                             f"(udd_fast.data.from_arrays(images, labels, test_images, test_labels))")
+        if name.startswith(("npz:", "folder:")):
+            name = name.split(":", 1)[1]
+        ds = load_dataset(name, data_dir if data_dir is not None else saved.get("data_dir"), download=download)
+    real = RealData(ds, device)
+    check_same_data(saved, real, where, allow_data_mismatch, warnings)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    ev = dataclasses.replace(cfg.eval, eval_arch=arch or cfg.eval.eval_arch, eval_runs=runs,
+                             eval_epochs=cfg.eval.eval_epochs if epochs is None else epochs)
+    res = evaluate_set(saved["images"], saved["labels"], saved["factor"], real, ev,
+                       cfg.run.seed if seed is None else seed, progress, regions)
+    res["warnings"] = warnings
+    return res
 
 
 def _parser():
@@ -190,7 +229,6 @@ def check_same_data(saved, data, path, allow: bool, warnings: list):
 
 
 def main(argv=None):
-    from .api import UsageError, evaluate_distilled
     from .artifacts import ArtifactError, WriteError, write_json
     from .data import DataError
 

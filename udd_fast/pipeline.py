@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, distributed, rng
+from . import distributed, rng
 from .artifacts import (INCOMPLETE, ArtifactError, WriteError, check_out_dir, claim_run_dir, mark_complete,
                         write_error_message)
 from .checkpoint import CheckpointError, check_data, load_checkpoint, save_checkpoint
-from .config import PRESETS, UDD, Config, build_config, setting_problem, settings
+from .config import PRESETS, UDD, Config, UsageError, build_config, setting_problem, settings
 from .data import (ArrayDataset, DataError, RealData, canonical_name, data_facts, load_dataset, resolve_data_dir,
                    user_data_path)
 from .decode import factor_problem
@@ -44,11 +44,8 @@ from .evaluate import evaluate_set, test_count
 from .proxy import load_or_train_proxy
 from .regions import window_grid
 from .result import Result, write_outcome, write_set
+from .version import __version__
 from .train import accuracy
-
-
-class UsageError(ValueError):
-    """An impossible combination of flags."""
 
 
 class Interrupted(KeyboardInterrupt):

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, rng
+from . import rng
+from .version import __version__
 from .artifacts import WriteError, write_torch
 from .augment import Strategy
 from .data import data_fingerprint

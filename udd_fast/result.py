@@ -18,6 +18,7 @@ import torch
 from .artifacts import (ArtifactError, check_out_dir, claim_run_dir, load_distilled, mark_complete, save_distilled,
                         write_bytes, write_json, write_text)
 from .config import Config
+from .decode import training_set
 
 
 @dataclass
@@ -46,8 +47,6 @@ class Result:
     def training_set(self, region_views: bool = None):
         """(images [M,C,H,W] in [0,1], labels [M]): what an evaluation trains on, the formations of every
         stored image plus, with region views (default: the run's setting), UDD's region views."""
-        from .evaluate import training_set
-
         views = self.config.eval.eval_region_views if region_views is None else region_views
         return training_set(self.images, self.labels, self.factor, self.regions if views else None)
 
