@@ -100,6 +100,10 @@ def write_text(path, text: str):
     _write(path, text.encode())
 
 
+def write_bytes(path, data: bytes):
+    _write(path, data)
+
+
 # -- run directories ------------------------------------------------------------------------------
 
 def run_files(path) -> list:
