@@ -178,7 +178,7 @@ def mark_complete(path):
 # -- the distilled set -----------------------------------------------------------------------------
 
 def write_bytes(path, data: bytes):
-    """A file of given bytes (a picture), written atomically."""
+    """A file of given bytes (a picture, an export), written atomically."""
     _write(path, data)
 
 
