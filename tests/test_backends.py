@@ -2,7 +2,6 @@
 backends, import failures reported once, the Triton kernels importable as udd_fast.kernels, every
 backend on diff_augment's one parameter layout, and (in CI) every backend that should be live here
 is."""
-import json
 import math
 import os
 import re

@@ -25,7 +25,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from test_data import cifar_batch, dump, idx_bytes, write_tiny_cifar10, write_tiny_mnist
+from test_data import cifar_batch, dump, write_tiny_cifar10, write_tiny_mnist
 from udd_fast import artifacts
 from udd_fast import data as data_mod
 from udd_fast.data import cifar, download, user

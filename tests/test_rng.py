@@ -7,7 +7,6 @@ so they are deterministic.
 import math
 import zlib
 
-import numpy as np
 import pytest
 import torch
 
