@@ -57,7 +57,8 @@ def straight(request, real_data_dir, tmp_path_factory):
 def test_two_plus_two_equals_four(straight, tmp_path):
     method, device, flags, want = straight
     out = tmp_path / "run"
-    assert distill_main([*flags, "--iterations", "2", "--out", str(out)]) == 0
+    # --eval-every 2 (kept by the resumed part): short evaluations leave the images as they are
+    assert distill_main([*flags, "--iterations", "2", "--eval-every", "2", "--out", str(out)]) == 0
     assert load_checkpoint(out)["state"]["outer_done"] == 2
     first = _images(out)
     assert distill_main(["--resume", str(out), "--iterations", "4", "--data-dir", flags[flags.index("--data-dir") + 1],
@@ -69,6 +70,7 @@ def test_two_plus_two_equals_four(straight, tmp_path):
     # the curves cover the whole run, the resumed part included (the checkpoint carries them)
     want_h, got_h = HISTORY[(method, device)], summary["history"]
     assert [p[0] for p in got_h["loss"]] == [1, 2, 3, 4] and got_h.keys() == want_h.keys()
+    assert [p[0] for p in got_h["accuracy"]] == [2, 4] and not want_h["accuracy"]
     assert np.allclose([p[1] for p in got_h["loss"]], [p[1] for p in want_h["loss"]], rtol=1e-4)
     if method == "udd":
         assert [p[0] for p in got_h["mue"]] == [0, 1, 2, 3, 4]
