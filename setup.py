@@ -18,8 +18,12 @@ from pathlib import Path
 
 from setuptools import setup
 
-version = re.search(r'__version__ = "([^"]+)"', Path("udd_fast/__init__.py").read_text()).group(1)
+version = re.search(r'__version__ = "([^"]+)"', Path("udd_fast/version.py").read_text()).group(1)
 REPORT = "_build_report.json"  # in the installed udd_fast package; read by udd_fast.ops
+# csrc/: one file per op and device, and each extension's bindings.
+OPS = ("crop_resize", "diff_augment", "response_map", "region_mask", "cfc_loss")
+CPU_SOURCES = [f"csrc/{op}_cpu.cpp" for op in OPS] + ["csrc/bindings_cpu.cpp"]
+CUDA_SOURCES = [f"csrc/{op}_cuda.cu" for op in OPS] + ["csrc/bindings_cuda.cpp"]
 # Ampere and Hopper machine code, plus Hopper PTX that newer GPUs compile at load time.
 DEFAULT_GENCODE = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
                    "-gencode=arch=compute_90,code=compute_90"]
@@ -83,7 +87,7 @@ def _extensions():
         skipped["udd_fast._C"] = "UDD_FAST_NO_CPP is set"
     else:
         # always tried (a missing compiler is one more reason the build reports), so the report exists
-        exts.append(CppExtension("udd_fast._C", ["csrc/ops_cpu.cpp"], extra_compile_args={"cxx": cxx + ["-fopenmp"]},
+        exts.append(CppExtension("udd_fast._C", CPU_SOURCES, extra_compile_args={"cxx": cxx + ["-fopenmp"]},
                                  extra_link_args=["-fopenmp"]))
     nvcc = CUDA_HOME is not None and Path(CUDA_HOME, "bin", "nvcc").exists()
     if _flag("UDD_FAST_NO_CUDA"):
@@ -97,7 +101,7 @@ def _extensions():
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
             nvcc_flags += DEFAULT_GENCODE  # else torch asks the visible GPU, and fails without one
         try:
-            exts.append(CUDAExtension("udd_fast._C_cuda", ["csrc/ops_cuda.cu"],
+            exts.append(CUDAExtension("udd_fast._C_cuda", CUDA_SOURCES,
                                       extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags}))
         except Exception as e:  # torch refusing the CUDA setup (paths, versions)
             skipped["udd_fast._C_cuda"] = f"torch's CUDA setup failed: {type(e).__name__}: {e}"
@@ -118,14 +122,14 @@ setup(
     description="Fast, checkable dataset distillation: IDC multi-formation gradient matching and UDD",
     long_description=Path("README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=["udd_fast", "udd_fast.kernels"],
+    packages=["udd_fast", "udd_fast.ops", "udd_fast.kernels"],
     package_dir={"udd_fast.kernels": "kernels"},
     package_data={"udd_fast": [REPORT]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     python_requires=">=3.10",
     # torch unpinned on purpose: an installed build (CPU or the user's CUDA one) satisfies it.
-    install_requires=["torch", "numpy>=2", "tqdm", "pillow", "scipy"],
+    install_requires=["torch", "numpy>=2", "tqdm", "pillow", "scipy", "matplotlib"],
     # Triton unpinned and optional: a CUDA torch brings the Triton it was built with.
     extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
 )

@@ -11,11 +11,11 @@ Each launch is then specialized by Triton's own binder for a CUDA target (pointe
 integers divisible by 16 or equal to 1, as the JIT does) and compiled with triton.compile
 (bundled ptxas). The tables below enumerate dtypes x channels x strategies x classes x sizes.
 
-CUDA: csrc/ops_cuda.cu compiled by nvcc for sm_80 and sm_90 with -Xptxas -v; the default is
--DUDD_FAST_KERNELS_ONLY (every kernel template instantiated for every dtype, without the torch
-bindings, seconds), --cuda-full the whole extension translation unit against torch's headers
-(minutes; a CPU-only torch lacks one generated header, c10/cuda/impl/cuda_cmake_macros.h, which is
-written into a temporary include folder).
+CUDA: csrc/*_cuda.cu (one file per op) compiled by nvcc for sm_80 and sm_90 with -Xptxas -v; the
+default is -DUDD_FAST_KERNELS_ONLY (every kernel template instantiated for every dtype, without the
+torch bindings, seconds), --cuda-full every file of the extension, bindings_cuda.cpp included,
+against torch's headers (minutes; a CPU-only torch lacks one generated header,
+c10/cuda/impl/cuda_cmake_macros.h, which is written into a temporary include folder).
 """
 import argparse
 import contextlib
@@ -207,17 +207,18 @@ def _record_launches(full, only=None):
     import triton.runtime.jit as jit
 
     from udd_fast import ops
+    from udd_fast.ops import backend
 
-    kernels = ops._import_kernels()
+    kernels = backend._import_kernels()
     assert isinstance(kernels.cfc_loss._cfc_fwd, jit.JITFunction), "Triton kernels were loaded interpreted"
     launches, current = [], []
 
     def record(self, *args, grid, warmup, **kwargs):
         launches.append((*current, self, args, dict(kwargs)))
 
-    saved_run, saved_interp = jit.JITFunction.run, ops._interpreting
+    saved_run, saved_interp = jit.JITFunction.run, backend._interpreting
     jit.JITFunction.run = record
-    ops._interpreting = lambda: True  # let the triton backend take CPU tensors (nothing runs)
+    backend._interpreting = lambda: True  # let the triton backend take CPU tensors (nothing runs)
     try:
         with ops.use_backend("triton"):
             for op, (cases, run) in OPS_TABLES.items():
@@ -227,7 +228,7 @@ def _record_launches(full, only=None):
                     current[:] = [op, label]
                     run(**kw)
     finally:
-        jit.JITFunction.run, ops._interpreting = saved_run, saved_interp
+        jit.JITFunction.run, backend._interpreting = saved_run, saved_interp
     return launches
 
 
@@ -354,8 +355,9 @@ def _demangle(names):
 
 
 def _short(name):
-    """'void (anonymous namespace)::cfc_fwd_kernel<c10::Half, float>(...)' -> 'cfc_fwd_kernel<c10::Half, float>'."""
-    name = name.replace("(anonymous namespace)::", "").removeprefix("void ")
+    """'void udd_fast::(anonymous namespace)::cfc_fwd_kernel<c10::Half, float>(...)' ->
+    'cfc_fwd_kernel<c10::Half, float>'."""
+    name = name.replace("udd_fast::", "").replace("(anonymous namespace)::", "").removeprefix("void ")
     depth, out = 0, []
     for ch in name:
         if ch == "(" and depth == 0:
@@ -366,8 +368,13 @@ def _short(name):
     return "".join(out).strip()
 
 
+def cuda_sources(full_tu=False):
+    """The CUDA extension's files nvcc compiles: each op's kernels, and with full_tu its bindings."""
+    return sorted((REPO / "csrc").glob("*_cuda.cu")) + ([REPO / "csrc" / "bindings_cuda.cpp"] if full_tu else [])
+
+
 def compile_cuda(full_tu=False, archs=ARCHS, log=print):
-    """nvcc csrc/ops_cuda.cu for every arch in one call; one result per (kernel, arch), plus the
+    """nvcc csrc/*_cuda.cu for every arch in one call; one result per (kernel, arch), plus the
     command and its wall time. Raises FileNotFoundError without nvcc."""
     nvcc = nvcc_path()
     if nvcc is None:
@@ -378,16 +385,16 @@ def compile_cuda(full_tu=False, archs=ARCHS, log=print):
         import torch.utils.cpp_extension as ce
 
         # the flags torch's CUDAExtension and setup.py pass, plus -Xptxas -v for the report
-        cmd = [nvcc, "-c", str(REPO / "csrc" / "ops_cuda.cu"), "-o", str(Path(tmp, "ops_cuda.o")), "-std=c++20",
-               *ce.COMMON_NVCC_FLAGS, "-O3", "-lineinfo", "-Xptxas", "-v", *gencode,
-               *[f"-I{d}" for d in _torch_includes(tmp)]]
+        sources = [str(f) for f in cuda_sources(full_tu)]
+        cmd = [nvcc, "-c", *sources, "-odir", tmp, "-std=c++20", *ce.COMMON_NVCC_FLAGS, "-O3", "-lineinfo",
+               "-Xptxas", "-v", *gencode, *[f"-I{d}" for d in _torch_includes(tmp)]]
         cmd += ["-DTORCH_EXTENSION_NAME=_C_cuda"] if full_tu else ["-DUDD_FAST_KERNELS_ONLY"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     text = proc.stdout + proc.stderr
-    shown = " ".join("nvcc" if c == nvcc else "csrc/ops_cuda.cu" if c.endswith("ops_cuda.cu") else
-                     "ops_cuda.o" if c.endswith("ops_cuda.o") else c for c in cmd if not c.startswith("-I"))
+    shown = " ".join("nvcc" if c == nvcc else "<tmp>" if c == tmp else
+                     str(Path(c).relative_to(REPO)) if c in sources else c for c in cmd if not c.startswith("-I"))
     shown += " -I<torch's include folders>"
     if proc.returncode != 0:
         errors = "\n".join(line for line in text.splitlines() if "error" in line)[:4000]

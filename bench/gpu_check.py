@@ -23,11 +23,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from udd_fast import ops  # noqa: E402
-from udd_fast.augment import Strategy, diff_augment_ref, sample_params  # noqa: E402
-from udd_fast.cfc import cfc_loss_ref  # noqa: E402
-from udd_fast.decode import crop_resize_ref, decode_plan  # noqa: E402
-from udd_fast.regions import (region_mask_ref, response_map_ref, usage_entropy_ref, window_grid,  # noqa: E402
-                              window_pixel_masks, window_scores_ref)
+from udd_fast.augment import Strategy, sample_params  # noqa: E402
+from udd_fast.decode import decode_plan  # noqa: E402
+from udd_fast.ops.cfc_loss import cfc_loss_ref  # noqa: E402
+from udd_fast.ops.crop_resize import crop_resize_ref  # noqa: E402
+from udd_fast.ops.diff_augment import diff_augment_ref  # noqa: E402
+from udd_fast.ops.region_mask import region_mask_ref  # noqa: E402
+from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref  # noqa: E402
+from udd_fast.regions import window_grid, window_pixel_masks  # noqa: E402
 
 C, FACTOR = 3, 2
 CH, FH, D, DRAWS = 128, 4, 2048, 4  # proxy feature map 128x4x4, matching features 2048-d, 4 jitter draws
@@ -307,7 +310,7 @@ def backends_for(dev):
     """torch plus the live fast backends that run on this device."""
     live = ops.available_backends(reasons=True)
     fast = ("triton", "cuda") if torch.device(dev).type == "cuda" else ("cpp", "triton")
-    return ["torch"] + [b for b in fast if live[b][0] and ops._why_not(b, torch.device(dev)) is None], live
+    return ["torch"] + [b for b in fast if live[b][0] and ops.why_unavailable(b, torch.device(dev)) is None], live
 
 
 def main(argv=None):

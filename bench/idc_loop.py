@@ -21,7 +21,6 @@ import contextlib
 import functools
 import os
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -31,17 +30,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from idc_code import idc_source  # noqa: E402  (reads a file of IDC's checkout or git directory)
+
 CIFAR = dict(dataset="cifar10", nclass=10, nch=3, size=32)
-
-
-def idc_source(root: Path, relpath: str) -> str:
-    """relpath read from a checkout, or from HEAD of a git directory without a work tree."""
-    if (root / relpath).is_file():
-        return (root / relpath).read_text()
-    out = subprocess.run(["git", "--git-dir", str(root), "show", f"HEAD:{relpath}"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise FileNotFoundError(f"{relpath} not found in {root}: {out.stderr.strip()}")
-    return out.stdout
 
 
 def _module(name, source, filename, env=None):

@@ -51,13 +51,13 @@ def time_inner(data, ipc, form, precision, device, inner, **over):
                        **over)
     d = Distiller(cfg, data)
     net = d.new_network(0)
-    opt = make_sgd(net, cfg.lr_net, cfg.mom_net, cfg.wd_net)
+    opt = make_sgd(net, cfg.net.lr_net, cfg.net.mom_net, cfg.net.wd_net)
     d.boundary(0)
     match, update = [], []
     for i in range(inner + 1):  # the first is a warm-up
         _sync(device)
         t0 = time.perf_counter()
-        d.match(net, 0, i % cfg.inner_loop)
+        d.match(net, 0, i % cfg.match.inner_loop)
         _sync(device)
         t1 = time.perf_counter()
         d.network_update(net, opt)

@@ -9,9 +9,9 @@
 - matchloss ('grad', mse, conv weights) + backward to the synthetic images on ConvNet-3 (width 128),
   64 real and 40 synthetic images of one class.
 
-IDC's functions are loaded at run time from IDC's code (env UDD_FAST_IDC_SRC, else the mirror path
-below); those cases skip when it is absent. compat runs on udd_fast.ops' current backend."""
-import os
+IDC's functions are loaded at run time from IDC's code (env UDD_FAST_IDC_SRC, by tests/idc_code.py);
+those cases skip, naming the variable, when it is absent. compat runs on udd_fast.ops' current backend."""
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -19,40 +19,34 @@ from pathlib import Path
 import pytest
 import torch
 
-from udd_fast import compat, ops
-from udd_fast.models import ConvNet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from common import C, FACTOR, SIZE, sync  # noqa: E402
+from idc_code import load_idc_functions, make_idc_synth, require_idc_src  # noqa: E402
+from udd_fast import compat, ops  # noqa: E402
+from udd_fast.models import ConvNet  # noqa: E402
 
-IDC_MIRROR = "/work/.mirror/snu-mllab+Efficient-Dataset-Condensation/repo"
-IPC, FACTOR, C, SIZE, BATCH_REAL, BATCH_NET = 10, 2, 3, 32, 64, 64
+IPC, BATCH_REAL, BATCH_NET = 10, 64, 64
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 IMPLS = ["idc", "compat"]
 
 
 @pytest.fixture(scope="module")
 def idc():
-    src = os.environ.get("UDD_FAST_IDC_SRC", IDC_MIRROR)
-    if not Path(src).exists():
-        pytest.skip(f"IDC's code not found at {src}: set UDD_FAST_IDC_SRC to an IDC checkout or git dir")
-    return compat.load_idc_functions(src)
+    return load_idc_functions(require_idc_src())
 
 
 def _impl(idc, impl):
     """The functions of one side: IDC's or compat's, with the same call shapes."""
     if impl == "compat":
         return compat.DiffAug, compat.decode_zoom, compat.matchloss
-    synth = compat.make_idc_synth((SIZE, SIZE))
+    synth = make_idc_synth((SIZE, SIZE))
     return idc.DiffAug, (lambda img, target, factor: idc.decode_zoom(synth, img, target, factor)), idc.matchloss
-
-
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def _run(benchmark, impl, group, fn, rounds=20):
     def timed():
         out = fn()
-        _sync()
+        sync(DEVICE)
         return out
 
     benchmark.group = group

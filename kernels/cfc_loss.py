@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .utils import acc_types
+
 BLOCK_D = 64
 MAX_BLOCK_K = 16  # classes per step
 # One warp per row: its reductions need no barrier inside the loops. With 32 classes per step, or 2
@@ -111,16 +113,12 @@ def _cfc_bwd(g_ptr, f_ptr, lab_ptr, mu_ptr, s_ptr, lse_ptr, den_ptr, gf_ptr, c_p
         tl.store(gf_ptr + i * D + d, ((dz - (f * rden) * proj) * rden).to(gf_ptr.dtype.element_ty), mask=d < D)
 
 
-def _acc(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def cfc_loss_forward(features, labels, protos, tau):
     """features [n,D]; labels [n] int64; protos [K,D] (features' dtype) -> (loss [n], logits [n,K],
     lse [n], denominators [n]), all float32 (float64 for double)."""
     n, dim = features.shape
     kk = protos.shape[0]
-    acc_t, acc_tl = _acc(features.dtype)
+    acc_t, acc_tl = acc_types(features.dtype)
     loss, lse, den = (torch.empty(n, dtype=acc_t, device=features.device) for _ in range(3))
     s = torch.empty(n, kk, dtype=acc_t, device=features.device)
     if n:
@@ -133,7 +131,7 @@ def cfc_loss_backward(grad, features, labels, protos, logits, lse, den, tau):
     """grad [n] (per-sample loss gradient, accumulation dtype) -> gradient of the features [n,D]."""
     n, dim = features.shape
     kk = protos.shape[0]
-    acc_t, acc_tl = _acc(features.dtype)
+    acc_t, acc_tl = acc_types(features.dtype)
     gf = torch.empty_like(features)
     if n:
         _cfc_bwd[(n,)](grad, features, labels, protos, logits, lse, den, gf, _consts(tau, acc_t, features.device),

@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .utils import acc_types
+
 BLOCK = 256
 
 
@@ -65,10 +67,6 @@ def _crop_resize_bwd(g_ptr, src_ptr, box_ptr, gimg_ptr, total, C, H, W, OH, OW,
     tl.atomic_add(plane + r1 * W + c1, ly * lx * g, mask=live & (r1 < H) & (c1 < W))
 
 
-def _acc(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def crop_resize_forward(images, src, boxes, oh, ow):
     images, src, boxes = images.contiguous(), src.long().contiguous(), boxes.long().contiguous()
     n, (c, h, w) = src.shape[0], images.shape[1:]
@@ -76,14 +74,14 @@ def crop_resize_forward(images, src, boxes, oh, ow):
     total = out.numel()
     if total:
         _crop_resize_fwd[(triton.cdiv(total, BLOCK),)](images, src, boxes, out, total, c, h, w, oh, ow,
-                                                       ACC=_acc(images.dtype)[1], BLOCK=BLOCK)
+                                                       ACC=acc_types(images.dtype)[1], BLOCK=BLOCK)
     return out
 
 
 def crop_resize_backward(grad_out, src, boxes, num_images, h, w):
     grad_out, src, boxes = grad_out.contiguous(), src.long().contiguous(), boxes.long().contiguous()
     n, c, oh, ow = grad_out.shape
-    acc_t, acc_tl = _acc(grad_out.dtype)
+    acc_t, acc_tl = acc_types(grad_out.dtype)
     gimg = torch.zeros(num_images, c, h, w, dtype=acc_t, device=grad_out.device)
     total = grad_out.numel()
     if total:

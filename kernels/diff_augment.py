@@ -10,29 +10,29 @@ import torch
 import triton
 import triton.language as tl
 
+from udd_fast import augment as aug  # the parameter layout: aug.TX is a column, aug.CROP an op code
+
+from .utils import acc_types
+
 BLOCK = 128
-# Parameter columns, as in udd_fast/augment.py (checked by tests/test_backends.py).
-FLIP, BRIGHT, SAT, CONTRAST, TX, TY, CUT_X, CUT_Y, SCALE_X, SCALE_Y, ROT, OP = range(12)
-NUM_PARAMS = 12
-CROP, SCALE, ROTATE, IDENTITY = 0, 1, 2, -1
 
 
 @triton.jit
 def _position(KIND: tl.constexpr, pb, mask, i, j, H, W, ACC: tl.constexpr):
     """Sampling position (row, col) in the coloured image of output pixel (i, j) under op KIND."""
-    if KIND == 0:  # crop
-        tx = tl.load(pb + 4, mask=mask, other=0).to(tl.int32)
-        ty = tl.load(pb + 5, mask=mask, other=0).to(tl.int32)
+    if KIND == aug.CROP:
+        tx = tl.load(pb + aug.TX, mask=mask, other=0).to(tl.int32)
+        ty = tl.load(pb + aug.TY, mask=mask, other=0).to(tl.int32)
         fy = (i + tx).to(ACC)
         fx = (j + ty).to(ACC)
     else:
         xb = (2 * j + 1).to(ACC) / W - 1
         yb = (2 * i + 1).to(ACC) / H - 1
-        if KIND == 1:  # scale
-            gx = tl.load(pb + 8, mask=mask, other=1).to(ACC) * xb
-            gy = tl.load(pb + 9, mask=mask, other=1).to(ACC) * yb
+        if KIND == aug.SCALE:
+            gx = tl.load(pb + aug.SCALE_X, mask=mask, other=1).to(ACC) * xb
+            gy = tl.load(pb + aug.SCALE_Y, mask=mask, other=1).to(ACC) * yb
         else:  # rotate
-            t = tl.load(pb + 10, mask=mask, other=0).to(ACC)
+            t = tl.load(pb + aug.ROT, mask=mask, other=0).to(ACC)
             co = tl.cos(t)
             si = tl.sin(t)
             gx = co * xb - si * yb
@@ -53,14 +53,14 @@ def _setup(offs, total, p_ptr, idx_ptr, H, W, CUT_H, CUT_W, DO_FLIP: tl.constexp
     i = ((offs // W) % H).to(tl.int32)
     n = offs // (W * H)
     row = tl.load(idx_ptr + n, mask=live, other=0)
-    pb = p_ptr + row * 12
-    flip = tl.load(pb + 0, mask=live, other=0) > 0.5
+    pb = p_ptr + row * aug.NUM_PARAMS
+    flip = tl.load(pb + aug.FLIP, mask=live, other=0) > 0.5
     if not DO_FLIP:  # the FLIP column is drawn for every strategy but used only with 'flip'
         flip = flip & False
     keep = live
     if CUTOUT:
-        r0 = tl.load(pb + 6, mask=live, other=0).to(tl.int32) - CUT_H // 2
-        c0 = tl.load(pb + 7, mask=live, other=0).to(tl.int32) - CUT_W // 2
+        r0 = tl.load(pb + aug.CUT_X, mask=live, other=0).to(tl.int32) - CUT_H // 2
+        c0 = tl.load(pb + aug.CUT_Y, mask=live, other=0).to(tl.int32) - CUT_W // 2
         keep = keep & ~((i >= r0) & (i < r0 + CUT_H) & (j >= c0) & (j < c0 + CUT_W))
     if NOPS == 0:
         fy = i.to(ACC)
@@ -68,7 +68,7 @@ def _setup(offs, total, p_ptr, idx_ptr, H, W, CUT_H, CUT_W, DO_FLIP: tl.constexp
     else:
         fy, fx = _position(OP0, pb, live, i, j, H, W, ACC)
         if NOPS >= 2:
-            op = tl.load(pb + 11, mask=live, other=0).to(tl.int32)
+            op = tl.load(pb + aug.OP, mask=live, other=0).to(tl.int32)
             keep = keep & (op >= 0) & (op < NOPS)  # an out-of-range choice gives zeros, as the reference
             fy1, fx1 = _position(OP1, pb, live, i, j, H, W, ACC)
             fy = tl.where(op == 1, fy1, fy)
@@ -128,9 +128,9 @@ def _diff_augment_fwd(x_ptr, p_ptr, idx_ptr, mean_ptr, out_ptr, total, H, W, CUT
         o10, k10 = _tap(n, y0 + 1, x0, keep, flip, H, W, C)
         o11, k11 = _tap(n, y0 + 1, x0 + 1, keep, flip, H, W, C)
     if COLOR:
-        b = tl.load(pb + 1, mask=live, other=0).to(ACC)
-        sat = tl.load(pb + 2, mask=live, other=0).to(ACC)
-        con = tl.load(pb + 3, mask=live, other=0).to(ACC)
+        b = tl.load(pb + aug.BRIGHT, mask=live, other=0).to(ACC)
+        sat = tl.load(pb + aug.SAT, mask=live, other=0).to(ACC)
+        con = tl.load(pb + aug.CONTRAST, mask=live, other=0).to(ACC)
         mx = tl.load(mean_ptr + n, mask=live, other=0).to(ACC)
         m00 = _channel_mean(x_ptr, o00, k00, HW, C, ACC)
         if BILINEAR:
@@ -197,9 +197,9 @@ def _colour_bwd(g2_ptr, p_ptr, idx_ptr, gsum_ptr, gx_ptr, total, HW, C: tl.const
     live = offs < total
     n = offs // HW
     base = n * (C * HW) + offs % HW
-    pb = p_ptr + tl.load(idx_ptr + n, mask=live, other=0) * 12
-    sat = tl.load(pb + 2, mask=live, other=0).to(ACC)
-    con = tl.load(pb + 3, mask=live, other=0).to(ACC)
+    pb = p_ptr + tl.load(idx_ptr + n, mask=live, other=0) * aug.NUM_PARAMS
+    sat = tl.load(pb + aug.SAT, mask=live, other=0).to(ACC)
+    con = tl.load(pb + aug.CONTRAST, mask=live, other=0).to(ACC)
     gmean = (1 - con) * tl.load(gsum_ptr + n, mask=live, other=0).to(ACC) / (C * HW)
     shared = con * (1 - sat) * _channel_mean(g2_ptr, base, live, HW, C, ACC) + gmean
     for c in tl.static_range(C):
@@ -207,23 +207,19 @@ def _colour_bwd(g2_ptr, p_ptr, idx_ptr, gsum_ptr, gx_ptr, total, HW, C: tl.const
         tl.store(gx_ptr + base + c * HW, (con * sat * g + shared).to(gx_ptr.dtype.element_ty), mask=live)
 
 
-def _acc(dtype):
-    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
-
-
 def _consts(flip, ops, cutout, acc_tl, c):
     nops = len(ops)
-    padded = list(ops) + [CROP] * (3 - nops)
-    return dict(C=c, DO_FLIP=bool(flip), CUTOUT=bool(cutout), BILINEAR=any(o in (SCALE, ROTATE) for o in ops), NOPS=nops,
-                OP0=padded[0], OP1=padded[1], OP2=padded[2], ACC=acc_tl, BLOCK=BLOCK)
+    padded = list(ops) + [aug.CROP] * (3 - nops)
+    return dict(C=c, DO_FLIP=bool(flip), CUTOUT=bool(cutout), BILINEAR=any(o in (aug.SCALE, aug.ROTATE) for o in ops),
+                NOPS=nops, OP0=padded[0], OP1=padded[1], OP2=padded[2], ACC=acc_tl, BLOCK=BLOCK)
 
 
 def diff_augment_forward(x, params, index, mean, flip, color, cutout, ops, cut_h, cut_w):
-    """x [N,C,H,W]; params [G,12] (float32, float64 for double x); index [N] int64 rows; mean [N]
-    per-sample mean of x (read only with color); ops: op codes (0 crop, 1 scale, 2 rotate)."""
+    """x [N,C,H,W]; params [G, aug.NUM_PARAMS] (float32, float64 for double x); index [N] int64 rows;
+    mean [N] per-sample mean of x (read only with color); ops: op codes (aug.CROP, aug.SCALE, aug.ROTATE)."""
     x = x.contiguous()
     n, c, h, w = x.shape
-    acc_t, acc_tl = _acc(x.dtype)
+    acc_t, acc_tl = acc_types(x.dtype)
     out = torch.empty_like(x)
     total = n * h * w
     if total:
@@ -236,7 +232,7 @@ def diff_augment_forward(x, params, index, mean, flip, color, cutout, ops, cut_h
 def diff_augment_backward(grad_out, params, index, flip, color, cutout, ops, cut_h, cut_w):
     grad_out = grad_out.contiguous()
     n, c, h, w = grad_out.shape
-    acc_t, acc_tl = _acc(grad_out.dtype)
+    acc_t, acc_tl = acc_types(grad_out.dtype)
     g2 = torch.zeros(n, c, h, w, dtype=acc_t, device=grad_out.device)
     total = n * h * w
     if total == 0:

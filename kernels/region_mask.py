@@ -4,6 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .utils import acc_types
+
 BLOCK = 1024
 
 
@@ -32,7 +34,7 @@ def region_mask_forward(x, masks, noise, mean, std):
     nw, d = noise.shape[1], noise.shape[2]
     out = torch.empty_like(noise)
     total = out.numel()
-    acc_tl = tl.float64 if x.dtype == torch.float64 else tl.float32
+    acc_tl = acc_types(x.dtype)[1]
     if total:
         _region_mask_fwd[(triton.cdiv(total, BLOCK),)](x, masks, noise, mean, std, out, total, nw, d, c, h * w,
                                                        ACC=acc_tl, BLOCK=BLOCK)

@@ -1,10 +1,12 @@
 """response_map in Triton: one program per sample computes R (the true-class head row times the
 feature map, summed over channels), the window scores (R times the [h*w, NW] window-weight matrix
-udd_fast.ops builds: upsampling and box means are linear in R) and the usage entropy. The channel
+udd_fast/ops/response_map.py builds: upsampling and box means are linear in R) and the usage entropy. The channel
 count is a constexpr: a runtime loop bound fails in Triton's interpreter under NumPy 2."""
 import torch
 import triton
 import triton.language as tl
+
+from .utils import acc_types
 
 BLOCK_C = 16
 
@@ -48,7 +50,7 @@ def response_map_forward(fmap, head, labels, wmat):
     (float64 for double) -> (R [N,h,w], scores [N,NW], ue [N]) in fmap's dtype."""
     n, ch, h, w = fmap.shape
     nw = wmat.shape[1]
-    acc_tl = tl.float64 if fmap.dtype == torch.float64 else tl.float32
+    acc_tl = acc_types(fmap.dtype)[1]
     R = torch.empty(n, h, w, dtype=fmap.dtype, device=fmap.device)
     scores = torch.empty(n, nw, dtype=fmap.dtype, device=fmap.device)
     ue = torch.empty(n, dtype=fmap.dtype, device=fmap.device)

@@ -41,6 +41,7 @@ def require_dataset(data_dir: Path, folder: str):
 def mnist_arrays(real_data_dir):
     from udd_fast.data import load_dataset
 
+    require_dataset(real_data_dir, "MNIST")
     return load_dataset("mnist", real_data_dir, download=False)
 
 

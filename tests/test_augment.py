@@ -1,6 +1,7 @@
-"""Tests for udd_fast.augment: Strategy parsing, keyed parameter sampling, and diff_augment_ref
-against an independent numpy implementation (explicit loops) of IDC's DiffAug as the method text
-describes it: flip -> color (brightness, saturation, contrast) -> one op (crop/scale/rotate) -> cutout.
+"""Tests for udd_fast.augment (Strategy parsing, keyed parameter sampling) and diff_augment_ref
+(ops/diff_augment.py) against an independent numpy implementation (explicit loops) of IDC's DiffAug
+as the method text describes it: flip -> color (brightness, saturation, contrast) -> one op
+(crop/scale/rotate) -> cutout.
 """
 import math
 
@@ -10,7 +11,8 @@ import torch
 
 from udd_fast import augment as A
 from udd_fast import ops, rng
-from udd_fast.augment import Strategy, diff_augment_ref, sample_params
+from udd_fast.augment import Strategy, sample_params
+from udd_fast.ops.diff_augment import diff_augment_ref
 
 COLS = dict(flip=A.FLIP, bright=A.BRIGHT, sat=A.SAT, contrast=A.CONTRAST, tx=A.TX, ty=A.TY, cut_x=A.CUT_X,
             cut_y=A.CUT_Y, scale_x=A.SCALE_X, scale_y=A.SCALE_Y, rot=A.ROT, op=A.OP)

@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_run, require_dataset
-from udd_fast import __version__, data as data_mod
+from conftest import assert_same_run, require_dataset, shared_data_dir
+from test_pictures import check_grid
+from udd_fast import __version__
+from udd_fast.data import download
 from udd_fast.distill import main as distill_main
 from udd_fast.evaluate import main as evaluate_main
 
@@ -44,13 +46,10 @@ def _check_artifacts(out, dataset, ipc, k, channels, size, factor, method="idc",
     assert summary["accuracy_mean"] == pytest.approx(np.mean(runs))
     assert summary["accuracy_std"] == pytest.approx(np.std(runs, ddof=1))
     assert summary["distill_seconds"] > 0 and summary["eval_seconds"] > 0
-    grid = np.array(Image.open(out / "grid.png"))
-    assert grid.shape[0] == k * (size + 2) + 2  # one row per class
-    assert grid.shape[1] == ipc * (size + 2) + 2
-    # the first stored image of class 0 is in the grid, pixel for pixel
-    first = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    cell = grid[2:2 + size, 2:2 + size]
-    assert np.array_equal(cell.reshape(first.shape), first)
+    check_grid(np.array(Image.open(out / "grid.png").convert("RGB")), x, factor, saved["dataset_info"]["class_names"])
+    assert Image.open(out / "curves.png").size[0] > 300
+    assert [p[0] for p in summary["history"]["loss"]] == list(range(1, iterations + 1))
+    assert "<img" in (out / "report.html").read_text()
     log = (out / "log.txt").read_text()
     assert "accuracy" in log and "saved" in log
     assert not list(out.glob(".*.tmp"))
@@ -129,14 +128,8 @@ def test_missing_data_names_the_files(tmp_path, capsys):
 
 def _mnist_copy(tmp_path):
     root = tmp_path / "data"
-    shutil.copytree(data_mod_shared() / "MNIST", root / "MNIST")
+    shutil.copytree(shared_data_dir() / "MNIST", root / "MNIST")
     return root
-
-
-def data_mod_shared():
-    from conftest import shared_data_dir
-
-    return shared_data_dir()
 
 
 def test_truncated_file_is_named(tmp_path, capsys):
@@ -159,7 +152,7 @@ def test_corrupt_file_is_named(tmp_path, capsys):
 def test_md5_mismatch_on_download(tmp_path, capsys, monkeypatch):
     root = _mnist_copy(tmp_path)
     (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
-    monkeypatch.setattr(data_mod, "_urlopen", lambda url, timeout: io.BytesIO(b"not the file"))
+    monkeypatch.setattr(download, "_urlopen", lambda url, timeout: io.BytesIO(b"not the file"))
     out = tmp_path / "run"
     rc = distill_main(["--dataset", "mnist", "--preset", "smoke", "--data-dir", str(root), "--out", str(out),
                        "--no-progress"])
@@ -172,7 +165,7 @@ def test_no_network_names_the_files(tmp_path, capsys, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data_mod, "_urlopen", offline)
+    monkeypatch.setattr(download, "_urlopen", offline)
     out = tmp_path / "run"
     rc = distill_main(["--dataset", "fashionmnist", "--preset", "smoke", "--data-dir", str(tmp_path / "d"),
                        "--out", str(out), "--no-progress"])

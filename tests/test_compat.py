@@ -2,10 +2,9 @@
 
 Two kinds of checks: against reference formulas written from method section 1 (always), and
 against IDC's own functions on the same inputs and the same random draws (only when IDC's code is
-present: env UDD_FAST_IDC_SRC, a checkout or its git dir, else the mirror path below).
+present: env UDD_FAST_IDC_SRC, a checkout or its git dir; tests/idc_code.py loads it).
 """
 import math
-import os
 import types
 import warnings
 from pathlib import Path
@@ -15,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from idc_code import idc_source, load_idc_functions, make_idc_synth, require_idc_src
 from udd_fast import compat, ops
 from udd_fast.models import ConvNet
 
-IDC_MIRROR = "/work/.mirror/snu-mllab+Efficient-Dataset-Condensation/repo"
 BACKENDS = ["torch"] + (["cpp"] if ops.available_backends()["cpp"] else [])
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -39,15 +38,12 @@ def backend(request):
 
 @pytest.fixture(scope="module")
 def idc_src():
-    src = os.environ.get("UDD_FAST_IDC_SRC", IDC_MIRROR)
-    if not Path(src).exists():
-        pytest.skip(f"IDC's code not found at {src}: set UDD_FAST_IDC_SRC to an IDC checkout or git dir")
-    return src
+    return require_idc_src()
 
 
 @pytest.fixture(scope="module")
 def idc(idc_src):
-    return compat.load_idc_functions(idc_src)
+    return load_idc_functions(idc_src)
 
 
 def _seed(s):
@@ -242,7 +238,7 @@ def test_diffaug_unsupported():
 def test_decode_zoom_matches_idc(idc, backend, size, channels, factor):
     img = torch.rand(4, channels, size, size, generator=torch.Generator().manual_seed(factor))
     target = torch.tensor([1, 1, 2, 2])
-    synth = compat.make_idc_synth((size, size))
+    synth = make_idc_synth((size, size))
     out, grad = _fwd_bwd(lambda x: compat.decode_zoom(x, target, factor)[0], img)
     ref, ref_grad = _fwd_bwd(lambda x: idc.decode_zoom(synth, x, target, factor)[0], img)
     torch.testing.assert_close(out, ref, **TOL)
@@ -320,8 +316,8 @@ def test_load_idc_from_checkout(idc_src, tmp_path):
     """A work-tree checkout loads as well as a git dir (files written from the one found)."""
     for rel in ("misc/augment.py", "condense.py"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(compat._idc_source(Path(idc_src), rel))
-    ns = compat.load_idc_functions(str(tmp_path))
+        (tmp_path / rel).write_text(idc_source(Path(idc_src), rel))
+    ns = load_idc_functions(str(tmp_path))
     assert callable(ns.DiffAug) and callable(ns.matchloss) and callable(ns.decode_zoom)
     with pytest.raises(FileNotFoundError):
-        compat.load_idc_functions(str(tmp_path / "missing"))
+        load_idc_functions(str(tmp_path / "missing"))

@@ -1,8 +1,8 @@
-"""csrc/ops_cuda.cu compiles with nvcc for Hopper (sm_90) and Ampere (sm_80) on this machine, GPU or
-not (bench/compile_report.py): every kernel for every dtype, without register spills. The default
-compiles the kernels alone (-DUDD_FAST_KERNELS_ONLY, torch's flags and headers, about 20 s); the
-whole extension translation unit with torch's bindings takes minutes and is marked slow. The
-cfc_loss shared-memory bound at any K is a static_assert in the file, so compiling it checks it."""
+"""csrc/*_cuda.cu compile with nvcc for Hopper (sm_90) and Ampere (sm_80) on this machine, GPU or not
+(bench/compile_report.py): every kernel for every dtype, without register spills. The default
+compiles the kernels alone (-DUDD_FAST_KERNELS_ONLY, torch's flags and headers, about 30 s); every
+file of the extension with torch's bindings takes minutes and is marked slow. The cfc_loss
+shared-memory bound at any K is a static_assert in its file, so compiling it checks it."""
 import importlib.util
 import re
 
@@ -19,7 +19,8 @@ DTYPES = {"float, float", "double, double", "c10::Half, float", "c10::BFloat16, 
 
 
 def _kernels_in_source():
-    return set(re.findall(r"__global__ void (\w+)\(", (REPO / "csrc" / "ops_cuda.cu").read_text()))
+    return {name for path in compile_report.cuda_sources() for name in
+            re.findall(r"__global__ void (\w+)\(", path.read_text())}
 
 
 def _compile(full_tu):
@@ -46,5 +47,5 @@ def test_cuda_kernels_compile_for_sm80_and_sm90():
 
 @pytest.mark.slow
 def test_cuda_extension_translation_unit_compiles_for_sm80_and_sm90():
-    """The whole file with torch's bindings: the entry points' checks, dispatch and launches."""
+    """Every file with torch's bindings: the entry points' checks, dispatch and launches."""
     _check(_compile(full_tu=True))

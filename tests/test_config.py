@@ -25,5 +25,5 @@ EVALUATION = {
 def test_evaluation_strategy_is_idcs(dataset, ipc, factor):
     cfg = build_config(dataset, ipc, "paper", 32, 32, factor=factor)
     strategy, cutmix = EVALUATION[(dataset, ipc, factor)]
-    assert Strategy.parse(cfg.eval_aug) == Strategy.parse(strategy) and cfg.eval_cutmix is cutmix
-    assert not (cfg.eval_cutmix and Strategy.parse(cfg.eval_aug).cutout)  # never both, as IDC
+    assert Strategy.parse(cfg.eval.eval_aug) == Strategy.parse(strategy) and cfg.eval.eval_cutmix is cutmix
+    assert not (cfg.eval.eval_cutmix and Strategy.parse(cfg.eval.eval_aug).cutout)  # never both, as IDC

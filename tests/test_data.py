@@ -5,8 +5,6 @@ import hashlib
 import io
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -18,54 +16,32 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udd_fast import data
-from udd_fast.data import (DATASETS, ArrayDataset, DataError, RealData, canonical_name,
-                           load_dataset, resolve_data_dir)
+from conftest import require_dataset, shared_data_dir
+from udd_fast.data import (DATASETS, ArrayDataset, DataError, DatasetInfo, RealData, canonical_name,
+                           device, download, load_dataset, resolve_data_dir, user)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("UDD_FAST_SHARED_DATA") or REPO.parent / "shared" / "data")
 CIFAR_FILES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch", "batches.meta"]
 MNIST_STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-
-needs_shared = pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(),
-                                  reason=f"shared data not found at {SHARED}")
 
 
 # ----------------------------------------------------------------------------
 # Fixtures and writers for files in the official formats
 # ----------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def mnist():
-    return load_dataset("mnist", SHARED, download=False)
-
-
-@pytest.fixture(scope="session")
-def cifar10_dir():
-    """CIFAR-10 in the official layout, written once into <repo>/.data and reused."""
-    if not (SHARED / "make_cifar10.py").is_file():
-        pytest.skip(f"make_cifar10.py not found under {SHARED}")
-    out = REPO / ".data"
-    folder = out / "cifar-10-batches-py"
-    if not all((folder / f).is_file() for f in CIFAR_FILES):
-        subprocess.run([sys.executable, str(SHARED / "make_cifar10.py"), str(out)], check=True,
-                       stdout=subprocess.DEVNULL)
-    return out
-
-
 @pytest.fixture
 def partial(monkeypatch):
     monkeypatch.setenv("UDD_FAST_ALLOW_PARTIAL", "1")
 
 
-def link_mnist(tmp_path, name="MNIST", skip=()):
-    """tmp_path/<name>/raw with symlinks to the shared files except those in skip."""
+def link_mnist(real_data_dir, tmp_path, name="MNIST", skip=()):
+    """tmp_path/<name>/raw with symlinks to the real files except those in skip."""
+    require_dataset(real_data_dir, name)
     raw = tmp_path / name / "raw"
     raw.mkdir(parents=True)
     for stem in MNIST_STEMS:
         if stem not in skip:
-            (raw / f"{stem}.gz").symlink_to(SHARED / name / "raw" / f"{stem}.gz")
+            (raw / f"{stem}.gz").symlink_to(real_data_dir / name / "raw" / f"{stem}.gz")
     return raw
 
 
@@ -180,8 +156,8 @@ def test_builtin_facts():
 # Real data
 # ----------------------------------------------------------------------------
 
-@needs_shared
-def test_mnist_real(mnist):
+def test_mnist_real(mnist_arrays):
+    mnist = mnist_arrays
     assert mnist.info.name == "mnist" and mnist.info.size_base == 28
     assert mnist.info.mean == (0.1307,) and mnist.info.std == (0.3081,)
     assert mnist.train_images.shape == (60000, 1, 28, 28) and mnist.test_images.shape == (10000, 1, 28, 28)
@@ -196,9 +172,9 @@ def test_mnist_real(mnist):
     assert mnist.train_images[0, 0, 14].max() > 200 and mnist.train_images[0, 0, 0].max() == 0
 
 
-@needs_shared
-def test_fashionmnist_real():
-    ds = load_dataset("fashion-mnist", SHARED, download=False)
+def test_fashionmnist_real(real_data_dir):
+    require_dataset(real_data_dir, "FashionMNIST")
+    ds = load_dataset("fashion-mnist", real_data_dir, download=False)
     assert ds.info.name == "fashionmnist" and ds.info.size == 28 and ds.info.size_base == 32
     assert ds.info.class_names[9] == "Ankle boot" and ds.info.mean == (0.2861,)
     assert np.bincount(ds.train_labels).tolist() == [6000] * 10
@@ -206,21 +182,21 @@ def test_fashionmnist_real():
     assert ds.train_labels[0] == 9
 
 
-@needs_shared
-def test_plain_idx_matches_gz(tmp_path, mnist):
+def test_plain_idx_matches_gz(tmp_path, real_data_dir, mnist_arrays):
+    mnist = mnist_arrays
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for stem in MNIST_STEMS:
-        with gzip.open(SHARED / "MNIST" / "raw" / f"{stem}.gz") as src:
+        with gzip.open(real_data_dir / "MNIST" / "raw" / f"{stem}.gz") as src:
             (raw / stem).write_bytes(src.read())
     ds = load_dataset("mnist", tmp_path, download=False)
     np.testing.assert_array_equal(ds.train_images, mnist.train_images)
     np.testing.assert_array_equal(ds.test_labels, mnist.test_labels)
 
 
-@needs_shared
-def test_cifar10_real(cifar10_dir):
-    ds = load_dataset("cifar-10", cifar10_dir, download=False)
+def test_cifar10_real(real_data_dir):
+    require_dataset(real_data_dir, "cifar-10-batches-py")
+    ds = load_dataset("cifar-10", real_data_dir, download=False)
     assert ds.info.name == "cifar10" and ds.info.channels == 3 and ds.info.size_base == 32
     assert ds.info.class_names == ("airplane", "automobile", "bird", "cat", "deer",
                                    "dog", "frog", "horse", "ship", "truck")
@@ -228,7 +204,7 @@ def test_cifar10_real(cifar10_dir):
     assert ds.train_images.dtype == np.uint8 and ds.train_images.flags.c_contiguous
     assert np.bincount(ds.train_labels).tolist() == [5000] * 10
     assert np.bincount(ds.test_labels).tolist() == [1000] * 10
-    np.testing.assert_array_equal(ds.test_labels, np.load(SHARED / "cifar-10-derived" / "test_labels.npy"))
+    np.testing.assert_array_equal(ds.test_labels, np.load(shared_data_dir() / "cifar-10-derived" / "test_labels.npy"))
     # channel-major rows: the per-channel means are the well-known CIFAR-10 means
     means = ds.train_images.mean(axis=(0, 2, 3)) / 255
     np.testing.assert_allclose(means, ds.info.mean, atol=2e-4)
@@ -317,9 +293,8 @@ def test_missing_files_without_download(tmp_path):
     assert "download=False" in msg
 
 
-@needs_shared
-def test_only_missing_files_are_listed(tmp_path):
-    link_mnist(tmp_path, "FashionMNIST", skip=("t10k-labels-idx1-ubyte",))
+def test_only_missing_files_are_listed(tmp_path, real_data_dir):
+    link_mnist(real_data_dir, tmp_path, "FashionMNIST", skip=("t10k-labels-idx1-ubyte",))
     with pytest.raises(DataError) as exc:
         load_dataset("fashion", tmp_path, download=False)
     msg = str(exc.value)
@@ -327,10 +302,9 @@ def test_only_missing_files_are_listed(tmp_path):
     assert "train-images-idx3-ubyte.gz" not in msg.split("Place them")[0]
 
 
-@needs_shared
-def test_truncated_gz(tmp_path):
-    raw = link_mnist(tmp_path, skip=("t10k-labels-idx1-ubyte",))
-    good = (SHARED / "MNIST/raw/t10k-labels-idx1-ubyte.gz").read_bytes()
+def test_truncated_gz(tmp_path, real_data_dir):
+    raw = link_mnist(real_data_dir, tmp_path, skip=("t10k-labels-idx1-ubyte",))
+    good = (real_data_dir / "MNIST/raw/t10k-labels-idx1-ubyte.gz").read_bytes()
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(good[: len(good) // 2])
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz.*(corrupt|truncated).*delete"):
         load_dataset("mnist", tmp_path, download=False)
@@ -536,8 +510,8 @@ def test_folder_unreadable_image(tmp_path):
 # RealData
 # ----------------------------------------------------------------------------
 
-@needs_shared
-def test_realdata_mnist(mnist):
+def test_realdata_mnist(mnist_arrays):
+    mnist = mnist_arrays
     real = RealData(mnist, "cpu")
     assert real.images.dtype == torch.uint8 and real.images.shape == (60000, 1, 28, 28)
     assert real.labels.dtype == torch.int64 and real.test_images.shape == (10000, 1, 28, 28)
@@ -565,12 +539,12 @@ def test_realdata_mnist(mnist):
 def test_class_index_table_property(labels):
     labels = np.array(labels, dtype=np.int64)
     labels[: 5] = np.arange(min(5, len(labels)))  # keep some classes present
-    table, counts = data._class_index_table(labels, 5)
+    table, counts = device._class_index_table(labels, 5)
     for c in range(5):
         expected = [i for i, v in enumerate(labels) if v == c]
         assert table[c, : len(expected)].tolist() == expected
         assert (table[c, len(expected):] == -1).all() and counts[c] == len(expected)
-    mask = data._holdout_mask(labels)
+    mask = user._holdout_mask(labels)
     for c in range(5):
         ranks = np.flatnonzero(labels == c)
         assert mask[ranks].tolist() == [(r % 10) == 9 for r in range(len(ranks))]
@@ -579,7 +553,7 @@ def test_class_index_table_property(labels):
 def test_realdata_readonly_arrays():
     images, labels = _user_arrays(n=20, k=2)
     images.setflags(write=False)
-    info = data.DatasetInfo("x", 3, 8, 2, (0.5,) * 3, (0.25,) * 3, ("a", "b"), 32)
+    info = DatasetInfo("x", 3, 8, 2, (0.5,) * 3, (0.25,) * 3, ("a", "b"), 32)
     real = RealData(ArrayDataset(info, images, labels, images[:2], labels[:2]), "cpu")
     assert real.class_indices.tolist() == [list(range(0, 20, 2)), list(range(1, 20, 2))]
     assert torch.equal(real.std, torch.full((1, 3, 1, 1), 0.25))
@@ -610,13 +584,13 @@ def _serve(monkeypatch, payload: bytes, seen: list):
     def fake_urlopen(url, timeout):
         seen.append((url, timeout))
         return io.BytesIO(payload)
-    monkeypatch.setattr(data, "_urlopen", fake_urlopen)
+    monkeypatch.setattr(download, "_urlopen", fake_urlopen)
 
 
 def test_download_cifar10(tmp_path, monkeypatch, partial):
     archive = _fake_cifar10_archive(tmp_path)
-    url = data._CIFAR_ARCHIVES["cifar10"][0]
-    monkeypatch.setitem(data._MD5, url, hashlib.md5(archive).hexdigest())
+    url = download._CIFAR_ARCHIVES["cifar10"][0]
+    monkeypatch.setitem(download._MD5, url, hashlib.md5(archive).hexdigest())
     seen = []
     _serve(monkeypatch, archive, seen)
     root = tmp_path / "data"
@@ -630,10 +604,10 @@ def test_download_cifar10(tmp_path, monkeypatch, partial):
 def test_download_mnist_files(tmp_path, monkeypatch, partial):
     src = tmp_path / "src"
     write_tiny_mnist(src)
-    payloads = {data._MNIST_MIRROR + f"{s}.gz": (src / f"{s}.gz").read_bytes() for s in MNIST_STEMS}
+    payloads = {download._MNIST_MIRROR + f"{s}.gz": (src / f"{s}.gz").read_bytes() for s in MNIST_STEMS}
     for url, payload in payloads.items():
-        monkeypatch.setitem(data._MD5, url, hashlib.md5(payload).hexdigest())
-    monkeypatch.setattr(data, "_urlopen", lambda url, timeout: io.BytesIO(payloads[url]))
+        monkeypatch.setitem(download._MD5, url, hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(download, "_urlopen", lambda url, timeout: io.BytesIO(payloads[url]))
     ds = load_dataset("mnist", tmp_path / "data")
     assert ds.train_images.shape == (20, 1, 28, 28)
     raw = tmp_path / "data" / "MNIST" / "raw"
@@ -647,7 +621,7 @@ def test_download_md5_mismatch(tmp_path, monkeypatch):
     with pytest.raises(DataError) as exc:
         load_dataset("cifar10", root)
     msg = str(exc.value)
-    assert data._CIFAR_ARCHIVES["cifar10"][0] in msg
+    assert download._CIFAR_ARCHIVES["cifar10"][0] in msg
     assert "c58f30108f718f92721af3b95e74349a" in msg and hashlib.md5(archive).hexdigest() in msg
     assert list(root.iterdir()) == []
 
@@ -655,7 +629,7 @@ def test_download_md5_mismatch(tmp_path, monkeypatch):
 def test_download_network_error(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no network")
-    monkeypatch.setattr(data, "_urlopen", offline)
+    monkeypatch.setattr(download, "_urlopen", offline)
     with pytest.raises(DataError) as exc:
         load_dataset("svhn", tmp_path)
     msg = str(exc.value)
@@ -666,8 +640,8 @@ def test_download_network_error(tmp_path, monkeypatch):
 
 def test_download_rejects_unsafe_tar(tmp_path, monkeypatch):
     archive = _tar_gz({"../evil": b"x", "cifar-10-batches-py/data_batch_1": b"y"})
-    url = data._CIFAR_ARCHIVES["cifar10"][0]
-    monkeypatch.setitem(data._MD5, url, hashlib.md5(archive).hexdigest())
+    url = download._CIFAR_ARCHIVES["cifar10"][0]
+    monkeypatch.setitem(download._MD5, url, hashlib.md5(archive).hexdigest())
     _serve(monkeypatch, archive, [])
     root = tmp_path / "data"
     with pytest.raises(DataError, match="unsafe path '../evil'"):

@@ -1,4 +1,4 @@
-"""Tests for udd_fast.decode: crop_resize_ref, formation_boxes, decode_plan, mix_init.
+"""Tests for udd_fast.decode (formation_boxes, decode_plan, mix_init) and crop_resize_ref (ops/crop_resize.py).
 
 Every expected value comes from an independent float64 numpy implementation with explicit loops
 over output pixels, written from the method text (section 1 and 3), never from the code under test.
@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udd_fast import ops
-from udd_fast.decode import crop_resize_ref, decode_plan, formation_boxes, mix_init
+from udd_fast.decode import decode_plan, formation_boxes, mix_init
+from udd_fast.ops.crop_resize import crop_resize_ref
 
 
 # ----------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def test_impossible_layouts_are_refused(mnist_data):
     cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8)
     with pytest.raises(ValueError, match="at least one class"):
         Distiller(cfg, mnist_data, comm=Comm(rank=0, world=11))
-    cfg.form = "sequential"
+    cfg.match.form = "sequential"
     with pytest.raises(ValueError, match="batched form"):
         Distiller(cfg, mnist_data, comm=Comm(rank=0, world=2))
 
@@ -196,7 +196,7 @@ def test_torchrun_two_processes_match_one_and_resume(real_data_dir, tmp_path):
     assert comm["payload_bytes_by_purpose"]["network gradients"] > 0
     # rank 0 alone wrote the artifacts: one log, no stray files
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
-        ["checkpoint.pt", "distilled.pt", "grid.png", "log.txt", "summary.json"])
+        ["checkpoint.pt", "curves.png", "distilled.pt", "grid.png", "log.txt", "report.html", "summary.json"])
 
 
 def _wait_for_checkpoint(out, procs, at_least=1, timeout=300):

@@ -21,8 +21,9 @@ CHECK = textwrap.dedent("""
     import torch
     import udd_fast
     from udd_fast import ops
-    from udd_fast.cfc import cfc_loss_ref, prototypes_ref
-    from udd_fast.decode import crop_resize_ref
+    from udd_fast.cfc import prototypes_ref
+    from udd_fast.ops.cfc_loss import cfc_loss_ref
+    from udd_fast.ops.crop_resize import crop_resize_ref
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reasons = ops.available_backends(reasons=True)

@@ -1,4 +1,4 @@
-"""udd_fast.ops.cfc_loss on every live backend against cfc.cfc_loss_ref, value and gradient w.r.t.
+"""udd_fast.ops.cfc_loss on every live backend against cfc_loss_ref, value and gradient w.r.t.
 the features, both reductions, on fresh random inputs: feature widths 2048 and odd ones, K up to 1000
 classes (the kernels walk the classes in blocks), several temperatures, a zero feature row
 (F.normalize's eps clamp), non-contiguous features; gradcheck of the reference (and the C++
@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from conftest import ops_device
 from udd_fast import ops
-from udd_fast.cfc import cfc_loss_ref, prototypes_ref
+from udd_fast.cfc import prototypes_ref
+from udd_fast.ops.cfc_loss import cfc_loss_ref
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 

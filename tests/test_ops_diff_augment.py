@@ -1,4 +1,4 @@
-"""udd_fast.ops.diff_augment on every live backend against augment.diff_augment_ref (forward and
+"""udd_fast.ops.diff_augment on every live backend against diff_augment_ref (forward and
 backward): every strategy the project uses, siamese (index) and per-sample, 1 and 3 channels,
 sizes 28, 32 and 29, parameters from sample_params with random keys."""
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 from conftest import ops_device
 from udd_fast import ops
-from udd_fast.augment import NUM_PARAMS, OP, Strategy, diff_augment_ref, sample_params
+from udd_fast.augment import NUM_PARAMS, OP, Strategy, sample_params
+from udd_fast.ops.diff_augment import diff_augment_ref
 
 STRATEGIES = ("color_crop_cutout", "color_crop", "color_crop_cutout_flip_scale_rotate", "color_crop_scale_rotate",
               "color_crop_cutout_scale_rotate", "none")

@@ -1,4 +1,4 @@
-"""udd_fast.ops.region_mask on every live backend against regions.region_mask_ref, on fresh random
+"""udd_fast.ops.region_mask on every live backend against region_mask_ref, on fresh random
 inputs: the jitter policy's 9 windows at 32 px (tile 16), 28 px (tile 14) and an odd 15x15 image
 (tile 8), random masks on a 7x5 single-channel image, noise large enough that the clamp bites,
 per-channel and single-value mean/std (also as [1,C,1,1] like the engine's), non-contiguous noise."""
@@ -7,7 +7,8 @@ import torch
 
 from conftest import ops_device
 from udd_fast import ops
-from udd_fast.regions import region_mask_ref, window_grid, window_pixel_masks
+from udd_fast.ops.region_mask import region_mask_ref
+from udd_fast.regions import window_grid, window_pixel_masks
 
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

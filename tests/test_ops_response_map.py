@@ -1,4 +1,4 @@
-"""udd_fast.ops.response_map on every live backend against regions.response_map_ref,
+"""udd_fast.ops.response_map on every live backend against response_map_ref,
 window_scores_ref and usage_entropy_ref, on fresh random inputs: odd channel counts and maps (4x4,
 3x5, 1x7; 1x1 to 5x5 with one or few channels), K up to 100 classes, tiles 16/14/11 with default
 and odd region sizes, rows whose R is all negative or zero (UE 0), non-contiguous inputs; forward
@@ -8,7 +8,8 @@ import torch
 
 from conftest import ops_device
 from udd_fast import ops
-from udd_fast.regions import response_map_ref, usage_entropy_ref, window_grid, window_scores_ref
+from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref
+from udd_fast.regions import window_grid
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 

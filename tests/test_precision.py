@@ -40,8 +40,8 @@ def test_fp32_turns_tf32_off_and_tf32_allows_it(mnist_data):
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     Distiller(build_config("mnist", 1, "smoke", 28, 28, precision="tf32"), mnist_data)
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    assert build_config("mnist", 1, "smoke", 28, 28).precision == "fp32"  # the CPU default
-    assert build_config("mnist", 1, "smoke", 28, 28, device="cuda").precision == "tf32"
+    assert build_config("mnist", 1, "smoke", 28, 28).match.precision == "fp32"  # the CPU default
+    assert build_config("mnist", 1, "smoke", 28, 28, device="cuda").match.precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default again
 
 

@@ -25,9 +25,10 @@ import scipy.io
 import torch
 from PIL import Image
 
-from test_data import cifar_batch, dump, idx_bytes, write_tiny_cifar10, write_tiny_mnist
+from test_data import cifar_batch, dump, write_tiny_cifar10, write_tiny_mnist
 from udd_fast import artifacts
 from udd_fast import data as data_mod
+from udd_fast.data import cifar, download, user
 from udd_fast.artifacts import INCOMPLETE, save_distilled
 from udd_fast.checkpoint import load_checkpoint
 from udd_fast.config import build_config
@@ -73,7 +74,7 @@ def ctx(tmp_path, monkeypatch, tiny, request):
     for var in ("UDD_FAST_DATA", "UDD_FAST_CACHE", "UDD_FAST_ALLOW_PARTIAL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path / "cwd")
-    monkeypatch.setattr(data_mod, "_urlopen", _offline)
+    monkeypatch.setattr(download, "_urlopen", _offline)
     return SimpleNamespace(tmp=tmp_path, npz=tiny.npz, tiny_run=tiny.run, run=tmp_path / "run", out=tmp_path / "out",
                            data=tmp_path / "data", marker=tmp_path / "MARKER", monkeypatch=monkeypatch,
                            request=request, mnist=None)
@@ -480,7 +481,7 @@ def test_cifar_pickles_of_every_protocol_still_load(tmp_path, protocol, names):
         raw = raw.replace(b"numpy._core", b"numpy.core")
     path = tmp_path / "data_batch_1"
     path.write_bytes(raw)
-    d = data_mod._read_pickle(path)
+    d = cifar._read_pickle(path)
     np.testing.assert_array_equal(d["data"], data)
     assert d["labels"] == [1, 2, 3, 0] and d["n"] == 4
 
@@ -498,11 +499,11 @@ def test_high_bit_depth_palette_and_alpha_images(tmp_path):
     pal.save(tmp_path / "pal.png")
     la = np.dstack([v16[:, :].astype(np.uint8), np.full((4, 4), 255, np.uint8)])
     Image.fromarray(la).save(tmp_path / "la.png")
-    gray = data_mod._read_image_files([tmp_path / "g16.png", tmp_path / "la.png"])
+    gray = user._read_image_files([tmp_path / "g16.png", tmp_path / "la.png"])
     assert gray.shape == (2, 1, 4, 4)
     np.testing.assert_array_equal(gray[0, 0], want16)  # old: converted via RGB, clipped to 255
     np.testing.assert_array_equal(gray[1, 0], la[:, :, 0])
-    mixed = data_mod._read_image_files([tmp_path / "g16.png", tmp_path / "opaque.png", tmp_path / "pal.png"])
+    mixed = user._read_image_files([tmp_path / "g16.png", tmp_path / "opaque.png", tmp_path / "pal.png"])
     assert mixed.shape == (3, 3, 4, 4)
     np.testing.assert_array_equal(mixed[0], np.repeat(want16[None], 3, 0))
     np.testing.assert_array_equal(mixed[1], rgb.transpose(2, 0, 1))
@@ -566,8 +567,8 @@ def test_disk_full_before_the_summary(ctx, capsys):
     ctx.monkeypatch.setattr(artifacts, "_atomic", REAL_ATOMIC)
     assert distill_main(_printed_resume(err)) == 0
     assert (out / "summary.json").exists() and not (out / INCOMPLETE).exists()
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "distilled.pt", "grid.png", "log.txt",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "curves.png", "distilled.pt", "grid.png",
+                                                     "log.txt", "report.html", "summary.json"]
 
 
 def test_file_size_limit_in_a_real_process(ctx):
@@ -631,7 +632,7 @@ def test_force_replaces_another_run(ctx):
     log = (ctx.run / "log.txt").read_text()
     assert "replaced the previous run's files" in log and "eval_resnet10_bn.json" in log and old_log not in log
     assert not (ctx.run / "eval_resnet10_bn.json").exists() and (ctx.run / "notes.txt").exists()
-    assert load_checkpoint(ctx.run)["config"].seed == 5
+    assert load_checkpoint(ctx.run)["config"].run.seed == 5
     assert json.loads((ctx.run / "summary.json").read_text())["seed"] == 5
 
 
@@ -723,7 +724,7 @@ def test_artifact_modes_follow_the_umask_and_the_test_count_is_true(ctx):
                              "--eval-epochs", "1", "--out", str(ctx.run)]) == 0
     finally:
         os.umask(old)
-    for name in ("checkpoint.pt", "distilled.pt", "summary.json", "grid.png", "log.txt"):
+    for name in ("checkpoint.pt", "distilled.pt", "summary.json", "grid.png", "curves.png", "report.html", "log.txt"):
         assert stat.S_IMODE((ctx.run / name).stat().st_mode) == 0o640, name  # mkstemp alone gives 0600
     summary = json.loads((ctx.run / "summary.json").read_text())
     assert summary["eval"]["num_test"] == 6  # smoke's limit is 1000; the split holds 6

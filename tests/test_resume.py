@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,6 +38,9 @@ def _images(out):
     return torch.load(out / "distilled.pt", weights_only=True)["images"]
 
 
+HISTORY = {}  # (method, device) -> the straight run's curves
+
+
 @pytest.fixture(scope="module", params=[(m, d) for d in DEVICES for m in ("idc", "udd")], ids=lambda p: "-".join(p))
 def straight(request, real_data_dir, tmp_path_factory):
     """(method, device, flags, images of one uninterrupted 4-iteration run)."""
@@ -46,13 +50,15 @@ def straight(request, real_data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"straight-{method}-{device}")
     flags = _flags(real_data_dir, method, tmp, device)
     assert distill_main([*flags, "--iterations", "4", "--out", str(tmp / "run")]) == 0
+    HISTORY[request.param] = json.loads((tmp / "run" / "summary.json").read_text())["history"]
     return method, device, flags, _images(tmp / "run")
 
 
 def test_two_plus_two_equals_four(straight, tmp_path):
     method, device, flags, want = straight
     out = tmp_path / "run"
-    assert distill_main([*flags, "--iterations", "2", "--out", str(out)]) == 0
+    # --eval-every 2 (kept by the resumed part): short evaluations leave the images as they are
+    assert distill_main([*flags, "--iterations", "2", "--eval-every", "2", "--out", str(out)]) == 0
     assert load_checkpoint(out)["state"]["outer_done"] == 2
     first = _images(out)
     assert distill_main(["--resume", str(out), "--iterations", "4", "--data-dir", flags[flags.index("--data-dir") + 1],
@@ -61,6 +67,13 @@ def test_two_plus_two_equals_four(straight, tmp_path):
     assert not torch.equal(first, want)  # the resumed part really moved the images
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from_outer"] == 2 and summary["iterations"] == 4 and summary["method"] == method
+    # the curves cover the whole run, the resumed part included (the checkpoint carries them)
+    want_h, got_h = HISTORY[(method, device)], summary["history"]
+    assert [p[0] for p in got_h["loss"]] == [1, 2, 3, 4] and got_h.keys() == want_h.keys()
+    assert [p[0] for p in got_h["accuracy"]] == [2, 4] and not want_h["accuracy"]
+    assert np.allclose([p[1] for p in got_h["loss"]], [p[1] for p in want_h["loss"]], rtol=1e-4)
+    if method == "udd":
+        assert [p[0] for p in got_h["mue"]] == [0, 1, 2, 3, 4]
     assert load_checkpoint(out)["state"]["outer_done"] == 4
 
 

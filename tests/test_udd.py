@@ -9,17 +9,21 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
 from conftest import close_at_run_scale, run_scale
-from udd_fast.cfc import cfc_loss_ref, prototypes_ref
+from test_pictures import check_grid
+from udd_fast.cfc import prototypes_ref
 from udd_fast.config import build_config
-from udd_fast.decode import crop_resize_ref, decode_plan
+from udd_fast.decode import decode_plan
 from udd_fast.distill import main as distill_main
 from udd_fast.engine import Distiller
 from udd_fast.evaluate import main as evaluate_main
 from udd_fast.proxy import load_or_train_proxy, new_proxy
-from udd_fast.regions import (RegionSearch, response_map_ref, usage_entropy_ref, window_grid,
-                              window_pixel_masks, window_scores_ref)
+from udd_fast.ops.cfc_loss import cfc_loss_ref
+from udd_fast.ops.crop_resize import crop_resize_ref
+from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref
+from udd_fast.regions import RegionSearch, window_grid, window_pixel_masks
 
 
 class LinearProxy(nn.Module):
@@ -243,6 +247,9 @@ def test_smoke_udd_end_to_end(tmp_path, real_data_dir, device):
     saved = torch.load(out / "distilled.pt", weights_only=True)
     assert saved["boxes"].shape == (40, 4) and saved["region_src"].shape == (40,)
     assert bool(((saved["boxes"][:, 2:] - saved["boxes"][:, :2]) == 7).all())
+    # grid.png: every stored image and formation, with its region windows outlined where they were found
+    check_grid(np.array(Image.open(out / "grid.png").convert("RGB")), saved["images"], 2,
+               saved["dataset_info"]["class_names"], (saved["region_src"], saved["boxes"]))
     for flag, n in (("on", 80), ("off", 40)):
         assert evaluate_main([str(out), "--eval-runs", "1", "--eval-epochs", "1", "--eval-region-views", flag,
                               "--data-dir", str(real_data_dir), "--no-progress", "--device", device]) == 0

@@ -1,3 +1,18 @@
-"""udd_fast: fast, checkable dataset distillation (IDC multi-formation matching, UDD on top)."""
+"""udd_fast: fast, checkable dataset distillation (IDC multi-formation matching, UDD on top).
 
-__version__ = "0.1.0"
+The Python API (udd_fast.api): `distill_dataset(...)` returns a `Result`; `evaluate_distilled(...)`
+evaluates a Result or a saved run. Imported on first use, so `import udd_fast` stays light.
+"""
+
+from .version import __version__
+
+_API = ("distill_dataset", "evaluate_distilled", "Result")
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'udd_fast' has no attribute {name!r}")

@@ -18,16 +18,17 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 
 INCOMPLETE = "INCOMPLETE"
 # the files a run writes into its directory (plus eval_<arch>.json from `evaluate`)
-RUN_FILES = ("checkpoint.pt", "distilled.pt", "summary.json", "grid.png", "log.txt", INCOMPLETE)
+RUN_FILES = ("checkpoint.pt", "distilled.pt", "summary.json", "grid.png", "curves.png", "report.html", "log.txt",
+             INCOMPLETE)
 # our temporary files: `.<artifact>.<random>.tmp` (see _atomic) and the writability probe
-_TEMPORARY = re.compile(r"^\.(checkpoint\.pt|distilled\.pt|summary\.json|grid\.png|INCOMPLETE|eval_\w+\.json)"
+_TEMPORARY = re.compile(r"^\.(checkpoint\.pt|distilled\.pt|summary\.json|grid\.png|curves\.png|report\.html|INCOMPLETE"
+                        r"|eval_\w+\.json)"
                         r"\.\w+\.tmp$|^\.write-test-\w+$")
 
 
@@ -176,34 +177,15 @@ def mark_complete(path):
 
 # -- the distilled set -----------------------------------------------------------------------------
 
-def grid_image(images: torch.Tensor, labels: torch.Tensor, num_classes: int, max_cols: int = 10, pad: int = 2):
-    """uint8 HxWxC array: one row per class, that class's stored images left to right."""
-    images = images.detach().float().clamp(0, 1).cpu()
-    labels = labels.cpu()
-    _, c, h, w = images.shape
-    per_class = [images[labels == k][:max_cols] for k in range(num_classes)]
-    cols = max(1, max(len(p) for p in per_class))
-    canvas = torch.ones(c, num_classes * (h + pad) + pad, cols * (w + pad) + pad)
-    for k, imgs in enumerate(per_class):
-        for j, img in enumerate(imgs):
-            y, x = pad + k * (h + pad), pad + j * (w + pad)
-            canvas[:, y:y + h, x:x + w] = img
-    arr = (canvas * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return arr[:, :, 0] if c == 1 else arr
-
-
-def write_grid(path, images, labels, num_classes):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(grid_image(images, labels, num_classes))).save(buf, format="PNG")
-    _write(path, buf.getvalue())
+def write_bytes(path, data: bytes):
+    """A file of given bytes (a picture, an export), written atomically."""
+    _write(path, data)
 
 
 def save_distilled(path, images, labels, factor, info, config: dict, regions=None, facts=None, data_dir=None):
     """distilled.pt: stored images in [0,1] (float32), labels, factor, dataset facts, normalization,
     region boxes (`boxes` [M,4] with `region_src` [M], or None), the full config, the version, and
-    what identifies the training data (`data`: checkpoint.data_facts) with its directory (built-ins)."""
+    what identifies the training data (`data`: udd_fast.data.data_facts) with its directory (built-ins)."""
     write_torch(path, {
         "images": images.detach().float().clamp(0, 1).cpu(),
         "labels": labels.detach().long().cpu(),

@@ -1,6 +1,7 @@
-"""IDC's differentiable augmentation (its `DiffAug`), with the random parameters as a tensor.
+"""IDC's differentiable augmentation (its `DiffAug`), with the random parameters as a tensor: the
+strategy, the parameter layout and `sample_params`.
 
-`sample_params` draws one parameter row per group from keyed streams (rng.py); `diff_augment_ref`
+`sample_params` draws one parameter row per group from keyed streams (rng.py); `ops.diff_augment`
 applies rows to samples (`index[n]` = the row of sample n), so one draw shared by a group is the
 siamese mode and one row per sample the per-sample mode. Order and constants as IDC:
 flip -> color (brightness, saturation, contrast) -> one op from the strategy's list -> cutout.
@@ -10,15 +11,17 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import rng
 
-# Parameter columns.
+# The parameter layout, defined here once: the columns of a parameter row, and the codes of the
+# strategy's ops. ops/diff_augment.py and kernels/diff_augment.py import it, csrc/common.h spells
+# it for C++ and CUDA; tests/test_backends.py holds every backend to it.
 FLIP, BRIGHT, SAT, CONTRAST, TX, TY, CUT_X, CUT_Y, SCALE_X, SCALE_Y, ROT, OP = range(12)
 NUM_PARAMS = 12
+CROP, SCALE, ROTATE = range(3)
+OP_CODES = {"crop": CROP, "scale": SCALE, "rotate": ROTATE}
 
-_SINGLE_OPS = ("crop", "scale", "rotate")
 RATIO_SCALE = 1.2
 RATIO_ROTATE = 15.0
 RATIO_CROP_PAD = 0.125
@@ -42,7 +45,7 @@ class Strategy:
         for part in text.lower().split("_"):
             if part in flags:
                 flags[part] = True
-            elif part in _SINGLE_OPS:
+            elif part in OP_CODES:
                 ops.append(part)
             else:
                 raise ValueError(f"unknown augmentation {part!r} in strategy {text!r}")
@@ -88,79 +91,3 @@ def sample_params(keys: torch.Tensor, strategy: Strategy, size: int, op_key=None
     else:
         p[:, OP] = torch.floor(u[:, OP] * n_ops)
     return p.float()
-
-
-def _translate(x, tx, ty):
-    """out[n, :, i, j] = x[n, :, i + tx[n], j + ty[n]], zero where that falls outside."""
-    n, _, h, w = x.shape
-    si = torch.arange(h, device=x.device) + tx.view(n, 1)
-    sj = torch.arange(w, device=x.device) + ty.view(n, 1)
-    valid = ((si >= 0) & (si < h)).unsqueeze(2) & ((sj >= 0) & (sj < w)).unsqueeze(1)
-    b = torch.arange(n, device=x.device).view(n, 1, 1)
-    g = x.permute(0, 2, 3, 1)[b, si.clamp(0, h - 1).unsqueeze(2), sj.clamp(0, w - 1).unsqueeze(1)]
-    return g.permute(0, 3, 1, 2) * valid.unsqueeze(1).to(x.dtype)
-
-
-def _cutout_mask(shape, cx, cy, device, dtype):
-    """1 everywhere but a square of side cutout_size centred at (cx, cy), clipped at the border."""
-    n, _, h, w = shape
-    cs_h, cs_w = cutout_size(h), cutout_size(w)
-    r0 = cx.view(n, 1) - cs_h // 2
-    c0 = cy.view(n, 1) - cs_w // 2
-    rows = torch.arange(h, device=device).view(1, h)
-    cols = torch.arange(w, device=device).view(1, w)
-    in_r = (rows >= r0) & (rows < r0 + cs_h)
-    in_c = (cols >= c0) & (cols < c0 + cs_w)
-    return (~(in_r.unsqueeze(2) & in_c.unsqueeze(1))).to(dtype).unsqueeze(1)
-
-
-def _affine(x, theta):
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def _scale(x, sx, sy):
-    z = torch.zeros_like(sx)
-    theta = torch.stack([torch.stack([sx, z, z], -1), torch.stack([z, sy, z], -1)], 1)
-    return _affine(x, theta.to(x.dtype))
-
-
-def _rotate(x, t):
-    z = torch.zeros_like(t)
-    theta = torch.stack([torch.stack([torch.cos(t), torch.sin(-t), z], -1),
-                         torch.stack([torch.sin(t), torch.cos(t), z], -1)], 1)
-    return _affine(x, theta.to(x.dtype))
-
-
-def diff_augment_ref(x: torch.Tensor, params: torch.Tensor, strategy: Strategy, index=None) -> torch.Tensor:
-    """Plain-PyTorch reference: augment normalized images x [N,C,H,W] with rows params[index[n]]."""
-    n = x.shape[0]
-    p = params if index is None else params[index]
-    assert p.shape == (n, NUM_PARAMS), f"params {tuple(p.shape)} do not match {n} samples"
-    p = p.to(x.dtype)
-    col = lambda k: p[:, k].view(n, 1, 1, 1)  # noqa: E731
-    if strategy.flip:
-        x = torch.where(col(FLIP) > 0.5, x.flip(3), x)
-    if strategy.color:
-        x = x + col(BRIGHT)
-        m = x.mean(dim=1, keepdim=True)
-        x = (x - m) * col(SAT) + m
-        m = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - m) * col(CONTRAST) + m
-    if strategy.ops:
-        outs = []
-        for name in strategy.ops:
-            if name == "crop":
-                outs.append(_translate(x, p[:, TX].long(), p[:, TY].long()))
-            elif name == "scale":
-                outs.append(_scale(x, p[:, SCALE_X], p[:, SCALE_Y]))
-            else:
-                outs.append(_rotate(x, p[:, ROT]))
-        if len(outs) == 1:
-            x = outs[0]
-        else:
-            op = p[:, OP].long().view(n, 1, 1, 1)
-            x = sum(torch.where(op == i, o, torch.zeros_like(o)) for i, o in enumerate(outs))
-    if strategy.cutout:
-        x = x * _cutout_mask(x.shape, p[:, CUT_X].long(), p[:, CUT_Y].long(), x.device, x.dtype)
-    return x

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .artifacts import ArtifactError, write_torch
 from .config import config_from_dict
-from .proxy import data_fingerprint
+from .data import data_mismatch
 
 FILENAME = "checkpoint.pt"
 FORMAT = "udd_fast.checkpoint/1"
@@ -25,26 +25,15 @@ class CheckpointError(ArtifactError):
     """A checkpoint that cannot be resumed: missing, unreadable, corrupt or not matching this run."""
 
 
-def data_facts(data) -> dict:
-    """What identifies the training data (the fingerprint hashes images and labels: ~0.1 s for MNIST)."""
-    info = data.info
-    return {"name": info.name, "num_train": int(data.images.shape[0]), "num_test": int(data.test_images.shape[0]),
-            "num_classes": info.num_classes, "channels": info.channels, "size": info.size,
-            "class_names": list(info.class_names), "fingerprint": data_fingerprint(data)}
-
-
-def data_mismatch(saved: dict, facts: dict) -> list:
-    """How the data described by `saved` (facts stored with a run) differs from `facts` (the data
-    here), one line per fact; facts an older file lacks are not compared."""
-    return [f"{k} {saved[k]!r} there, {facts[k]!r} here" for k in facts if k in saved and saved[k] != facts[k]]
-
-
 def save_checkpoint(out_dir, state: dict, config: dict, facts: dict, dataset_arg: str, data_dir=None,
-                    no_download=False) -> Path:
+                    no_download=False, history=None) -> Path:
+    """history: the run's curves so far ({"loss"|"mue"|"accuracy": [[outer, value], ...]}), so a resumed
+    run's curves.png shows the whole run."""
     path = Path(out_dir) / FILENAME
     write_torch(path, {"format": FORMAT, "version": __version__, "config": dict(config), "data": dict(facts),
                        "dataset_arg": str(dataset_arg), "data_dir": None if data_dir is None else str(data_dir),
-                       "no_download": bool(no_download), "state": state})
+                       "no_download": bool(no_download), "state": state,
+                       "history": {k: [[int(o), float(v)] for o, v in pts] for k, pts in (history or {}).items()}})
     return path
 
 
@@ -87,6 +76,12 @@ def _check_fields(ck):
             raise ValueError(f"{key} must be a string")
     if not isinstance(ck.get("no_download", False), bool):
         raise ValueError("no_download must be true or false")
+    hist = ck.get("history") or {}
+    if not (isinstance(hist, dict) and all(
+            k in ("loss", "mue", "accuracy") and isinstance(pts, list)
+            and all(isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and isinstance(p[1], float) for p in pts)
+            for k, pts in hist.items())):
+        raise ValueError("history must map loss/mue/accuracy to lists of [outer, value]")
     facts = ck["data"]
     if not isinstance(facts, dict) or not isinstance(facts.get("fingerprint"), str) \
             or not isinstance(facts.get("name"), str):
@@ -102,7 +97,7 @@ def check_state(st, cfg, facts):
     keys = ("S", "buf", "pending", "net_batch", "outer_done", "region_boxes", "policy_counts", "last_loss")
     if not isinstance(st, dict) or any(k not in st for k in keys):
         raise ValueError(f"state must be a dict with {', '.join(keys)}")
-    shape = (facts["num_classes"] * cfg.ipc, facts["channels"], facts["size"], facts["size"])
+    shape = (facts["num_classes"] * cfg.run.ipc, facts["channels"], facts["size"], facts["size"])
     for k in ("S", "buf", "pending"):
         t = st[k]
         if t is None and k == "pending":
@@ -113,9 +108,10 @@ def check_state(st, cfg, facts):
         if not torch.isfinite(t).all():
             raise ValueError(f"state {k} contains NaN or infinity")
     done, net_batch = st["outer_done"], st["net_batch"]
-    if not (_is_int(done) and 0 <= done <= cfg.iterations):
-        raise ValueError(f"state outer_done {done!r} is outside [0, {cfg.iterations}] (the run's iterations)")
-    most = done * cfg.inner_loop * cfg.n_data  # a network update draws at most n_data batches (>= 1 image each)
+    if not (_is_int(done) and 0 <= done <= cfg.match.iterations):
+        raise ValueError(f"state outer_done {done!r} is outside [0, {cfg.match.iterations}] (the run's iterations)")
+    # a network update draws at most n_data batches (>= 1 image each)
+    most = done * cfg.match.inner_loop * cfg.net.n_data
     if not (_is_int(net_batch) and 0 <= net_batch <= most):
         raise ValueError(f"state net_batch {net_batch!r} is outside [0, {most}] for {done} outer iterations")
     counts = st["policy_counts"]
@@ -127,18 +123,18 @@ def check_state(st, cfg, facts):
         raise ValueError(f"state last_loss {loss!r} must be a finite number after an outer iteration")
     boxes = st["region_boxes"]
     if boxes is not None:
-        n = facts["num_classes"] * cfg.ipc * cfg.factor ** 2
-        side = cfg.factor * math.ceil(facts["size"] / cfg.factor)
+        n = facts["num_classes"] * cfg.run.ipc * cfg.match.factor ** 2
+        side = cfg.match.factor * math.ceil(facts["size"] / cfg.match.factor)
         ok = (isinstance(boxes, torch.Tensor) and not boxes.is_floating_point() and tuple(boxes.shape) == (n, 4)
               and int(boxes.min()) >= 0 and int(boxes.max()) <= side and bool((boxes[:, 2:] > boxes[:, :2]).all()))
         if not ok:
             raise ValueError(f"state region_boxes must be {n} integer boxes inside the {side}-pixel stored images")
-        if cfg.method != "udd" or cfg.policy == "none":
+        if cfg.run.method != "udd" or cfg.udd.policy == "none":
             raise ValueError("state has region boxes, but the run's config searches no regions")
 
 
 def check_data(ck: dict, facts: dict):
-    """Refuse a checkpoint made on other data."""
+    """Refuse a checkpoint made on other data (`facts`: udd_fast.data.data_facts of the data here)."""
     diff = data_mismatch(ck["data"], facts)
     if diff:
         raise CheckpointError(f"{ck['path']} was made on other data: " + "; ".join(diff))

@@ -26,12 +26,7 @@ draws one), and ratio_cutout other than 0.5 when the strategy has cutout (ops' c
 Autograd: gradients reach the input images through decode and DiffAug (first order; the ops have no
 double backward, which IDC's loop never needs: its double backward is through the network only).
 """
-import ast
 import functools
-import os
-import subprocess
-import types
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,10 +36,9 @@ from . import ops
 from .augment import (BRIGHT, CONTRAST, CUT_X, CUT_Y, FLIP, NUM_PARAMS, RATIO_CUTOUT, ROT, SAT, SCALE_X,
                       SCALE_Y, TX, TY, Strategy)
 from .decode import decode_plan
-from .engine import match_distance
+from .matching import match_distance
 
-__all__ = ["decode_zoom", "decode", "subsample", "DiffAug", "dist", "matchloss", "load_idc_functions",
-           "make_idc_synth"]
+__all__ = ["decode_zoom", "decode", "subsample", "DiffAug", "dist", "matchloss"]
 
 
 # -- decode -------------------------------------------------------------------------------------
@@ -263,59 +257,3 @@ def matchloss(args, img_real, img_syn, lab_real, lab_syn, model):
         d = dist(gr.detach(), gs, method=metric)
         loss = d if loss is None else loss + d
     return loss
-
-
-# -- IDC's own functions, for checking the drop-in --------------------------------------------
-def _idc_source(root: Path, relpath: str) -> str:
-    """relpath read from a checkout, or from HEAD of a git directory without a work tree."""
-    if (root / relpath).is_file():
-        return (root / relpath).read_text()
-    out = subprocess.run(["git", "--git-dir", str(root), "show", f"HEAD:{relpath}"], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise FileNotFoundError(f"{relpath} not found in {root}: {out.stderr.strip()}")
-    return out.stdout
-
-
-def load_idc_functions(src=None):
-    """IDC's own DiffAug, decode_zoom, subsample, dist and matchloss, loaded at call time from an IDC
-    checkout or git directory (`src`, else env UDD_FAST_IDC_SRC), for comparing against this module.
-    Nothing of IDC's ships with udd_fast. misc/augment.py is executed as is (it imports only torch and
-    numpy); from condense.py only those functions and its torch/numpy/math imports are compiled (it
-    imports torchvision and IDC's other modules). decode_zoom and subsample are Synthesizer methods:
-    call them as decode_zoom(synth, img, target, factor) with `synth` any object whose `resize` is
-    nn.Upsample(size=(H, W), mode='bilinear') (see make_idc_synth)."""
-    src = src or os.environ.get("UDD_FAST_IDC_SRC")
-    if not src:
-        raise FileNotFoundError("no IDC source: pass src or set UDD_FAST_IDC_SRC")
-    root = Path(src)
-    ns = types.SimpleNamespace()
-
-    aug = types.ModuleType("idc_misc_augment")
-    exec(compile(_idc_source(root, "misc/augment.py"), f"{root}/misc/augment.py", "exec"), aug.__dict__)
-    ns.DiffAug = aug.DiffAug
-
-    tree = ast.parse(_idc_source(root, "condense.py"))
-    wanted = {"dist", "add_loss", "matchloss", "decode_zoom", "subsample"}
-    body = []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            if all(n.split(".")[0] in ("torch", "numpy", "math") for n in names):
-                body.append(node)
-        elif isinstance(node, ast.FunctionDef) and node.name in wanted:
-            body.append(node)
-        elif isinstance(node, ast.ClassDef) and node.name == "Synthesizer":
-            body += [m for m in node.body if isinstance(m, ast.FunctionDef) and m.name in wanted]
-    mod = types.ModuleType("idc_condense_part")
-    exec(compile(ast.Module(body=body, type_ignores=[]), f"{root}/condense.py", "exec"), mod.__dict__)
-    missing = [n for n in wanted if not hasattr(mod, n)]
-    if missing:
-        raise ImportError(f"condense.py in {root} lacks {missing}")
-    for name in wanted:
-        setattr(ns, name, getattr(mod, name))
-    return ns
-
-
-def make_idc_synth(size):
-    """The part of IDC's Synthesizer that its decode_zoom reads: `resize` to (H, W)."""
-    return types.SimpleNamespace(resize=torch.nn.Upsample(size=tuple(size), mode="bilinear"))

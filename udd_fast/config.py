@@ -1,6 +1,21 @@
-"""Run configuration: IDC's per-dataset settings, presets (paper / quick / smoke) and flag overrides."""
+"""Run configuration: IDC's per-dataset settings, presets (paper / quick / smoke) and flag overrides.
+
+The settings come in groups, one per part of the run that reads them: `RunConfig` (what is run, on
+what), `MatchConfig` (the synthetic set and its gradient matching), `NetConfig` (the matching network
+and its updates on real data), `UddConfig` (UDD's proxy, regions and CFC loss) and `EvalConfig` (the
+evaluation protocol). Each field says with `setting` what is derived from it: its command-line option
+of `python -m udd_fast.distill` (section, help, default), whether a resumed run must keep it, whether
+it applies to a distillation only, and its allowed values (`setting_problem`, the one range check for
+flags, saved configs and built ones). Field names are unique across the groups, so a Config saves as
+one flat dict (`to_dict`, the format of checkpoint.pt and distilled.pt) and loads from one
+(`config_from_dict`, `Config.from_flat`).
+"""
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+
+from .augment import Strategy
+from .models import ARCHS
+from .regions import POLICIES
 
 METHODS = ("idc", "udd", "random")
 FORMS = ("batched", "sequential")
@@ -16,103 +31,211 @@ PRESETS = {
              "images.",
 }
 
+# The CFC weight's default, by matching metric: L_g's scale differs by metric and dataset (its
+# pixel-gradient norm is ~3700x CFC's on MNIST with l1, ~230x on CIFAR-10 with mse, at init), so one
+# number cannot serve both. l1: the best of the sweep 0/30/300/3000 in docs/ablation.md (within the
+# runs' spread at that small budget); mse: that choice scaled by the gradient-norm ratio (not swept).
+CFC_WEIGHTS = {"l1": 300.0, "mse": 20.0}
+
+# The sections of `python -m udd_fast.distill --help` a setting's option can stand in.
+MAIN = "main"  # among the parser's own options
+PRESET = "overrides of the preset"
+UDD = "UDD (with --method udd)"  # the options of this section need --method udd
+
+
+class UsageError(ValueError):
+    """An impossible combination of settings (flags on the command line, keywords in the API)."""
+
+
+def _device_problem(value):
+    return None if value == "cpu" or value.startswith("cuda") else "must be cpu or cuda[:N]"
+
+
+def _strategy_problem(value):
+    try:
+        Strategy.parse(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def setting(default, help=None, *, flag=None, flag_default=False, flag_choices=None, metavar=None,
+            fixed_on_resume=False, distill_only=False, at_least=None, above=None, at_most=None, choices=None,
+            check=None):
+    """A config field with what is derived from it (kept in the field's metadata).
+
+    flag: the --help section (MAIN, PRESET, UDD) of the field's option --<name-with-dashes>, None for
+      no option. The option's default is None (the dataset and the preset decide) unless
+      `flag_default`, then the field's default; a bool option takes on|off; `flag_choices` narrows
+      `choices` for the option.
+    fixed_on_resume: a resumed run refuses another value (it would change what is computed).
+    distill_only: --method random (no distillation) refuses the option.
+    at_least, above, at_most, choices, check (value -> problem or None): the allowed values.
+    """
+    return field(default=default, metadata=dict(
+        help=help, flag=flag, flag_default=flag_default, flag_choices=flag_choices, metavar=metavar,
+        fixed_on_resume=fixed_on_resume, distill_only=distill_only, at_least=at_least, above=above,
+        at_most=at_most, choices=choices, check=check))
+
+
+def setting_problem(f, value):
+    """Why `value` is not allowed for the setting `f` (a field of a group), or None when it is."""
+    m = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if m["at_least"] is not None and value < m["at_least"]:
+        return f"must be >= {m['at_least']}"
+    if m["above"] is not None and m["at_most"] is not None and not m["above"] < value <= m["at_most"]:
+        return f"must be in ({m['above']}, {m['at_most']}]"
+    if m["above"] is not None and not value > m["above"]:
+        return f"must be > {m['above']}"
+    if m["choices"] is not None and value not in m["choices"]:
+        return f"must be one of {', '.join(repr(c) for c in m['choices'])}"
+    return m["check"](value) if m["check"] else None
+
+
+class _Group:
+    def validate(self, where: str = "config"):
+        """Raise ValueError naming `where` and the first field whose value is not allowed."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            problem = setting_problem(f, value)
+            if problem:
+                raise ValueError(f"{where}: {f.name} {problem} (found {value!r})")
+
+
+@dataclass
+class RunConfig(_Group):
+    """What is run, on what data and device."""
+    # the data's canonical name (udd_fast.data.DatasetInfo.name); --dataset names the data to load
+    dataset: str = setting("cifar10")
+    ipc: int = setting(1, "stored images per class (default 1)", flag=MAIN, flag_default=True, fixed_on_resume=True,
+                       at_least=1)
+    method: str = setting("idc", flag=MAIN, flag_default=True, fixed_on_resume=True, choices=METHODS)
+    preset: str = setting("quick", flag=MAIN, flag_default=True, fixed_on_resume=True, choices=tuple(PRESETS))
+    seed: int = setting(0, flag=MAIN, flag_default=True, fixed_on_resume=True)
+    device: str = setting("cpu", flag=MAIN, flag_default=True, flag_choices=("cpu", "cuda"), fixed_on_resume=True,
+                          check=_device_problem)
+    checkpoint_every: int = setting(
+        10, "write checkpoint.pt every N outer iterations (default 1 for smoke/quick, 10 for paper; 0 = only when "
+            "stopped by SIGINT/SIGTERM)", flag=MAIN, metavar="N", distill_only=True, at_least=0)
+
+
+@dataclass
+class MatchConfig(_Group):
+    """The synthetic set and its gradient matching (udd_fast.engine)."""
+    factor: int = setting(2, "multi-formation factor k (1 = no multi-formation)", flag=PRESET, flag_default=True,
+                          fixed_on_resume=True, distill_only=True, at_least=1)
+    iterations: int = setting(2000, "outer iterations (0 evaluates the initialization)", flag=PRESET,
+                              distill_only=True, at_least=0)
+    inner_loop: int = setting(100, flag=PRESET, fixed_on_resume=True, distill_only=True, at_least=1)
+    # 0: IDC's rule from the dataset and IPC (build_config)
+    lr_img: float = setting(0.0, flag=PRESET, fixed_on_resume=True, distill_only=True, above=0)
+    batch_real: int = setting(64, flag=PRESET, fixed_on_resume=True, distill_only=True, at_least=1)
+    batch_syn_max: int = setting(128, at_least=1)
+    mom_img: float = setting(0.5, at_least=0)
+    metric: str = setting("mse", choices=("l1", "mse"))
+    match_aug: str = setting("color_crop_cutout", check=_strategy_problem)
+    # 'sequential' is IDC's per-class loop, 'batched' all classes at once (equal)
+    form: str = setting("batched", "batched (default) or IDC's sequential loop", flag=PRESET, fixed_on_resume=True,
+                        distill_only=True, choices=FORMS)
+    dtype: str = setting("float32", choices=("float32", "float64"))  # float64 for exactness tests
+    # "" = fp32 on CPU, tf32 on CUDA (build_config)
+    precision: str = setting(
+        "", "fp32 (no TF32; default on CPU), tf32 (TF32 matmuls/convolutions; default on CUDA) or bf16 (network "
+            "forward passes under bf16 autocast; images and losses stay float32)", flag=MAIN,
+        flag_choices=PRECISIONS, fixed_on_resume=True, distill_only=True, choices=("", *PRECISIONS))
+
+
+@dataclass
+class NetConfig(_Group):
+    """The matching network and its updates on real data (udd_fast.engine)."""
+    net_aug: str = setting("color_crop", check=_strategy_problem)
+    net_cutmix: bool = setting(True)
+    n_data: int = setting(2000, "real images per network update", flag=PRESET, fixed_on_resume=True,
+                          distill_only=True, at_least=1)
+    lr_net: float = setting(0.01, above=0)
+    mom_net: float = setting(0.9, at_least=0)
+    wd_net: float = setting(5e-4, at_least=0)
+    net_width: int = setting(128, at_least=1)
+
+
+@dataclass
+class UddConfig(_Group):
+    """UDD (method section 2): the proxy network, the region search and the CFC loss; `idc` switches
+    all of it off."""
+    policy: str = setting("auto", "region policy: auto (response where the proxy is right, jitter elsewhere; "
+                                  "default), response, jitter, or none (no regions)", flag=UDD, fixed_on_resume=True,
+                          choices=POLICIES)
+    region_size: float = setting(0.5, "window side / tile side (default 0.5)", flag=UDD, fixed_on_resume=True,
+                                 above=0, at_most=1)
+    region_every: int = setting(1, "search regions every N outer iterations (1)", flag=UDD, fixed_on_resume=True,
+                                at_least=1)
+    jitter_sigma: float = setting(0.2, "jitter noise std (0.2)", flag=UDD, fixed_on_resume=True, above=0)
+    jitter_draws: int = setting(4, "noise draws per window (4)", flag=UDD, fixed_on_resume=True, at_least=1)
+    cfc_weight: float = setting(0.0, f"CFC loss weight lambda (default by matching metric: {CFC_WEIGHTS}; 0 = off)",
+                                flag=UDD, fixed_on_resume=True, at_least=0)
+    cfc_tau: float = setting(0.1, "CFC temperature (0.1)", flag=UDD, fixed_on_resume=True, above=0)
+    proxy_epochs: float = setting(1.0, "proxy training epochs (per preset)", flag=UDD, fixed_on_resume=True,
+                                  above=0)
+    # "" = $UDD_FAST_CACHE/proxy, else ~/.cache/udd_fast/proxy
+    proxy_cache: str = setting("", "proxy cache directory (default ~/.cache/udd_fast/proxy)", flag=UDD)
+
+
+@dataclass
+class EvalConfig(_Group):
+    """IDC's evaluation protocol (udd_fast.evaluate)."""
+    eval_runs: int = setting(5, "0 skips evaluation", flag=PRESET, at_least=0)
+    eval_epochs: int = setting(1000, flag=PRESET, at_least=1)
+    eval_arch: str = setting("convnet", flag=PRESET, choices=ARCHS)
+    eval_batch: int = setting(64, at_least=1)
+    eval_aug: str = setting("color_crop_flip_scale_rotate", check=_strategy_problem)
+    eval_cutmix: bool = setting(True)
+    # IDC validates 4 times and logs the best beside the last
+    eval_validations: int = setting(4, at_least=1)
+    # 0: the whole test set; smoke tests use a prefix to stay fast
+    eval_test_limit: int = setting(0, at_least=0)
+    eval_every: int = setting(0, "a short evaluation (1 run, a fifth of the evaluation epochs) every N outer "
+                                 "iterations, plotted in curves.png and recorded in summary.json (default 0: none)",
+                              flag=MAIN, metavar="N", distill_only=True, at_least=0)
+    eval_region_views: bool = setting(True, "evaluate formations plus region views (on, default for udd) or "
+                                            "formations only", flag=UDD)
+
 
 @dataclass
 class Config:
-    dataset: str = "cifar10"
-    ipc: int = 1
-    method: str = "idc"
-    preset: str = "quick"
-    seed: int = 0
-    device: str = "cpu"
-    form: str = "batched"  # 'sequential' is IDC's per-class loop, 'batched' all classes at once (equal)
-    dtype: str = "float32"  # float64 for exactness tests
-    precision: str = ""  # fp32 | tf32 | bf16; "" = fp32 on CPU, tf32 on CUDA
-    checkpoint_every: int = 10  # outer iterations between checkpoints (0 = only on a signal)
-    # distillation
-    factor: int = 2
-    iterations: int = 2000  # outer
-    inner_loop: int = 100
-    batch_real: int = 64
-    batch_syn_max: int = 128
-    lr_img: float = 0.0  # 0: IDC's rule from the dataset and IPC
-    mom_img: float = 0.5
-    metric: str = "mse"
-    match_aug: str = "color_crop_cutout"
-    net_aug: str = "color_crop"
-    net_cutmix: bool = True
-    n_data: int = 2000
-    lr_net: float = 0.01
-    mom_net: float = 0.9
-    wd_net: float = 5e-4
-    net_width: int = 128
-    # UDD (method section 2); `idc` switches all of it off
-    policy: str = "auto"  # auto | response | jitter | none
-    region_size: float = 0.5
-    region_every: int = 1
-    jitter_sigma: float = 0.2
-    jitter_draws: int = 4
-    cfc_weight: float = 0.0
-    cfc_tau: float = 0.1
-    proxy_epochs: float = 1.0
-    proxy_cache: str = ""  # "" = $UDD_FAST_CACHE/proxy, else ~/.cache/udd_fast/proxy
-    eval_region_views: bool = True
-    # evaluation
-    eval_arch: str = "convnet"
-    eval_epochs: int = 1000
-    eval_runs: int = 5
-    eval_batch: int = 64
-    eval_aug: str = "color_crop_flip_scale_rotate"
-    eval_cutmix: bool = True
-    eval_validations: int = 4  # IDC validates 4 times and logs the best beside the last
-    eval_test_limit: int = 0  # 0: the whole test set; smoke tests use a prefix to stay fast
+    """A run's settings, by group (see the module docstring)."""
+    run: RunConfig = field(default_factory=RunConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    udd: UddConfig = field(default_factory=UddConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def to_dict(self):
-        return asdict(self)
+    @classmethod
+    def from_flat(cls, values: dict) -> "Config":
+        """A Config from flat settings (name -> value); the ones not given take their defaults."""
+        groups = {g.name: {} for g in fields(cls)}
+        for name, value in values.items():
+            if name not in _GROUP_OF:
+                raise TypeError(f"unknown setting {name!r}")
+            groups[_GROUP_OF[name]][name] = value
+        return cls(**{g.name: g.default_factory(**groups[g.name]) for g in fields(cls)})
+
+    def to_dict(self) -> dict:
+        """Every setting by name, flat: the format saved in checkpoint.pt and distilled.pt."""
+        return {name: value for g in fields(self) for name, value in asdict(getattr(self, g.name)).items()}
+
+    def validate(self, where: str = "config"):
+        for g in fields(self):
+            getattr(self, g.name).validate(where)
 
 
-# The allowed values of the config fields: the one range check, for flags (distill names the flag) and
-# for the configs saved in checkpoint.pt and distilled.pt (the loader names the file and the field).
-_AT_LEAST = {"ipc": 1, "factor": 1, "iterations": 0, "inner_loop": 1, "batch_real": 1, "batch_syn_max": 1,
-             "n_data": 1, "checkpoint_every": 0, "region_every": 1, "jitter_draws": 1, "net_width": 1,
-             "eval_epochs": 1, "eval_runs": 0, "eval_batch": 1, "eval_validations": 1, "eval_test_limit": 0}
-_POSITIVE = ("lr_img", "lr_net", "jitter_sigma", "cfc_tau", "proxy_epochs")
-_NON_NEGATIVE = ("cfc_weight", "mom_img", "mom_net", "wd_net")
-_STRATEGIES = ("match_aug", "net_aug", "eval_aug")
+def settings() -> list:
+    """The fields of every group, in order: each setting with its metadata (see `setting`)."""
+    return [f for g in fields(Config) for f in fields(g.default_factory)]
 
 
-def _choices():
-    from .models import ARCHS
-    from .regions import POLICIES
-
-    return {"method": METHODS, "form": FORMS, "precision": ("", *PRECISIONS), "metric": ("l1", "mse"),
-            "dtype": ("float32", "float64"), "preset": tuple(PRESETS), "policy": POLICIES, "eval_arch": ARCHS}
-
-
-def field_problem(name: str, value):
-    """Why `value` is not allowed for the config field `name`, or None when it is."""
-    if name in _AT_LEAST and value < _AT_LEAST[name]:
-        return f"must be >= {_AT_LEAST[name]}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number"
-    if name in _POSITIVE and not value > 0:
-        return "must be > 0"
-    if name in _NON_NEGATIVE and not value >= 0:
-        return "must be >= 0"
-    if name == "region_size" and not 0 < value <= 1:
-        return "must be in (0, 1]"
-    choices = _choices().get(name)
-    if choices is not None and value not in choices:
-        return f"must be one of {', '.join(repr(c) for c in choices)}"
-    if name in _STRATEGIES:
-        from .augment import Strategy
-        try:
-            Strategy.parse(value)
-        except ValueError as e:
-            return str(e)
-    if name == "device" and not (value == "cpu" or value.startswith("cuda")):
-        return "must be cpu or cuda[:N]"
-    return None
+_GROUP_OF = {f.name: g.name for g in fields(Config) for f in fields(g.default_factory)}
 
 
 def config_from_dict(d, where: str) -> Config:
@@ -120,28 +243,21 @@ def config_from_dict(d, where: str) -> Config:
     files), unknown ones are ignored. Raises ValueError naming `where` and the field."""
     if not isinstance(d, dict):
         raise ValueError(f"{where} is a {type(d).__name__}, not a dict of settings")
-    cfg = Config()
-    for f in fields(Config):
+    values = {}
+    for f in settings():
         if f.name not in d:
             continue
-        v, kind = d[f.name], type(getattr(cfg, f.name))
+        v, kind = d[f.name], type(f.default)
         ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
         if kind is float and isinstance(v, int) and not isinstance(v, bool):
             ok, v = True, float(v)
         if not ok:
             raise ValueError(f"{where}: {f.name} is {v!r}, expected a {kind.__name__}")
-        problem = field_problem(f.name, v)
+        problem = setting_problem(f, v)
         if problem:
             raise ValueError(f"{where}: {f.name} {problem} (found {v!r})")
-        setattr(cfg, f.name, v)
-    return cfg
-
-
-# The CFC weight's default, by matching metric: L_g's scale differs by metric and dataset (its
-# pixel-gradient norm is ~3700x CFC's on MNIST with l1, ~230x on CIFAR-10 with mse, at init), so one
-# number cannot serve both. l1: the best of the sweep 0/30/300/3000 in docs/ablation.md (within the
-# runs' spread at that small budget); mse: that choice scaled by the gradient-norm ratio (not swept).
-CFC_WEIGHTS = {"l1": 300.0, "mse": 20.0}
+        values[f.name] = v
+    return Config.from_flat(values)
 
 
 def idc_lr_img(dataset: str, ipc: int, size: int, size_base: int) -> float:
@@ -184,7 +300,8 @@ def preset_values(preset: str) -> dict:
 
 def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int, factor: int = 2,
                  **overrides) -> Config:
-    """Dataset defaults, then the preset, then explicit overrides (None means not given)."""
+    """Dataset defaults, then the preset, then explicit overrides (flat settings; None means not given).
+    Raises ValueError naming a setting whose value is not allowed."""
     values = dict(dataset=dataset, ipc=ipc, preset=preset, factor=factor)
     values.update(dataset_defaults(dataset, ipc, factor))
     values.update(preset_values(preset))
@@ -193,11 +310,10 @@ def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int,
         values.update(policy="none", cfc_weight=0.0, eval_region_views=False)
     elif overrides.get("cfc_weight") is None:
         values["cfc_weight"] = CFC_WEIGHTS[values["metric"]]
-    cfg = Config(**values)
-    if not cfg.precision:
-        cfg.precision = "tf32" if str(cfg.device).startswith("cuda") else "fp32"
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {cfg.precision!r} ({', '.join(PRECISIONS)})")
-    if not cfg.lr_img:
-        cfg.lr_img = idc_lr_img(dataset, ipc, size, size_base)
+    if not values.get("precision"):
+        values["precision"] = "tf32" if str(values.get("device", "cpu")).startswith("cuda") else "fp32"
+    if not values.get("lr_img"):
+        values["lr_img"] = idc_lr_img(dataset, ipc, size, size_base)
+    cfg = Config.from_flat(values)
+    cfg.validate()
     return cfg

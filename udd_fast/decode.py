@@ -1,43 +1,17 @@
-"""Multi-formation decode (method section 1) and its building block, crop_resize (section 3).
+"""Multi-formation decode (method section 1): its plan, and IDC's mix init.
 
 Stored images S hold k x k tiles each; decoding cuts the tiles (after padding right/bottom with 0.5
 to a multiple of k) and upsamples each bilinearly to the full size. Decode and UDD's region views
-are both `crop_resize` with integer boxes in stored coordinates.
+are both `ops.crop_resize` (section 3) with integer boxes in stored coordinates: `decode_plan` gives
+the decode's, `decode_all` applies it, `training_set` adds the region views: what an evaluation
+trains on.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 
-
-def crop_resize_ref(images: torch.Tensor, src: torch.Tensor, boxes: torch.Tensor, out_size) -> torch.Tensor:
-    """Plain-PyTorch reference: out[n] = bilinear resize (align_corners=False) of
-    pad_right_bottom(images[src[n]], 0.5)[:, y0:y1, x0:x1] to out_size, boxes[n] = (y0, x0, y1, x1).
-
-    Crop first, then resize, so nothing outside the box is read. Samples that share a box size are
-    resized in one call.
-    """
-    oh, ow = out_size
-    src = src.long()
-    boxes = boxes.long()
-    n, (c, h, w) = src.shape[0], images.shape[1:]
-    if n == 0:
-        return images.new_zeros(0, c, oh, ow)
-    if bool((boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any() or (boxes[:, :2] < 0).any()):
-        raise ValueError("crop_resize: every box needs 0 <= y0 < y1 and 0 <= x0 < x1")
-    ph = max(0, int(boxes[:, 2].max()) - h)
-    pw = max(0, int(boxes[:, 3].max()) - w)
-    padded = F.pad(images, (0, pw, 0, ph), value=0.5) if ph or pw else images
-    out = images.new_empty(n, c, oh, ow)
-    sizes = boxes[:, 2:] - boxes[:, :2]
-    for bh, bw in torch.unique(sizes, dim=0).tolist():
-        sel = torch.nonzero((sizes[:, 0] == bh) & (sizes[:, 1] == bw)).flatten()
-        rows = boxes[sel, 0:1] + torch.arange(bh, device=images.device)
-        cols = boxes[sel, 1:2] + torch.arange(bw, device=images.device)
-        crops = padded[src[sel].view(-1, 1, 1), :, rows.unsqueeze(2), cols.unsqueeze(1)]  # [m,bh,bw,C]
-        crops = crops.permute(0, 3, 1, 2)
-        out[sel] = F.interpolate(crops, size=(oh, ow), mode="bilinear", align_corners=False)
-    return out
+from . import ops
 
 
 def factor_problem(size: int, factor: int):
@@ -87,3 +61,24 @@ def mix_init(real: torch.Tensor, ipc: int, factor: int) -> torch.Tensor:
             t += 1
         y += hr
     return out
+
+
+def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
+    """Every stored image decoded into its factor^2 formations (labels repeated)."""
+    if factor <= 1:
+        return images, labels
+    src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device)
+    return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
+
+
+def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, regions=None):
+    """What an evaluation trains on, in [0,1]: the formations of every stored image, plus UDD's region
+    views when `regions` = (source index [M], box [M, 4]) is given."""
+    images = images.float().clamp(0, 1)
+    labels = labels.long()
+    x, y = decode_all(images, labels, factor)
+    if regions is not None:
+        src, boxes = (t.to(images.device).long() for t in regions)
+        x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
+        y = torch.cat([y, labels[src]])
+    return x, y

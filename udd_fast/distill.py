@@ -1,7 +1,8 @@
 """`python -m udd_fast.distill`: distill a dataset, evaluate the result and save the artifacts.
 
-Writes into --out: distilled.pt, summary.json, grid.png (one row per class) and log.txt, and, while
-distilling, checkpoint.pt (resume a stopped run with --resume DIR). The directory is marked INCOMPLETE
+Writes into --out: distilled.pt, grid.png, curves.png, report.html, summary.json (udd_fast.result) and
+log.txt, and, while distilling, checkpoint.pt (resume a stopped run with --resume DIR); the same runs
+from Python: udd_fast.api. The directory is marked INCOMPLETE
 until summary.json, the last artifact, is written (udd_fast.artifacts); a directory holding another
 run is refused unless --force.
 Every input is checked before any long work starts, and nothing is written on bad input.
@@ -9,59 +10,54 @@ Every input is checked before any long work starts, and nothing is written on ba
 Started by torchrun with several processes, the run is distributed (udd_fast.distributed): classes
 are split across ranks, network updates are data-parallel, and rank 0 alone writes files and
 evaluates. Exit status: 0 done, 2 bad input, 3 a rank failed (state saved), 130 interrupted.
+
+This module is the command line: its options come from the config's settings (udd_fast.config), a
+resumed run's from its checkpoint; the run itself is udd_fast.pipeline's phases.
 """
 import argparse
-import datetime
 import math
-import os
-import platform
 import re
-import shlex
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from . import __version__, distributed, rng
-from .artifacts import (INCOMPLETE, ArtifactError, WriteError, check_out_dir, claim_run_dir, mark_complete,
-                        save_distilled, write_error_message, write_grid, write_json)
-from .checkpoint import CheckpointError, check_data, data_facts, load_checkpoint, save_checkpoint
-from .config import CFC_WEIGHTS, FORMS, METHODS, PRECISIONS, PRESETS, build_config, field_problem
-from .data import DATASETS, DataError, RealData, canonical_name, load_dataset, resolve_data_dir, user_data_path
-from .decode import factor_problem
+from . import distributed
+from .artifacts import ArtifactError
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import MAIN, PRESET, PRESETS, UDD, Config, settings
+from .data import DATASETS, DataError
 from .distributed import Comm, RankFailure
-from .engine import Distiller
-from .evaluate import evaluate_set, test_count
-from .models import ARCHS
-from .proxy import load_or_train_proxy
-from .regions import POLICIES, window_grid
-from .train import accuracy
+from .pipeline import (Interrupted, Request, UsageError, check_settings, dataset_arg, execute, option_settings,
+                       prepare)
 
 
-class UsageError(ValueError):
-    """An impossible combination of flags."""
+def _flag(name):
+    return "--" + name.replace("_", "-")
 
 
-class Interrupted(KeyboardInterrupt):
-    """A stopped run; the message names the checkpoint and the resume command."""
+def _options(section):
+    """The config settings whose options stand in a --help section (config.MAIN, PRESET or UDD)."""
+    return [f for f in settings() if f.metadata["flag"] == section]
 
 
-# Flags that change what a run computes: on --resume they must match the checkpoint's config.
-# (--iterations, evaluation, --checkpoint-every, --proxy-cache, --data-dir and the like may differ.)
-FIXED_ON_RESUME = ("ipc", "method", "preset", "seed", "device", "factor", "inner_loop", "lr_img", "batch_real",
-                   "n_data", "form", "precision", "policy", "region_size", "region_every", "jitter_sigma",
-                   "jitter_draws", "cfc_weight", "cfc_tau", "proxy_epochs")
-# Numeric flags, checked against the config's allowed values (config.field_problem).
-NUMERIC_FLAGS = ("ipc", "factor", "iterations", "inner_loop", "lr_img", "batch_real", "n_data", "eval_runs",
-                 "eval_epochs", "checkpoint_every", "region_size", "region_every", "jitter_sigma", "jitter_draws",
-                 "cfc_weight", "cfc_tau", "proxy_epochs")
-# What --method random (IPC real images per class, no distillation) has no use for.
-NOT_FOR_RANDOM = ("iterations", "factor", "inner_loop", "lr_img", "batch_real", "n_data", "form", "checkpoint_every",
-                  "precision")
+def _add_options(target, section):
+    """The options of a section's settings, as their metadata says (config.setting)."""
+    for f in _options(section):
+        m = f.metadata
+        kw = dict(default=f.default if m["flag_default"] else None, help=m["help"], metavar=m["metavar"])
+        if type(f.default) is bool:
+            kw["choices"] = ("on", "off")
+        elif m["flag_choices"] or m["choices"]:
+            kw["choices"] = m["flag_choices"] or m["choices"]
+        elif type(f.default) in (int, float):
+            kw["type"] = type(f.default)
+        target.add_argument(_flag(f.name), **kw)
+
+
+def _option_value(f, value):
+    """A setting's value from its option's (a bool option says on or off)."""
+    return value == "on" if type(f.default) is bool and value is not None else value
 
 
 def _parser():
@@ -73,52 +69,18 @@ def _parser():
     p.add_argument("--dataset", default=None,
                    help="(required unless --resume) mnist, fashionmnist, svhn, cifar10, cifar100, a .npz file (images, labels) or a folder "
                         "of class subfolders")
-    p.add_argument("--ipc", type=int, default=1, help="stored images per class (default 1)")
-    p.add_argument("--method", default="idc", choices=METHODS)
-    p.add_argument("--preset", default="quick", choices=tuple(PRESETS))
+    _add_options(p, MAIN)
     p.add_argument("--out", default=None, help="output directory (default runs/<dataset>-ipc<N>-<method>-<preset>-s<seed>, "
                                                "<dataset> being a built-in's name, an .npz file's stem or a folder's name)")
     p.add_argument("--force", action="store_true",
                    help="write into an output directory that holds another run, replacing its files")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="default: $UDD_FAST_DATA, else ~/.cache/udd_fast/data")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue the run saved in DIR/checkpoint.pt (its config is kept; --iterations may be "
                         "raised to extend it); writes into DIR")
-    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="write checkpoint.pt every N outer iterations (default 1 for smoke/quick, 10 for paper; "
-                        "0 = only when stopped by SIGINT/SIGTERM)")
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="fp32 (no TF32; default on CPU), tf32 (TF32 matmuls/convolutions; default on CUDA) or "
-                        "bf16 (network forward passes under bf16 autocast; images and losses stay float32)")
-    g = p.add_argument_group("overrides of the preset")
-    g.add_argument("--factor", type=int, default=2, help="multi-formation factor k (1 = no multi-formation)")
-    g.add_argument("--iterations", type=int, default=None, help="outer iterations (0 evaluates the initialization)")
-    g.add_argument("--inner-loop", type=int, default=None)
-    g.add_argument("--lr-img", type=float, default=None)
-    g.add_argument("--batch-real", type=int, default=None)
-    g.add_argument("--n-data", type=int, default=None, help="real images per network update")
-    g.add_argument("--form", default=None, choices=FORMS, help="batched (default) or IDC's sequential loop")
-    g.add_argument("--eval-runs", type=int, default=None, help="0 skips evaluation")
-    g.add_argument("--eval-epochs", type=int, default=None)
-    g.add_argument("--eval-arch", default=None, choices=ARCHS)
-    u = p.add_argument_group("UDD (with --method udd)")
-    u.add_argument("--policy", default=None, choices=POLICIES,
-                   help="region policy: auto (response where the proxy is right, jitter elsewhere; default), "
-                        "response, jitter, or none (no regions)")
-    u.add_argument("--region-size", type=float, default=None, help="window side / tile side (default 0.5)")
-    u.add_argument("--region-every", type=int, default=None, help="search regions every N outer iterations (1)")
-    u.add_argument("--jitter-sigma", type=float, default=None, help="jitter noise std (0.2)")
-    u.add_argument("--jitter-draws", type=int, default=None, help="noise draws per window (4)")
-    u.add_argument("--cfc-weight", type=float, default=None,
-                   help=f"CFC loss weight lambda (default by matching metric: {CFC_WEIGHTS}; 0 = off)")
-    u.add_argument("--cfc-tau", type=float, default=None, help="CFC temperature (0.1)")
-    u.add_argument("--proxy-epochs", type=float, default=None, help="proxy training epochs (per preset)")
-    u.add_argument("--proxy-cache", default=None, help="proxy cache directory (default ~/.cache/udd_fast/proxy)")
-    u.add_argument("--eval-region-views", default=None, choices=("on", "off"),
-                   help="evaluate formations plus region views (on, default for udd) or formations only")
+    _add_options(p.add_argument_group(PRESET), PRESET)
+    _add_options(p.add_argument_group(UDD), UDD)
     p.add_argument("--dist-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="under torchrun: how long a collective of the distillation loop waits for the other ranks "
                         "before the run stops with its state saved (default 60)")
@@ -126,119 +88,24 @@ def _parser():
     return p
 
 
-def _flag(name):
-    return "--" + name.replace("_", "-")
+def _spell(name, value=None):
+    return _flag(name) + ("" if value is None else f" {value}")
 
 
 def _check_flags(args, given=frozenset()):
-    """The flags on their own (the data's geometry comes in _check_geometry)."""
+    """The flags on their own (the data's geometry comes in pipeline.check_geometry)."""
     if args.dataset is None and not args.resume:
         raise UsageError("--dataset is required (unless --resume DIR)")
     if args.force and args.resume:
         raise UsageError("--force with --resume: a resumed run continues in its own directory; drop --force")
-    for name in NUMERIC_FLAGS:
-        v = getattr(args, name)
-        problem = None if v is None else field_problem(name, v)
-        if problem:
-            raise UsageError(f"{_flag(name)} {problem} (got {v})")
-    if args.ipc > 50:
-        print(f"note: IPC {args.ipc} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
-    udd_flags = [f for f in ("policy", "region_size", "region_every", "jitter_sigma", "jitter_draws", "cfc_weight",
-                             "cfc_tau", "proxy_epochs", "proxy_cache", "eval_region_views")
-                 if getattr(args, f) is not None]
-    if udd_flags and args.method != "udd":
-        raise UsageError(f"{_flag(udd_flags[0])} is a UDD setting: it needs --method udd")
-    unused = [f for f in NOT_FOR_RANDOM if f in given]
-    if args.method == "random" and unused:
-        raise UsageError(f"{_flag(unused[0])} does not apply to --method random: it stores IPC real images per "
-                         f"class, without distillation (factor 1, no iterations)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device; use --device cpu")
+    check_settings(_values(args), given, _spell)
     if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
         raise UsageError(f"--dist-timeout must be a finite number of seconds > 0 (got {args.dist_timeout})")
 
 
-def _check_world(args, cfg, comm, num_classes):
-    """What a distributed run cannot do, said before any work starts."""
-    if not comm.distributed:
-        return
-    if args.method == "random":
-        raise UsageError(f"--method random has nothing to distribute: run it in one process (not {comm.world})")
-    if cfg.form != "batched":
-        raise UsageError(f"--form {cfg.form} is one process's loop; a distributed run ({comm.world} ranks) uses "
-                         f"the batched form")
-    if comm.world > num_classes:
-        raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
-                         f"start at most {num_classes} processes")
-
-
-def _check_class_sizes(data, need_per_class, what, fix):
-    counts = data.class_counts.cpu()
-    small = int(counts.argmin())
-    if int(counts[small]) < need_per_class:
-        raise UsageError(f"{what} needs {need_per_class} training images per class, but class {small} "
-                         f"({data.info.class_names[small]}) has {int(counts[small])}: {fix}")
-
-
-def _check_geometry(cfg, data):
-    """The settings against the data: tile and window sizes, images per class. Before any work."""
-    size = data.info.size
-    if cfg.method == "random":
-        _check_class_sizes(data, cfg.ipc, f"--method random with IPC {cfg.ipc}", "lower --ipc")
-        return
-    problem = factor_problem(size, cfg.factor)
-    if problem:
-        raise UsageError(f"--factor {cfg.factor} {problem}")
-    if cfg.method == "udd" and cfg.policy != "none":
-        tile = math.ceil(size / cfg.factor)
-        try:
-            window_grid(tile, cfg.region_size)
-        except ValueError as e:
-            raise UsageError(f"--region-size {cfg.region_size}: {e} ({size}-pixel images, factor {cfg.factor}); "
-                             f"use at least {0.5 / tile:.3g}") from None
-    _check_class_sizes(data, cfg.ipc * cfg.factor ** 2,
-                       f"the mix initialization (IPC {cfg.ipc} x factor^2 {cfg.factor ** 2})", "lower --ipc or --factor")
-    _check_class_sizes(data, cfg.batch_real, f"a real batch of {cfg.batch_real} per class", "lower --batch-real")
-
-
-class RunLog:
-    """Lines to stderr and to log.txt in the output directory (appended as the run goes). A failed write
-    raises WriteError once; later lines go to stderr only."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            self.fh = open(path, "a", buffering=1)
-        except OSError as e:
-            raise WriteError(write_error_message(path, e)) from None
-
-    def __call__(self, msg):
-        line = f"[{datetime.datetime.now().isoformat(timespec='seconds')}] {msg}"
-        tqdm.write(line, file=sys.stderr)
-        if self.fh is None:
-            return
-        try:
-            self.fh.write(line + "\n")
-        except OSError as e:
-            self.close()
-            raise WriteError(write_error_message(self.path, e)) from None
-
-    def close(self):
-        if self.fh is not None:
-            try:
-                self.fh.close()
-            except OSError:
-                pass  # the line that could not be written was already reported
-            self.fh = None
-
-
-def random_selection(data, ipc, seed):
-    """IPC random real images per class (keyed): the same stored pixels as a distilled set, factor 1."""
-    K = data.info.num_classes
-    keys = rng.subkeys(rng.key(seed, "random_selection"), torch.arange(K, device=data.images.device))
-    perm = rng.permutation(keys, data.class_indices.shape[1], valid=data.class_counts)[:, :ipc]
-    idx = torch.gather(data.class_indices, 1, perm).reshape(-1)
-    return data.to_float(idx), data.labels[idx]
+def _values(args) -> dict:
+    """The option settings' values as the flags give them (None: not given)."""
+    return {f.name: _option_value(f, getattr(args, f.name)) for f in option_settings()}
 
 
 def _explicit_flags(argv):
@@ -247,13 +114,6 @@ def _explicit_flags(argv):
     for a in p._actions:
         a.default = None
     return {k for k, v in vars(p.parse_args(argv)).items() if v is not None}
-
-
-def _dataset_arg(name):
-    """What identifies the dataset on the command line: user data's resolved absolute path (the same
-    from any working directory), else the canonical built-in name."""
-    path = user_data_path(name)
-    return str(path) if path is not None else canonical_name(name)
 
 
 def _saved_dataset_arg(saved: str) -> str:
@@ -276,15 +136,16 @@ def _resume_config(args, given, ck):
     """The checkpoint's config with the flags that may change applied; refuse flags that would change
     what is computed. Fills args from the config and the saved data location so the usual flag checks
     apply and the printed resume command needs nothing else."""
-    cfg = ck["config"]
+    saved_cfg = ck["config"].to_dict()
     where = ck["path"]
-    for name in FIXED_ON_RESUME:
-        if name in given and getattr(args, name) != getattr(cfg, name):
-            raise UsageError(f"{_flag(name)} {getattr(args, name)} differs from {getattr(cfg, name)} in "
+    for f in settings():
+        name = f.name
+        if f.metadata["fixed_on_resume"] and name in given and getattr(args, name) != saved_cfg[name]:
+            raise UsageError(f"{_flag(name)} {getattr(args, name)} differs from {saved_cfg[name]} in "
                              f"{where}: a resumed run keeps its config (only --iterations, evaluation flags and "
                              f"--checkpoint-every may change)")
     saved = _saved_dataset_arg(ck["dataset_arg"])
-    if "dataset" in given and _dataset_arg(args.dataset) != saved:
+    if "dataset" in given and dataset_arg(args.dataset) != saved:
         raise UsageError(f"--dataset {args.dataset} differs from {saved} in {where}")
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--out {args.out}: a resumed run writes into its own directory {args.resume}")
@@ -292,13 +153,12 @@ def _resume_config(args, given, ck):
     if args.iterations is not None and args.iterations < done:
         raise UsageError(f"--iterations {args.iterations} is below the {done} outer iterations already done "
                          f"in {where}")
-    for name in ("iterations", "eval_runs", "eval_epochs", "eval_arch", "checkpoint_every", "proxy_cache"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.eval_region_views is not None:
-        cfg.eval_region_views = args.eval_region_views == "on"
-    for name in ("ipc", "method", "preset", "seed", "device", "factor"):
-        setattr(args, name, getattr(cfg, name))
+    changes = {f.name: _option_value(f, getattr(args, f.name)) for f in settings()
+               if f.metadata["flag"] and not f.metadata["fixed_on_resume"] and getattr(args, f.name) is not None}
+    cfg = Config.from_flat({**saved_cfg, **changes})
+    for f in settings():  # options with a default of their own would otherwise show that default
+        if f.metadata["flag_default"]:
+            setattr(args, f.name, saved_cfg[f.name])
     if "data_dir" not in given:
         args.data_dir = ck.get("data_dir")
     args.no_download = args.no_download or ck.get("no_download", False)
@@ -306,18 +166,9 @@ def _resume_config(args, given, ck):
     return cfg
 
 
-def _resume_advice(out: Path, launcher: str) -> str:
-    """Where a stopped run stands and the command that continues it."""
-    try:
-        done = load_checkpoint(out)["state"]["outer_done"]
-    except CheckpointError:
-        return (f"no checkpoint was saved, so nothing can be resumed; {out} is marked incomplete ({INCOMPLETE}); "
-                f"start again with --force")
-    return (f"the last checkpoint ({done} outer iterations) is kept in {out / 'checkpoint.pt'} and {out} is marked "
-            f"incomplete ({INCOMPLETE}); resume with: {launcher} --resume {shlex.quote(str(out))}")
-
-
 def run(args, given=frozenset(), comm: Comm = None):
+    """The run the flags ask for (--resume: the saved one, continued); returns its summary (None on ranks
+    other than 0)."""
     comm = comm or Comm()
     given = set(given)
     ck = cfg = None
@@ -325,263 +176,14 @@ def run(args, given=frozenset(), comm: Comm = None):
         ck = comm.from_main(lambda: load_checkpoint(args.resume), (CheckpointError,))
         cfg = _resume_config(args, given, ck)
     _check_flags(args, given)
-    dataset = _dataset_arg(args.dataset)
-    out = Path(args.out or _default_out(dataset, args)).absolute()
-    replaced = comm.from_main(lambda: check_out_dir(out, args.force, bool(args.resume)), (ArtifactError,))
-    data_dir = None if Path(dataset).is_absolute() else resolve_data_dir(args.data_dir)
-    # each node's local rank 0 first: it downloads what the node's other ranks then read
-    ds = comm.everywhere(lambda: load_dataset(dataset, data_dir, download=not args.no_download), (DataError,),
-                         local_first=True)
-    info = ds.info
-    data = RealData(ds, comm.device if comm.distributed else args.device)
-    facts = data_facts(data)
-    if comm.distributed:
-        comm.same_everywhere(facts, "training data", DataError)
-    if ck is not None:
-        check_data(ck, facts)
-    factor = 1 if args.method == "random" else args.factor
-    cfg = cfg or build_config(info.name, args.ipc, args.preset, info.size, info.size_base, factor=factor,
-                       seed=args.seed, device=args.device, method=args.method, iterations=args.iterations,
-                       inner_loop=args.inner_loop, lr_img=args.lr_img, batch_real=args.batch_real,
-                       n_data=args.n_data, form=args.form, eval_runs=args.eval_runs, eval_epochs=args.eval_epochs,
-                       eval_arch=args.eval_arch, policy=args.policy, region_size=args.region_size,
-                       region_every=args.region_every, jitter_sigma=args.jitter_sigma, jitter_draws=args.jitter_draws,
-                       cfc_weight=args.cfc_weight, cfc_tau=args.cfc_tau, proxy_epochs=args.proxy_epochs,
-                       proxy_cache=args.proxy_cache, precision=args.precision, checkpoint_every=args.checkpoint_every,
-                       eval_region_views=None if args.eval_region_views is None else args.eval_region_views == "on")
-    if cfg.proxy_cache:  # a relative cache would move with the working directory of a resume
-        cfg.proxy_cache = str(Path(cfg.proxy_cache).expanduser().absolute())
-    _check_geometry(cfg, data)
-    _check_world(args, cfg, comm, info.num_classes)
-
-    # every check passed: from here on the output directory is this run's
-    launcher = (f"torchrun --nproc_per_node {comm.world} -m udd_fast.distill" if comm.distributed
-                else "python -m udd_fast.distill")
-    note = f"Once it has written checkpoint.pt, continue it with: {launcher} --resume {shlex.quote(str(out))}\n"
-    stale = comm.from_main(lambda: claim_run_dir(out, replaced, note), (ArtifactError,))
-    log = RunLog(out / "log.txt") if comm.is_main else None  # rank 0 alone writes
-    try:
-        if replaced:
-            log(f"--force: replaced the previous run's files in {out}: {', '.join(replaced)}")
-        if stale:
-            log(f"removed temporary files a stopped run left in {out}: {', '.join(stale)}")
-        summary = _distill_and_evaluate(cfg, data, out, log or (lambda msg: None), progress=not args.no_progress,
-                                        ck=ck, dataset_arg=dataset, facts=facts, comm=comm, data_dir=data_dir,
-                                        no_download=args.no_download, launcher=launcher)
-        if comm.is_main:
-            mark_complete(out)
-        return summary
-    except (WriteError, KeyboardInterrupt) as e:
-        if isinstance(e, Interrupted) or not comm.is_main:
-            raise
-        msg = f"{e}; {_resume_advice(out, launcher)}" if isinstance(e, WriteError) else \
-            f"stopped before the run completed; {_resume_advice(out, launcher)}"
-        try:
-            log(msg)
-        except WriteError:
-            pass  # the disk is full: the message still reaches stderr
-        raise (WriteError if isinstance(e, WriteError) else Interrupted)(msg) from None
-    finally:
-        if log is not None:
-            log.close()
-
-
-class _StopOnSignal:
-    """While distilling: the first SIGINT/SIGTERM asks the loop to stop at its next inner iteration (so
-    the last outer boundary is saved); a second one interrupts at once."""
-
-    def __init__(self):
-        self.requested, self.old = False, {}
-
-    def __call__(self):
-        return self.requested
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        # said at once (an inner iteration can take minutes); os.write is safe inside a signal handler
-        os.write(2, f"\n{signal.Signals(signum).name} received: stopping at the end of the current inner iteration "
-                    f"and saving the last outer boundary (send it again to stop at once; that boundary is still "
-                    f"saved)\n".encode())
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal handlers only there
-            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-
-
-def _distill_and_evaluate(cfg, data, out, log, progress, ck=None, dataset_arg=None, facts=None, comm=None,
-                          data_dir=None, no_download=False, launcher="python -m udd_fast.distill"):
-    comm = comm or Comm()
-    main = comm.is_main
-    progress = progress and main
-    info = data.info
-    log(f"udd_fast {__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"device {cfg.device}" + (f", {comm.world} ranks ({distributed.backend_name()})" if comm.distributed else ""))
-    log(f"dataset {info.name}: {data.images.shape[0]} train / {data.test_images.shape[0]} test, "
-        f"{info.num_classes} classes, {info.channels}x{info.size}x{info.size}")
-    log(f"method {cfg.method}, IPC {cfg.ipc}, factor {cfg.factor}, preset {cfg.preset}: {PRESETS[cfg.preset]}")
-    log(f"config {cfg.to_dict()}")
-    udd_summary = {}
-    proxy = None
-    if cfg.method == "udd":  # rank 0 loads or trains it, every rank gets the same network
-        proxy, udd_summary = comm.from_main(lambda: _cpu_proxy(*_proxy(cfg, data, log, progress)))
-    t0 = time.time()
-    final_loss = None
-    regions = None
-    loop_seconds = None
-    if cfg.method == "random":
-        images, labels = random_selection(data, cfg.ipc, cfg.seed)
-        iterations = 0
+    dataset = dataset_arg(args.dataset)
+    if cfg is None:
+        values = _values(args)
     else:
-        d = Distiller(cfg, data, log=log, proxy=proxy, comm=comm)
-        iterations = cfg.iterations
-        if proxy is not None and main:
-            udd_summary["mue_initial"] = d.mue(d.S)  # S is the initialization until a state is loaded
-        if ck is not None:
-            try:
-                d.load_state(ck["state"])
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise CheckpointError(f"{ck['path']}: its state does not fit this run ({e})") from None
-            udd_summary["resumed_from_outer"] = d.outer_done
-            log(f"resumed from {ck['path']} after {d.outer_done} outer iterations"
-                + ("" if ck["version"] == __version__ else f" (saved by udd_fast {ck['version']})"))
-        bar = tqdm(total=cfg.iterations, initial=d.outer_done, desc="distill", unit="outer", disable=not progress,
-                   mininterval=1.0)
-        snap = d.state()  # the last completed outer boundary: what a stop saves
-        snap_start = snap["outer_done"]
-
-        def checkpoint(state):
-            if not main:
-                return Path(out) / "checkpoint.pt"
-            return save_checkpoint(out, state, cfg.to_dict(), facts, dataset_arg, data_dir, no_download)
-
-        def on_outer(outer, loss, seconds):
-            nonlocal snap
-            snap = d.state()
-            every = cfg.checkpoint_every
-            if every and (d.outer_done % every == 0 or d.outer_done == cfg.iterations):
-                checkpoint(snap)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
-            if (outer + 1) % max(1, cfg.iterations // 10) == 0 or outer + 1 == cfg.iterations:
-                log(f"outer {outer + 1}/{cfg.iterations}: matching loss {loss:.5g} ({seconds:.1f} s)")
-
-        t_loop = time.time()
-        with _StopOnSignal() as stop:
-            try:
-                images = d.run(on_outer, should_stop=stop)
-                if stop.requested:
-                    raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                bar.close()
-                path = checkpoint(snap)
-                msg = (f"stopped after {snap['outer_done']}/{cfg.iterations} outer iterations; state saved in {path}; "
-                       f"resume with: {launcher} --resume {shlex.quote(str(out))}")
-                log(msg)
-                raise Interrupted(msg) from None
-            except RankFailure as e:
-                bar.close()
-                path = checkpoint(snap)  # every rank holds the last merged boundary; rank 0 writes it
-                msg = (f"{e}; the state after {snap['outer_done']}/{cfg.iterations} outer iterations is in {path}; "
-                       f"resume with: {launcher} --resume {shlex.quote(str(out))} (any number of processes)")
-                log(msg)
-                raise RankFailure(msg) from None
-        bar.close()
-        loop_seconds = time.time() - t_loop
-        if comm.distributed:
-            udd_summary["communication"] = _comm_summary(comm, cfg, d.outer_done - int(snap_start), loop_seconds)
-            log(f"communication per inner iteration (payload bytes, rank {comm.rank}): "
-                f"{udd_summary['communication']['payload_bytes_per_inner_iteration']:.0f}")
-        if not main:
-            return None  # rank 0 saves and evaluates
-        labels = d.labels()
-        final_loss = d.last_loss if cfg.iterations else None
-        if proxy is not None:
-            regions = d.regions()
-            udd_summary.update(mue_final=d.mue(images), policy_share=d.policy_share(),
-                               policy_counts=dict(d.policy_counts))
-            log(f"mUE {udd_summary['mue_initial']:.4f} -> {udd_summary['mue_final']:.4f}; policy share "
-                f"{udd_summary['policy_share']}")
-    distill_seconds = time.time() - t0
-    log(f"distillation done in {distill_seconds:.1f} s")
-    save_distilled(out / "distilled.pt", images, labels, cfg.factor, info, cfg.to_dict(), regions, facts, data_dir)
-    write_grid(out / "grid.png", images, labels, info.num_classes)
-
-    summary = {
-        "dataset": info.name, "ipc": cfg.ipc, "method": cfg.method, "preset": cfg.preset, "device": cfg.device,
-        "seed": cfg.seed, "factor": cfg.factor, "iterations": iterations, "inner_loop": cfg.inner_loop,
-        "form": cfg.form, "world_size": comm.world, "final_matching_loss": final_loss, "distill_seconds": distill_seconds,
-        "loop_seconds": loop_seconds,
-        "num_stored": int(images.shape[0]), "version": __version__, "torch": torch.__version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
-    }
-    summary.update(udd_summary)
-    if cfg.eval_runs > 0:
-        use_views = regions is not None and cfg.eval_region_views
-        res = _evaluate(cfg, data, images, labels, regions if use_views else None, log, progress)
-        summary.update({k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean",
-                                            "best_runs", "eval_seconds", "num_train")})
-        summary["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
-                                               "num_test", "region_views")}
-        if regions is not None:  # region views raise the decoded count: always report both readings
-            other = _evaluate(cfg, data, images, labels, None if use_views else regions, log, progress)
-            key = "without_region_views" if use_views else "with_region_views"
-            summary[key] = {k: other[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "num_train")}
-            summary["eval_seconds"] += other["eval_seconds"]
-    write_json(out / "summary.json", summary)  # the last artifact: the run is complete once it is there
-    log(f"saved {out}/distilled.pt, summary.json, grid.png, log.txt")
-    return summary
-
-
-def _comm_summary(comm, cfg, outer_done, seconds):
-    """Payload bytes this rank handed to collectives during the loop, by purpose and per iteration."""
-    inner = max(1, outer_done * cfg.inner_loop)
-    total = sum(comm.bytes_by_purpose.values())
-    return {"world_size": comm.world, "rank": comm.rank, "backend": distributed.backend_name(),
-            "outer_iterations": outer_done, "inner_iterations": outer_done * cfg.inner_loop,
-            "payload_bytes_by_purpose": dict(comm.bytes_by_purpose),
-            "calls_by_purpose": dict(comm.calls_by_purpose),
-            "payload_bytes_per_inner_iteration": total / inner,
-            "loop_seconds": seconds, "seconds_per_inner_iteration": seconds / inner}
-
-
-def _cpu_proxy(proxy, facts):
-    return proxy.cpu(), facts  # sent to the other ranks as CPU tensors; the Distiller moves it to its device
-
-
-def _proxy(cfg, data, log, progress):
-    """The UDD proxy network (cached) and its facts for the summary."""
-    t = time.time()
-    proxy, how = load_or_train_proxy(data, cfg.proxy_epochs, cfg.seed, cfg.eval_aug, cfg.eval_cutmix,
-                                     cfg.proxy_cache or None, progress, log)
-    n_test = test_count(data, cfg.eval_test_limit)
-    acc = accuracy(proxy, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
-    log(f"proxy network ({how}, {cfg.proxy_epochs} epochs): test accuracy {acc:.2f} % on {n_test} images")
-    facts = {"proxy": {"epochs": cfg.proxy_epochs, "source": how, "test_accuracy": acc,
-                       "seconds": time.time() - t},
-             "regions": {k: getattr(cfg, k) for k in ("policy", "region_size", "region_every", "jitter_sigma",
-                                                      "jitter_draws")},
-             "cfc": {"weight": cfg.cfc_weight, "tau": cfg.cfc_tau}}
-    return proxy, facts
-
-
-def _evaluate(cfg, data, images, labels, regions, log, progress):
-    views = "with region views" if regions is not None else "formations only"
-    log(f"evaluating ({views}): {cfg.eval_arch}, {cfg.eval_epochs} epochs x {cfg.eval_runs} runs")
-    res = evaluate_set(images, labels, cfg.factor, data, cfg.eval_arch, cfg.eval_epochs, cfg.eval_runs, cfg.seed,
-                       cfg.eval_aug, cfg.eval_cutmix, cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit,
-                       progress, regions)
-    log(f"accuracy ({cfg.eval_arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % "
-        f"over {cfg.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
-        f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
-    return res
+        values = cfg.to_dict()
+    req = Request(dataset, Path(args.out or _default_out(dataset, args)).absolute(), values, args.data_dir,
+                  download=not args.no_download, force=args.force, resume=ck, progress=not args.no_progress)
+    return execute(prepare(req, comm))
 
 
 def _interrupt(signum, frame):

@@ -21,11 +21,12 @@ from .augment import Strategy, sample_params
 from .cfc import prototypes_ref
 from .config import Config
 from .decode import decode_plan, mix_init
+from .matching import match_distance
 from .distributed import Comm
 from .models import ConvNet
 from .regions import RegionSearch, window_grid
 from .sampling import EpochBatches, class_batch_indices
-from .train import make_sgd, normalize, train_step, train_step_part
+from .train import make_sgd, normalize, train_step
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -56,16 +57,6 @@ class _Autocast(torch.nn.Module):
             return self.net(x).float()
 
 
-def match_distance(g_real, g_syn, metric: str, dims):
-    """IDC's `dist` summed over the given dims ('mse': squared, 'l1': absolute differences)."""
-    d = g_real - g_syn
-    if metric == "mse":
-        return d.pow(2).sum(dims)
-    if metric == "l1":
-        return d.abs().sum(dims)
-    raise ValueError(f"unknown metric {metric!r} (mse or l1)")
-
-
 class Distiller:
     """Holds the synthetic images S [K*ipc, C, H, W] (unclamped between boundaries, as IDC) and the
     state of the run; `run()` performs the outer iterations.
@@ -74,29 +65,30 @@ class Distiller:
     the class's stored images at which its gradient is taken) or 'boundary' (rows = all of S right
     after the clamp of an outer iteration); tests use it to compare the two forms.
 
-    UDD (cfg.method == 'udd', with a `proxy` network): regions are searched on the clamped S at
+    UDD (cfg.run.method == 'udd', with a `proxy` network): regions are searched on the clamped S at
     every `region_every`-th outer boundary, their views join each class's synthetic batch, and the
-    CFC loss is added with weight cfg.cfc_weight.
+    CFC loss is added with weight cfg.udd.cfc_weight.
 
     Distributed (`comm` with several ranks, batched form only): this rank owns classes [c0, c1): it
     takes their gradients, updates their rows of S (and of the momentum buffer), and searches their
-    regions; CFC prototypes are merged across ranks; the network update is data-parallel
-    (train_step_part). S, the buffers and the boxes are merged at the end of every outer iteration,
-    so between outer iterations every rank holds the whole state (state(), result(), regions()).
+    regions; CFC prototypes are merged across ranks; the network update is data-parallel (train_step
+    on this rank's share of each batch). S, the buffers and the boxes are merged at the end of every
+    outer iteration, so between outer iterations every rank holds the whole state (state(), result(),
+    regions()).
     """
 
     def __init__(self, cfg: Config, data, log=None, trace=None, proxy=None, comm: Comm = None):
-        if cfg.form not in ("batched", "sequential"):
-            raise ValueError(f"unknown form {cfg.form!r} (batched or sequential)")
+        if cfg.match.form not in ("batched", "sequential"):
+            raise ValueError(f"unknown form {cfg.match.form!r} (batched or sequential)")
         self.comm = comm or Comm()
-        if self.comm.distributed and cfg.form != "batched":
+        if self.comm.distributed and cfg.match.form != "batched":
             raise ValueError("a distributed run uses the batched form (the sequential form is one process's loop)")
-        udd = cfg.method == "udd"
-        if udd and proxy is None and (cfg.policy != "none"):
+        udd = cfg.run.method == "udd"
+        if udd and proxy is None and (cfg.udd.policy != "none"):
             raise ValueError("method udd with a region policy needs a proxy network")
         self.cfg, self.data, self.trace = cfg, data, trace
         self.log = log or (lambda msg: None)
-        self.dtype = DTYPES[cfg.dtype]
+        self.dtype = DTYPES[cfg.match.dtype]
         self.device = data.images.device
         info = data.info
         self.K, self.C, self.size = info.num_classes, info.channels, info.size
@@ -104,38 +96,40 @@ class Distiller:
         if self.c1 <= self.c0:
             raise ValueError(f"{self.comm.world} ranks for {self.K} classes: every rank needs at least one class")
         self.own = torch.arange(self.c0, self.c1, device=self.device)  # this rank's classes
-        self.rows = slice(self.c0 * cfg.ipc, self.c1 * cfg.ipc)  # their stored images
-        self.n_dec = cfg.ipc * cfg.factor ** 2
+        self.rows = slice(self.c0 * cfg.run.ipc, self.c1 * cfg.run.ipc)  # their stored images
+        self.n_dec = cfg.run.ipc * cfg.match.factor ** 2
         self.frows = slice(self.c0 * self.n_dec, self.c1 * self.n_dec)  # their formations
         self.mean = data.mean.to(self.dtype)
         self.std = data.std.to(self.dtype)
         self.proxy = None if proxy is None else proxy.to(self.device, self.dtype).eval()
-        self.match_strategy = Strategy.parse(cfg.match_aug)
-        self.net_strategy = Strategy.parse(cfg.net_aug)
+        self.match_strategy = Strategy.parse(cfg.match.match_aug)
+        self.net_strategy = Strategy.parse(cfg.net.net_aug)
         self.search = None
-        if udd and cfg.policy != "none":
-            self.search = RegionSearch(self.proxy, self.size, cfg.factor, cfg.region_size, cfg.policy, cfg.jitter_sigma,
-                                       cfg.jitter_draws, cfg.seed)
-        self.cfc_weight = cfg.cfc_weight if udd else 0.0
+        if udd and cfg.udd.policy != "none":
+            u = cfg.udd
+            self.search = RegionSearch(self.proxy, self.size, cfg.match.factor, u.region_size, u.policy, u.jitter_sigma,
+                                       u.jitter_draws, cfg.run.seed)
+        self.cfc_weight = cfg.udd.cfc_weight if udd else 0.0
         self.region_boxes = None  # [K*n_dec, 4] stored-coordinate box per formation, once searched
         self.policy_counts = {"response": 0, "jitter": 0}
         # formations, plus one region view per formation when regions are on
         self.n_total = self.n_dec * (2 if self.search else 1)
-        self.n_syn = min(self.n_total, cfg.batch_syn_max)
-        src, boxes = decode_plan(cfg.ipc, self.size, cfg.factor, self.device)
+        self.n_syn = min(self.n_total, cfg.match.batch_syn_max)
+        src, boxes = decode_plan(cfg.run.ipc, self.size, cfg.match.factor, self.device)
         # class-major plan over all of S: row c*n_dec + j decodes stored image c*ipc + src[j]
         cls = torch.arange(self.K, device=self.device).repeat_interleave(self.n_dec)
-        self.dec_src = cls * cfg.ipc + src.repeat(self.K)
+        self.dec_src = cls * cfg.run.ipc + src.repeat(self.K)
         self.dec_boxes = boxes.repeat(self.K, 1)
-        self.net_batches = EpochBatches(data.images.shape[0], cfg.batch_real, cfg.seed, "net_batches", self.device)
+        self.net_batches = EpochBatches(data.images.shape[0], cfg.match.batch_real, cfg.run.seed, "net_batches",
+                                        self.device)
         self.S = self.initial_images()
         self.buf = torch.zeros_like(self.S)
         self.pending = None  # batched form: the part of the last step that comes after the clamp
         self.net_batch = 0
         self.outer_done = 0
         self.last_loss = float("nan")
-        apply_precision(cfg.precision)
-        self.bf16 = cfg.precision == "bf16"
+        apply_precision(cfg.match.precision)
+        self.bf16 = cfg.match.precision == "bf16"
 
     def amp(self):
         """Context for network forward passes: bf16 autocast with --precision bf16. Images, losses,
@@ -182,8 +176,8 @@ class Distiller:
 
     # -- pieces -------------------------------------------------------------------------------
     def initial_images(self):
-        k2 = self.cfg.factor ** 2
-        rows = [mix_init(self.data.first_of_class(c, self.cfg.ipc * k2), self.cfg.ipc, self.cfg.factor)
+        k2 = self.cfg.match.factor ** 2
+        rows = [mix_init(self.data.first_of_class(c, self.cfg.run.ipc * k2), self.cfg.run.ipc, self.cfg.match.factor)
                 for c in range(self.K)]
         return torch.cat(rows).to(self.dtype)
 
@@ -191,8 +185,8 @@ class Distiller:
         """A fresh ConvNet-3 with PyTorch's default init, drawn from a key of (seed, outer) on the CPU
         so every device and form starts from the same weights."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(rng.key(self.cfg.seed, "net_init", outer) & 0x7FFF_FFFF_FFFF_FFFF)
-            net = ConvNet(self.K, self.C, self.size, width=self.cfg.net_width)
+            torch.manual_seed(rng.key(self.cfg.run.seed, "net_init", outer) & 0x7FFF_FFFF_FFFF_FFFF)
+            net = ConvNet(self.K, self.C, self.size, width=self.cfg.net.net_width)
         return net.to(self.device, self.dtype).train()
 
     def decode(self, S, classes=None, views=True):
@@ -211,7 +205,7 @@ class Distiller:
         """[own classes, n_syn] samples to keep per class (IDC: random subset when more than batch_syn_max)."""
         if self.n_total <= self.n_syn:
             return None
-        keys = rng.subkeys(rng.key(self.cfg.seed, "subsample", outer, inner), self.own)
+        keys = rng.subkeys(rng.key(self.cfg.run.seed, "subsample", outer, inner), self.own)
         return rng.permutation(keys, self.n_total)[:, :self.n_syn]
 
     # -- UDD ----------------------------------------------------------------------------------
@@ -223,7 +217,7 @@ class Distiller:
         x = self.decode(self.S.detach(), self.own, views=False).flatten(0, 1).clamp(0, 1)
         f = self.frows
         choice, used_jitter, _ = self.search.select(x, self.formation_labels()[f], self.mean, self.std,
-                                                    rng.key(self.cfg.seed, "jitter", outer), first=f.start)
+                                                    rng.key(self.cfg.run.seed, "jitter", outer), first=f.start)
         if self.region_boxes is None:
             self.region_boxes = torch.zeros(self.K * self.n_dec, 4, dtype=torch.int64, device=self.device)
         self.region_boxes[f] = self.search.boxes(choice, self.dec_boxes[f, :2])
@@ -241,30 +235,31 @@ class Distiller:
         """mUE of a stored set under the proxy: mean usage entropy of its formations' response maps."""
         x = self.decode(images.to(self.dtype), views=False).flatten(0, 1).clamp(0, 1)
         fmap = self.proxy.feature_map((x - self.mean) / self.std)
-        tile = math.ceil(self.size / self.cfg.factor)  # the windows only shape the unused scores here
+        tile = math.ceil(self.size / self.cfg.match.factor)  # the windows only shape the unused scores here
         _, _, ue = ops.response_map(fmap, self.proxy.classifier.weight, self.formation_labels(), tile,
-                                    window_grid(tile, self.cfg.region_size))
+                                    window_grid(tile, self.cfg.udd.region_size))
         return float(ue.mean())
 
     def match_params(self, outer, inner):
         """[own classes, P]: each class's siamese augmentation draw."""
-        keys = rng.subkeys(rng.key(self.cfg.seed, "match_aug", outer, inner), self.own)
+        keys = rng.subkeys(rng.key(self.cfg.run.seed, "match_aug", outer, inner), self.own)
         return sample_params(keys, self.match_strategy, self.size)
 
     def real_batches(self, outer, inner):
         """[own classes, B, C, H, W] normalized real batches."""
-        step = outer * self.cfg.inner_loop + inner
-        idx = class_batch_indices(self.data.class_indices, self.data.class_counts, self.cfg.seed, step,
-                                  self.cfg.batch_real)[self.c0:self.c1]
+        b = self.cfg.match.batch_real
+        step = outer * self.cfg.match.inner_loop + inner
+        idx = class_batch_indices(self.data.class_indices, self.data.class_counts, self.cfg.run.seed, step,
+                                  b)[self.c0:self.c1]
         x = self.data.to_float(idx.reshape(-1)).to(self.dtype)
-        return normalize(x, self.mean, self.std).view(idx.shape[0], self.cfg.batch_real, self.C, self.size, self.size)
+        return normalize(x, self.mean, self.std).view(idx.shape[0], b, self.C, self.size, self.size)
 
     # -- matching -----------------------------------------------------------------------------
     def augmented_reals(self, outer, inner, params):
         """[own classes, B, C, H, W]: class c's real batch under class c's (siamese) draw; the synthetic
         batch gets the same draw, so augmenting the two apart equals IDC's augmenting them together."""
         reals = self.real_batches(outer, inner)
-        b = self.cfg.batch_real
+        b = self.cfg.match.batch_real
         cls = torch.arange(reals.shape[0], device=self.device).repeat_interleave(b)
         return ops.diff_augment(reals.flatten(0, 1), params, self.match_strategy, cls).view(reals.shape)
 
@@ -286,20 +281,20 @@ class Distiller:
         feats = feats.to(self.dtype)
         g_syn = torch.autograd.grad(F.cross_entropy(logits.to(self.dtype), y), weights, create_graph=True)
         # the distance in the images' dtype, whatever precision the gradients were computed in
-        loss = sum(match_distance(gr.detach().to(self.dtype), gs.to(self.dtype), self.cfg.metric, None)
+        loss = sum(match_distance(gr.detach().to(self.dtype), gs.to(self.dtype), self.cfg.match.metric, None)
                    for gr, gs in zip(g_real, g_syn))
         if self.cfc_weight:
-            loss = loss + self.cfc_weight * ops.cfc_loss(feats, y, protos, self.cfg.cfc_tau)
+            loss = loss + self.cfc_weight * ops.cfc_loss(feats, y, protos, self.cfg.udd.cfc_tau)
         return loss
 
     def match(self, net, outer, inner):
         """One matching step of the configured form on S; returns the summed matching loss."""
-        if self.cfg.form == "batched":
+        if self.cfg.match.form == "batched":
             return self.match_batched(net, outer, inner)
         return self.match_sequential(net, outer, inner)
 
     def match_sequential(self, net, outer, inner):
-        mu, lr = self.cfg.mom_img, self.cfg.lr_img
+        mu, lr = self.cfg.match.mom_img, self.cfg.match.lr_img
         params = self.match_params(outer, inner)
         x_real = self.augmented_reals(outer, inner, params)
         protos = None
@@ -308,7 +303,7 @@ class Distiller:
                 protos = prototypes_ref(torch.stack([net.features(x_real[c]) for c in range(self.K)]).to(self.dtype))
         sub = self.subsample_index(outer, inner)
         total = 0.0
-        ipc = self.cfg.ipc
+        ipc = self.cfg.run.ipc
         for c in range(self.K):
             S = self.S.detach().requires_grad_(True)
             syn = self.decode(S, [c])[0]
@@ -337,7 +332,7 @@ class Distiller:
         if sub is not None:
             syn = torch.gather(syn, 1, sub.view(K, -1, 1, 1, 1).expand(-1, -1, *syn.shape[2:]))
         syn = normalize(syn, self.mean, self.std)
-        b, n = cfg.batch_real, syn.shape[1]
+        b, n = cfg.match.batch_real, syn.shape[1]
         cls = self.own
         group = torch.arange(K, device=self.device)
         x_syn = ops.diff_augment(syn.flatten(0, 1), params, self.match_strategy, group.repeat_interleave(n))
@@ -355,22 +350,22 @@ class Distiller:
         ce_syn, feats_syn = class_ce(x_syn, n)
         g_syn = torch.autograd.grad(ce_syn, weights, create_graph=True)
         # the distance in the images' dtype, whatever precision the gradients were computed in
-        per_class = sum(match_distance(gr.detach().to(self.dtype), gs.to(self.dtype), cfg.metric,
+        per_class = sum(match_distance(gr.detach().to(self.dtype), gs.to(self.dtype), cfg.match.metric,
                                        tuple(range(1, gr.dim())))
                         for gr, gs in zip(g_real, g_syn))  # [K]
         if self.cfc_weight:
             protos = torch.zeros(self.K, feats_real.shape[-1], dtype=feats_real.dtype, device=self.device)
             protos[self.c0:self.c1] = prototypes_ref(feats_real)
             protos = self.comm.merge_rows(protos, self.c0, self.c1, "cfc prototypes")
-            cfc = ops.cfc_loss(feats_syn.flatten(0, 1), cls.repeat_interleave(n), protos, cfg.cfc_tau,
+            cfc = ops.cfc_loss(feats_syn.flatten(0, 1), cls.repeat_interleave(n), protos, cfg.udd.cfc_tau,
                                reduction="none")
             per_class = per_class + self.cfc_weight * cfc.view(K, n).mean(1)
         (grad,) = torch.autograd.grad(per_class.sum(), S)
         return per_class.detach(), grad
 
     def match_batched(self, net, outer, inner):
-        cfg, K, ipc = self.cfg, self.K, self.cfg.ipc
-        mu, lr = cfg.mom_img, cfg.lr_img
+        cfg, K, ipc = self.cfg, self.K, self.cfg.run.ipc
+        mu, lr = cfg.match.mom_img, cfg.match.lr_img
         per_class, grad = self.batched_grad(net, outer, inner)
         if self.trace:
             for c in range(self.c0, self.c1):
@@ -380,7 +375,7 @@ class Distiller:
         S, buf = self.S[rows], self.buf[rows]
         with torch.no_grad():
             buf.mul_(m).add_(grad[rows])
-            if inner == cfg.inner_loop - 1:
+            if inner == cfg.match.inner_loop - 1:
                 # up to the clamp, class c has had its own step and those of classes c+1..K-1
                 w = torch.tensor([(1 - mu ** (K - c)) / (1 - mu) for c in range(self.c0, self.c1)], dtype=self.dtype,
                                  device=self.device).repeat_interleave(ipc).view(-1, 1, 1, 1)
@@ -399,7 +394,7 @@ class Distiller:
             self.S.clamp_(0.0, 1.0)
             if self.trace:
                 self.trace("boundary", outer, -1, -1, self.S.clone())
-            if self.search is not None and outer % self.cfg.region_every == 0:
+            if self.search is not None and outer % self.cfg.udd.region_every == 0:
                 self.search_regions(outer)
             if self.pending is not None:
                 self.S.sub_(self.pending)
@@ -408,17 +403,17 @@ class Distiller:
     def outer_step(self, outer, should_stop=None):
         cfg = self.cfg
         net = self.new_network(outer)
-        opt = make_sgd(net, cfg.lr_net, cfg.mom_net, cfg.wd_net)
+        opt = make_sgd(net, cfg.net.lr_net, cfg.net.mom_net, cfg.net.wd_net)
         self.boundary(outer)
         loss_sum = 0.0
-        for inner in range(cfg.inner_loop):
+        for inner in range(cfg.match.inner_loop):
             if should_stop and self.comm.any(should_stop(), "stop flag"):  # every rank stops at the same point
                 raise Stopped(f"stopped in outer iteration {outer}")
             loss_sum = loss_sum + self.match(net, outer, inner)
             self.network_update(net, opt)
         if self.comm.distributed:
             loss_sum = self.merge(loss_sum, net)
-        self.last_loss = float(loss_sum) / (self.K * cfg.inner_loop)  # IDC's logged mean loss
+        self.last_loss = float(loss_sum) / (self.K * cfg.match.inner_loop)  # IDC's logged mean loss
         if not (math.isfinite(self.last_loss) and bool(torch.isfinite(self.S).all())):
             raise FloatingPointError(f"the matching loss or the images became NaN/infinite in outer iteration "
                                      f"{outer} (loss {self.last_loss}); lower --lr-img")
@@ -446,22 +441,17 @@ class Distiller:
     def network_update(self, net, opt):
         """Train the matching network on shuffled real batches until n_data images were seen (with
         several ranks, each computes its part of every batch and the gradients are summed)."""
-        numbers, self.net_batch = self.net_batches.run_until(self.net_batch, self.cfg.n_data)
+        numbers, self.net_batch = self.net_batches.run_until(self.net_batch, self.cfg.net.n_data)
         model = _Autocast(net, self.amp) if self.bf16 else net
         for b in numbers:
             idx = self.net_batches.indices(b)
-            key = rng.key(self.cfg.seed, "net_update", b)
-            if not self.comm.distributed:
-                x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
-                train_step(model, opt, x, self.data.labels[idx], self.net_strategy, self.cfg.net_cutmix, key)
-                continue
 
             def load(pos, idx=idx):
                 i = idx[pos]
                 return normalize(self.data.to_float(i).to(self.dtype), self.mean, self.std), self.data.labels[i]
-            lo, hi = self.comm.shard(idx.shape[0])
-            train_step_part(model, opt, load, idx.shape[0], lo, hi, self.size, self.net_strategy,
-                            self.cfg.net_cutmix, key, self.reduce_grads)
+            part = self.comm.shard(idx.shape[0]) if self.comm.distributed else None
+            train_step(model, opt, load, idx.shape[0], self.size, self.net_strategy, self.cfg.net.net_cutmix,
+                       rng.key(self.cfg.run.seed, "net_update", b), part, self.reduce_grads)
 
     def reduce_grads(self, model):
         """Sum the network's gradients over the ranks (one flat all-reduce per batch)."""
@@ -478,7 +468,7 @@ class Distiller:
         should_stop() is polled between inner iterations: when true, Stopped is raised and the run
         stands mid-outer-iteration (a caller that wants to resume keeps a state() of the last boundary)."""
         t0 = time.time()
-        for outer in range(self.outer_done, self.cfg.iterations):
+        for outer in range(self.outer_done, self.cfg.match.iterations):
             loss = self.outer_step(outer, should_stop)
             if progress:
                 progress(outer, loss, time.time() - t0)
@@ -490,7 +480,7 @@ class Distiller:
         return self.S.detach().clamp(0.0, 1.0).float()
 
     def labels(self):
-        return torch.arange(self.K, device=self.device).repeat_interleave(self.cfg.ipc)
+        return torch.arange(self.K, device=self.device).repeat_interleave(self.cfg.run.ipc)
 
     def regions(self):
         """(source stored index [M], box [M, 4]) of the region views in use, or None."""

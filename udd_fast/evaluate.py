@@ -10,6 +10,7 @@ without cutout whenever CutMix is on (IDC's `remove_aug(args.dsa_strategy, 'cuto
 default `--mixup cut`); cutout stays only where CutMix is off (SVHN at factor 1 and IPC 1).
 """
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -20,20 +21,15 @@ import torch
 from tqdm import tqdm
 
 from . import rng
+from .artifacts import load_distilled
 from .augment import Strategy
-from .decode import decode_plan
+from .config import EvalConfig, UsageError
+from .data import ArrayDataset, RealData, load_dataset
+from .decode import training_set
 from .models import ARCHS, make_model
+from .result import Result
 from .sampling import EpochBatches
-from .train import accuracy, make_sgd, normalize, train_step
-from . import ops
-
-
-def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
-    """Every stored image decoded into its factor^2 formations (labels repeated)."""
-    if factor <= 1:
-        return images, labels
-    src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device)
-    return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
+from .train import accuracy, fit, normalize
 
 
 def test_count(data, test_limit: int) -> int:
@@ -42,59 +38,51 @@ def test_count(data, test_limit: int) -> int:
     return min(test_limit, n) if test_limit else n
 
 
-def train_once(x, y, data, arch: str, epochs: int, key: int, strategy: Strategy, use_cutmix: bool,
-               batch: int = 64, validations: int = 4, test_limit: int = 0, progress: bool = False, desc: str = ""):
-    """Train a fresh `arch` on normalized x; test `validations` times, evenly spaced, the last at the
-    final epoch (IDC: 4). Returns (last accuracy, best validation accuracy)."""
-    info = data.info
+def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, desc: str = ""):
+    """Train a fresh ev.eval_arch on normalized x; test ev.eval_validations times, evenly spaced, the last
+    at the final epoch (IDC: 4). Returns (last accuracy, best validation accuracy)."""
+    info, epochs, validations = data.info, ev.eval_epochs, ev.eval_validations
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.key(key, "init") & 0x7FFF_FFFF_FFFF_FFFF)
-        model = make_model(arch, info.num_classes, info.channels, info.size)
+        model = make_model(ev.eval_arch, info.num_classes, info.channels, info.size)
     model = model.to(x.device).train()
-    opt = make_sgd(model)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * epochs // 3, 5 * epochs // 6], gamma=0.2)
-    batches = EpochBatches(x.shape[0], batch, key, "batches", x.device)
+    batches = EpochBatches(x.shape[0], ev.eval_batch, key, "batches", x.device)
     val_every = max(1, epochs // max(1, validations))
-    n_test = test_count(data, test_limit)
-    best, last = 0.0, 0.0
-    bar = tqdm(range(1, epochs + 1), desc=desc, leave=False, disable=not progress, mininterval=1.0)
-    for epoch in bar:
-        for j in range(batches.per_epoch):
-            b = (epoch - 1) * batches.per_epoch + j
-            idx = batches.indices(b)
-            train_step(model, opt, x[idx], y[idx], strategy, use_cutmix, rng.key(key, "step", b))
-        sched.step()
+    n_test = test_count(data, ev.eval_test_limit)
+    acc = {"last": 0.0, "best": 0.0}
+    bar = tqdm(total=epochs, desc=desc, leave=False, disable=not progress, mininterval=1.0)
+
+    def validate(epoch):
+        bar.update(1)
         if (epoch % val_every == 0 and epoch // val_every <= validations) or epoch == epochs:
-            last = accuracy(model, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
-            best = max(best, last)
-            bar.set_postfix(acc=f"{last:.1f}")
-    return last, best
+            acc["last"] = accuracy(model, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
+            acc["best"] = max(acc["best"], acc["last"])
+            bar.set_postfix(acc=f"{acc['last']:.1f}")
+
+    fit(model, lambda idx: (x[idx], y[idx]), batches, epochs * batches.per_epoch, x.shape[-1],
+        Strategy.parse(ev.eval_aug), ev.eval_cutmix, lambda b: rng.key(key, "step", b), schedule="epoch",
+        on_epoch=validate)
+    bar.close()
+    return acc["last"], acc["best"]
 
 
-def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs=5, seed=0,
-                 strategy="color_crop_flip_scale_rotate", use_cutmix=True, batch=64, validations=4,
-                 test_limit=0, progress=True, regions=None):
-    """Evaluate stored images in [0,1] with IDC's protocol; returns a dict of the results.
+def evaluate_set(images, labels, factor: int, data, ev: EvalConfig, seed: int = 0, progress: bool = True,
+                 regions=None):
+    """Evaluate stored images in [0,1] with IDC's protocol as `ev` sets it (architecture, epochs, runs,
+    augmentation, CutMix, batch, validations, test images); returns a dict of the results.
     `regions` = (source index [M], box [M, 4]) adds UDD's region views to the decoded formations."""
+    arch, epochs, runs = ev.eval_arch, ev.eval_epochs, ev.eval_runs
     if runs < 1 or epochs < 1:
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    dev = data.images.device
-    images = images.to(dev).float().clamp(0, 1)
-    labels = labels.to(dev).long()
-    x, y = decode_all(images, labels, factor)
-    if regions is not None:
-        src, boxes = (t.to(dev).long() for t in regions)
-        x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
-        y = torch.cat([y, labels[src]])
+    x, y = training_set(images.to(data.images.device), labels.to(data.images.device), factor, regions)
     x = normalize(x, data.mean, data.std)
-    strat = Strategy.parse(strategy)
     t0 = time.time()
     last, best = [], []
     for r in range(runs):
-        a, b = train_once(x, y, data, arch, epochs, rng.key(seed, "eval", arch, r), strat, use_cutmix, batch,
-                          validations, test_limit, progress, desc=f"eval {arch} run {r + 1}/{runs}")
+        a, b = train_once(x, y, data, ev, rng.key(seed, "eval", arch, r), progress,
+                          desc=f"eval {arch} run {r + 1}/{runs}")
         last.append(a)
         best.append(b)
     return {
@@ -102,13 +90,71 @@ def evaluate_set(images, labels, factor, data, arch="convnet", epochs=1000, runs
         "accuracy_runs": last,
         "accuracy_mean": statistics.fmean(last),
         "accuracy_std": statistics.stdev(last) if runs > 1 else 0.0,
-        "validations": validations,
-        "num_test": test_count(data, test_limit),
+        "validations": ev.eval_validations,
+        "num_test": test_count(data, ev.eval_test_limit),
         "best_runs": best,
         "best_mean": statistics.fmean(best),
         "eval_seconds": time.time() - t0,
-        "augmentation": str(strat), "cutmix": bool(use_cutmix), "region_views": regions is not None,
+        "augmentation": str(Strategy.parse(ev.eval_aug)), "cutmix": bool(ev.eval_cutmix),
+        "region_views": regions is not None,
     }
+
+
+def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=None, runs=None, epochs=None,
+                       seed=None, region_views=None, device="cpu", progress=True, allow_data_mismatch=False,
+                       allow_incomplete=False) -> dict:
+    """Evaluate a distilled set with IDC's protocol; returns the results (accuracy per run, mean, std,
+    ...; "warnings" lists what was allowed).
+
+    source: a Result, a run directory holding distilled.pt, or the file itself.
+    data: the data to test on (a dataset name, an .npz or folder path, or an ArrayDataset from
+      udd_fast.data.from_arrays); default: the set's own, read from `data_dir` (default: the run's).
+    arch, runs, epochs, seed, region_views: default the run's own settings.
+    """
+    for name, v in (("runs", runs), ("epochs", epochs)):
+        if v is not None and v < 1:
+            raise UsageError(f"{name} must be >= 1 (got {v})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} was asked for, but this torch build sees no CUDA device")
+    warnings = []
+    if isinstance(source, Result):
+        saved = {"images": source.images, "labels": source.labels, "factor": source.factor,
+                 "dataset": source.info.name, "config": source.config, "data": source.facts,
+                 "data_dir": source.data_dir, "region_src": None, "boxes": None,
+                 "dataset_info": {"num_classes": source.info.num_classes, "class_names": list(source.class_names)}}
+        if source.regions is not None:
+            saved["region_src"], saved["boxes"] = source.regions
+        where = f"the Result of {source.info.name}"
+    else:
+        saved = load_distilled(source)
+        check_run_dir(Path(source), allow_incomplete, warnings)
+        where = str(source)
+    cfg = saved["config"]
+    runs = cfg.eval.eval_runs if runs is None else runs
+    if runs < 1:
+        raise UsageError(f"the run's config asks for {runs} evaluation runs: pass runs=N (--eval-runs N on the "
+                         f"command line), N >= 1")
+    regions = saved_regions(saved, cfg, None if region_views is None else ("on" if region_views else "off"))
+    if isinstance(data, ArrayDataset):
+        ds = data
+    else:
+        name = data if data is not None else saved["dataset"]
+        if name == "arrays":
+            raise UsageError(f"{where} was distilled from images in memory: pass them as data "
+                             f"(udd_fast.data.from_arrays(images, labels, test_images, test_labels))")
+        if name.startswith(("npz:", "folder:")):
+            name = name.split(":", 1)[1]
+        ds = load_dataset(name, data_dir if data_dir is not None else saved.get("data_dir"), download=download)
+    real = RealData(ds, device)
+    check_same_data(saved, real, where, allow_data_mismatch, warnings)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    ev = dataclasses.replace(cfg.eval, eval_arch=arch or cfg.eval.eval_arch, eval_runs=runs,
+                             eval_epochs=cfg.eval.eval_epochs if epochs is None else epochs)
+    res = evaluate_set(saved["images"], saved["labels"], saved["factor"], real, ev,
+                       cfg.run.seed if seed is None else seed, progress, regions)
+    res["warnings"] = warnings
+    return res
 
 
 def _parser():
@@ -134,16 +180,16 @@ def _parser():
     return p
 
 
-def _saved_regions(saved, cfg, flag):
+def saved_regions(saved, cfg, flag):
     """The saved region views to evaluate with, per --eval-region-views (default: the run's setting)."""
     has = saved.get("boxes") is not None
-    want = cfg.eval_region_views if flag is None else flag == "on"
+    want = cfg.eval.eval_region_views if flag is None else flag == "on"
     if want and flag == "on" and not has:
         raise ValueError("--eval-region-views on: this set has no region boxes (it was not distilled with UDD regions)")
     return (saved["region_src"], saved["boxes"]) if (want and has) else None
 
 
-def _check_run_dir(path: Path, allow: bool, warnings: list):
+def check_run_dir(path: Path, allow: bool, warnings: list):
     """A set inside a run directory marked INCOMPLETE may not match the rest of that run."""
     from .artifacts import INCOMPLETE, ArtifactError
 
@@ -159,10 +205,10 @@ def _check_run_dir(path: Path, allow: bool, warnings: list):
     warnings.append(msg)
 
 
-def _check_same_data(saved, data, path, allow: bool, warnings: list):
+def check_same_data(saved, data, path, allow: bool, warnings: list):
     """Refuse data other than the set was distilled on (classes, counts, content), unless allowed."""
     from .artifacts import ArtifactError
-    from .checkpoint import data_facts, data_mismatch
+    from .data import data_facts, data_mismatch
 
     x = saved["images"]
     if data.info.channels != x.shape[1] or data.info.size != x.shape[-1]:  # cannot be overridden
@@ -183,46 +229,30 @@ def _check_same_data(saved, data, path, allow: bool, warnings: list):
 
 
 def main(argv=None):
-    from .artifacts import ArtifactError, WriteError, load_distilled, write_json
-    from .data import DataError, RealData, load_dataset
+    from .artifacts import ArtifactError, WriteError, write_json
+    from .data import DataError
 
     args = _parser().parse_args(argv)
-    warnings = []
     try:
         for name in ("eval_runs", "eval_epochs"):
             v = getattr(args, name)
             if v is not None and v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
         if args.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but this torch build sees no CUDA device")
-        saved = load_distilled(args.path)
-        _check_run_dir(Path(args.path), args.allow_incomplete, warnings)
-        cfg = saved["config"]
-        runs = args.eval_runs if args.eval_runs is not None else cfg.eval_runs
-        epochs = args.eval_epochs if args.eval_epochs is not None else cfg.eval_epochs
-        if runs < 1:
-            raise ValueError(f"the run's config asks for {runs} evaluation runs: pass --eval-runs N (N >= 1)")
-        regions = _saved_regions(saved, cfg, args.eval_region_views)
-        name = saved["dataset"]
-        if name.startswith(("npz:", "folder:")):
-            name = name.split(":", 1)[1]
-        data_dir = args.data_dir if args.data_dir is not None else saved.get("data_dir")
-        data = RealData(load_dataset(name, data_dir, download=not args.no_download), args.device)
-        _check_same_data(saved, data, args.path, args.allow_data_mismatch, warnings)
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        res = evaluate_set(saved["images"], saved["labels"], saved["factor"], data, args.arch, epochs, runs,
-                           cfg.seed if args.seed is None else args.seed, cfg.eval_aug, cfg.eval_cutmix,
-                           cfg.eval_batch, cfg.eval_validations, cfg.eval_test_limit, not args.no_progress, regions)
-    except (DataError, ArtifactError, ValueError) as e:
+            raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device")
+        res = evaluate_distilled(args.path, data_dir=args.data_dir, download=not args.no_download, arch=args.arch,
+                                 runs=args.eval_runs, epochs=args.eval_epochs, seed=args.seed,
+                                 region_views=None if args.eval_region_views is None else args.eval_region_views == "on",
+                                 device=args.device, progress=not args.no_progress,
+                                 allow_data_mismatch=args.allow_data_mismatch, allow_incomplete=args.allow_incomplete)
+    except (DataError, ArtifactError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     res["path"] = str(args.path)
-    res["warnings"] = warnings
     print(json.dumps(res, indent=2))
     out = Path(args.path)
     out_dir = out if out.is_dir() else out.parent
-    print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {runs} runs "
+    print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
           f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
     try:
         write_json(out_dir / f"eval_{args.arch}.json", res)

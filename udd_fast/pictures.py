@@ -100,6 +100,7 @@ def curves_png(history: dict, title: str = "") -> bytes:
 
     matplotlib.use("Agg")  # no screen needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = [(key, label) for key, label in (("loss", "matching loss (mean per class and inner iteration)"),
                                                ("mue", "mUE (mean usage entropy of the formations)"),
@@ -112,6 +113,8 @@ def curves_png(history: dict, title: str = "") -> bytes:
         ax.set_ylabel(label.split(" (")[0])
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # outer iterations are whole
+        ax.ticklabel_format(axis="y", useOffset=False)  # mUE moves in the 5th digit: show the values
     if not panels:
         axes[0, 0].text(0.5, 0.5, "no outer iterations ran", ha="center", va="center")
     axes[-1, 0].set_xlabel("outer iteration")

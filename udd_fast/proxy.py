@@ -13,24 +13,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import __version__, rng
+from . import rng
+from .version import __version__
 from .artifacts import WriteError, write_torch
 from .augment import Strategy
+from .data import data_fingerprint
 from .models import ConvNet
 from .sampling import EpochBatches
-from .train import make_sgd, normalize, train_step
+from .train import fit, normalize
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("UDD_FAST_CACHE", Path.home() / ".cache" / "udd_fast")) / "proxy"
-
-
-def data_fingerprint(data) -> str:
-    """sha256 of the training images and labels (so a changed dataset never reuses a proxy)."""
-    h = hashlib.sha256()
-    h.update(data.images.cpu().numpy().tobytes())
-    h.update(data.labels.cpu().numpy().tobytes())
-    return h.hexdigest()[:32]
 
 
 def proxy_key(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, arch: str = "convnet") -> dict:
@@ -52,23 +46,22 @@ def new_proxy(info, seed: int):
 
 
 def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, progress=True):
-    """Train on the real training set: SGD 0.01/0.9/5e-4, batch 64, lr x0.2 at 2/3 and 5/6,
-    per-sample evaluation augmentation. `epochs` may be fractional (smoke runs)."""
+    """Train on the real training set: SGD 0.01/0.9/5e-4, batch 64, lr x0.2 at 2/3 and 5/6 of the
+    batches, per-sample evaluation augmentation. `epochs` may be fractional (smoke runs)."""
     model = new_proxy(data.info, seed).to(data.images.device).train()
-    opt = make_sgd(model)
-    n = data.images.shape[0]
-    batches = EpochBatches(n, 64, seed, "proxy_batches", data.images.device)
+    batches = EpochBatches(data.images.shape[0], 64, seed, "proxy_batches", data.images.device)
     steps = max(1, math.ceil(epochs * batches.per_epoch))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * steps // 3, 5 * steps // 6], gamma=0.2)
-    strat = Strategy.parse(strategy)
-    bar = tqdm(range(steps), desc="proxy", disable=not progress, mininterval=1.0, leave=False)
-    for b in bar:
-        idx = batches.indices(b)
-        x = normalize(data.to_float(idx), data.mean, data.std)
-        loss = train_step(model, opt, x, data.labels[idx], strat, use_cutmix, rng.key(seed, "proxy_step", b))
-        sched.step()
+    bar = tqdm(total=steps, desc="proxy", disable=not progress, mininterval=1.0, leave=False)
+
+    def show(b, loss):
+        bar.update(1)
         if b % 50 == 0:
             bar.set_postfix(loss=f"{float(loss):.3f}")
+
+    fit(model, lambda idx: (normalize(data.to_float(idx), data.mean, data.std), data.labels[idx]), batches, steps,
+        data.info.size, Strategy.parse(strategy), use_cutmix, lambda b: rng.key(seed, "proxy_step", b),
+        schedule="step", on_step=show)
+    bar.close()
     return model.eval()
 
 

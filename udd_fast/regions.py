@@ -1,5 +1,6 @@
-"""UDD's underutilized regions (method section 2): response map, candidate windows, the response and
-jitter policies, the `auto` condition, region views, and mUE.
+"""UDD's underutilized regions (method section 2): candidate windows, the response and jitter
+policies, the `auto` condition, and the boxes of region views. The response map, window scores and
+mUE are `ops.response_map`, the jittered copies `ops.region_mask`.
 
 Geometry: a formation is tile t of a stored image; its footprint is the tile, `tile` stored pixels
 square (16 at 32 px with k=2, 14 at 28 px). Candidate windows are r = round_half_up(region_size *
@@ -9,7 +10,6 @@ stored coordinates, so a region view is `crop_resize` of its box, like a formati
 import math
 
 import torch
-import torch.nn.functional as F
 
 from . import ops, rng
 
@@ -29,48 +29,12 @@ def window_grid(tile: int, region_size: float, device=None) -> torch.Tensor:
     return torch.tensor([(y, x, y + r, x + r) for y in pos for x in pos], dtype=torch.int64, device=device)
 
 
-def response_map_ref(feature_map: torch.Tensor, head_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """R[n, i, j] = sum_ch W[y_n, ch, i, j] * F[n, ch, i, j]: the true-class logit split over locations
-    (exact for a flatten-linear head). feature_map [N, Ch, h, w], head_weight [K, Ch*h*w]."""
-    n, ch, h, w = feature_map.shape
-    wy = head_weight.view(-1, ch, h, w)[labels]
-    return (wy * feature_map).sum(1)
-
-
-def window_scores_ref(R: torch.Tensor, tile: int, windows: torch.Tensor) -> torch.Tensor:
-    """[N, 9] mean of R upsampled bilinearly (align_corners=False) to tile x tile, inside each window."""
-    up = F.interpolate(R.unsqueeze(1), size=(tile, tile), mode="bilinear", align_corners=False)[:, 0]
-    cs = F.pad(up.cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral image
-    y0, x0, y1, x1 = windows.unbind(1)
-    s = cs[:, y1, x1] - cs[:, y0, x1] - cs[:, y1, x0] + cs[:, y0, x0]
-    return s / ((y1 - y0) * (x1 - x0)).to(s.dtype)
-
-
-def usage_entropy_ref(R: torch.Tensor) -> torch.Tensor:
-    """UE per sample: entropy of ReLU(R) normalized over the h*w cells, divided by log(h*w); 0 when
-    ReLU(R) sums to 0. mUE is its mean over formations."""
-    p = F.relu(R).flatten(1)
-    total = p.sum(1, keepdim=True)
-    p = torch.where(total > 0, p / total.clamp_min(torch.finfo(p.dtype).tiny), torch.zeros_like(p))
-    ent = -(torch.where(p > 0, p * torch.log(p), torch.zeros_like(p))).sum(1)
-    return ent / math.log(p.shape[1])
-
-
 def window_pixel_masks(windows: torch.Tensor, tile: int, size: int) -> torch.Tensor:
     """[9, size, size] bool: decoded pixels whose source (align_corners=False) lies in each window."""
     src = torch.floor((torch.arange(size, device=windows.device, dtype=torch.float64) + 0.5) * tile / size).long()
     rows = (src.view(1, -1) >= windows[:, 0:1]) & (src.view(1, -1) < windows[:, 2:3])
     cols = (src.view(1, -1) >= windows[:, 1:2]) & (src.view(1, -1) < windows[:, 3:4])
     return rows.unsqueeze(2) & cols.unsqueeze(1)
-
-
-def region_mask_ref(x: torch.Tensor, masks: torch.Tensor, noise: torch.Tensor, mean, std) -> torch.Tensor:
-    """Jittered copies for the jitter policy: x [N,C,H,W] in [0,1], masks [W,H,W] bool, noise
-    [N,W,D,C,H,W] (already scaled by sigma) -> normalize(clamp(x + noise inside the window, 0, 1))
-    as [N, W, D, C, H, W]."""
-    m = masks.view(1, masks.shape[0], 1, 1, *masks.shape[1:]).to(x.dtype)
-    jit = (x.unsqueeze(1).unsqueeze(1) + noise * m).clamp(0.0, 1.0)
-    return (jit - mean.view(1, 1, 1, -1, 1, 1)) / std.view(1, 1, 1, -1, 1, 1)
 
 
 class RegionSearch:
@@ -138,8 +102,3 @@ class RegionSearch:
         """Stored-coordinate boxes [N,4] of the chosen windows, given each formation's tile origin [N,2]."""
         w = self.windows.to(choice.device)[choice]
         return w + tile_origin.repeat(1, 2)
-
-
-def region_views(images, src, boxes, size):
-    """The region views: crop_resize of each chosen box of its stored image to the full size."""
-    return ops.crop_resize(images, src, boxes, (size, size))

@@ -90,13 +90,6 @@ def uniform(keys: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
     return (_shr(b, 40).to(torch.float32) * (2.0 ** -24)).to(dtype)
 
 
-def randint(keys: torch.Tensor, n: int, low, high) -> torch.Tensor:
-    """Integers uniform in [low, high) (int64), [*keys.shape, n]; low/high may be tensors broadcasting."""
-    u = uniform(keys, n, torch.float64)
-    span = torch.as_tensor(high, dtype=torch.float64, device=u.device) - torch.as_tensor(low, dtype=torch.float64, device=u.device)
-    return (torch.floor(u * span) + torch.as_tensor(low, dtype=torch.float64, device=u.device)).to(torch.int64)
-
-
 def normal(keys: torch.Tensor, n: int, dtype=torch.float32) -> torch.Tensor:
     """Standard normal draws by Box-Muller on two keyed uniform streams."""
     u = uniform(keys, 2 * n, torch.float64)

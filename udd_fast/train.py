@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from . import ops, rng
 from .augment import Strategy, sample_params
+from .sampling import EpochBatches
 
 CUTMIX_P = 0.5
 
@@ -35,22 +36,6 @@ def cutmix_draw(key: int, n: int, h: int, w: int, device, p: float = CUTMIX_P):
     return (x1, x2, y1, y2), perm, ratio
 
 
-def cutmix(x, y, key: int, p: float = CUTMIX_P):
-    """IDC's CutMix: with probability p paste a box from a permuted partner.
-
-    Returns (x, y_partner, ratio) where the loss is ratio*CE(y) + (1-ratio)*CE(y_partner);
-    y_partner is None when no mix is drawn.
-    """
-    n, _, h, w = x.shape
-    draw = cutmix_draw(key, n, h, w, x.device, p)
-    if draw is None:
-        return x, None, 1.0
-    (x1, x2, y1, y2), perm, ratio = draw
-    x = x.clone()
-    x[:, :, x1:x2, y1:y2] = x[perm, :, x1:x2, y1:y2]
-    return x, y[perm], ratio
-
-
 def augment_batch(x, strategy: Strategy, key: int, positions=None):
     """Per-sample augmentation of a normalized batch, keyed by the batch's key and each sample's
     position in its batch (`positions`, default 0..n-1: a rank's part of a global batch passes its own)."""
@@ -63,55 +48,84 @@ def augment_batch(x, strategy: Strategy, key: int, positions=None):
     return ops.diff_augment(x, params, strategy)
 
 
-def train_step(model, opt, x, y, strategy: Strategy, use_cutmix: bool, key: int):
-    """One SGD step on a normalized batch: per-sample augmentation, optional CutMix, CE."""
-    with torch.no_grad():
-        x = augment_batch(x, strategy, rng.key(key, "aug"))
-    y_b, ratio = None, 1.0
-    if use_cutmix:
-        x, y_b, ratio = cutmix(x, y, rng.key(key, "cutmix"))
-    out = model(x)
-    loss = F.cross_entropy(out, y)
-    if y_b is not None:
-        loss = loss * ratio + F.cross_entropy(out, y_b) * (1.0 - ratio)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
+def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutmix: bool, key: int, part=None,
+               reduce_grads=None):
+    """One SGD step on a batch of n normalized size x size images: per-sample augmentation, optional
+    CutMix, cross-entropy. `load(positions)` gives (images, labels) at batch positions.
 
-
-def train_step_part(model, opt, load, n: int, lo: int, hi: int, size: int, strategy: Strategy, use_cutmix: bool,
-                    key: int, reduce_grads):
-    """train_step of a global batch of n split across ranks: this rank computes positions [lo, hi).
-
-    `load(positions)` gives (normalized images, labels) at global positions. The augmentation is keyed
-    per position and CutMix is drawn over the global batch, so a rank augments its own samples and,
-    when a mix is drawn, its samples' partners itself (no images are exchanged). Its loss is its share
-    of the global mean, and `reduce_grads(model)` sums the gradients over the ranks before the step:
-    the update of train_step on the whole batch, up to the order of the sum over samples.
+    `part` = (lo, hi): this rank computes positions [lo, hi) of a batch split across ranks. The
+    augmentation is keyed per position and CutMix is drawn over the whole batch, so a rank augments
+    its own samples and, when a mix is drawn, its samples' partners itself (no images are exchanged).
+    Its loss is its share of the batch mean, and `reduce_grads(model)` sums the gradients over the
+    ranks before the step: the update of the whole batch, up to the order of the sum over samples.
+    Returns the (share of the) loss, or None for an empty share.
     """
     device = next(model.parameters()).device
+    lo, hi = (0, n) if part is None else part
+    m = hi - lo
     pos = torch.arange(lo, hi, device=device)
     draw = cutmix_draw(rng.key(key, "cutmix"), n, size, size, device) if use_cutmix else None
-    need = pos if draw is None else torch.cat([pos, draw[1][lo:hi]])
+    # a share loads its samples' CutMix partners after its own samples; the whole batch holds them
+    need = pos if draw is None or part is None else torch.cat([pos, draw[1][lo:hi]])
     opt.zero_grad(set_to_none=True)
-    m = hi - lo
+    loss = None
     if m:
         x, y = load(need)
         with torch.no_grad():
             x = augment_batch(x, strategy, rng.key(key, "aug"), positions=need)
+        y_b = None
         if draw is not None:
-            (x1, x2, y1, y2), _, ratio = draw
-            mixed = x[:m].clone()
-            mixed[:, :, x1:x2, y1:y2] = x[m:, :, x1:x2, y1:y2]
-            x, y_b = mixed, y[m:]
-        out = model(x[:m])
-        loss = F.cross_entropy(out, y[:m], reduction="sum") / n
-        if draw is not None:
-            loss = loss * ratio + F.cross_entropy(out, y_b, reduction="sum") / n * (1.0 - ratio)
+            (x1, x2, y1, y2), perm, ratio = draw
+            if part is None:
+                box, y_b = x[perm, :, x1:x2, y1:y2], y[perm]
+            else:
+                box, y_b = x[m:, :, x1:x2, y1:y2], y[m:]
+            x = x[:m].clone()
+            x[:, :, x1:x2, y1:y2] = box
+        y = y[:m]
+        out = model(x)
+        if part is None:
+            # the batch mean as F.cross_entropy sums it (a share's sum / n adds in another order)
+            loss = F.cross_entropy(out, y)
+            if y_b is not None:
+                loss = loss * ratio + F.cross_entropy(out, y_b) * (1.0 - ratio)
+        else:
+            loss = F.cross_entropy(out, y, reduction="sum") / n
+            if y_b is not None:
+                loss = loss * ratio + F.cross_entropy(out, y_b, reduction="sum") / n * (1.0 - ratio)
         loss.backward()
-    reduce_grads(model)
+    if part is not None:
+        reduce_grads(model)
     opt.step()
+    return None if loss is None else loss.detach()
+
+
+def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Strategy, use_cutmix: bool, step_key,
+        schedule: str, on_epoch=None, on_step=None):
+    """Train `model` on `steps` batches of `batches` (batch numbers 0, 1, ...) with IDC's recipe: SGD
+    (lr 0.01, momentum 0.9, weight decay 5e-4), one train_step per batch, the lr x0.2 at 2/3 and 5/6 of
+    the training. `schedule` counts those in epochs ('epoch': the rate changes at an epoch's end;
+    evaluation) or in batches ('step': the UDD proxy, whose training may be a fraction of an epoch).
+
+    load(idx) gives (normalized images, labels) at dataset indices idx; step_key(b) keys batch b's
+    random draws; on_epoch(epoch) follows each whole epoch (from 1), on_step(b, loss) each batch."""
+    if schedule not in ("epoch", "step"):
+        raise ValueError(f"unknown schedule {schedule!r} (epoch or step)")
+    opt = make_sgd(model)
+    units = steps // batches.per_epoch if schedule == "epoch" else steps
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * units // 3, 5 * units // 6], gamma=0.2)
+    for b in range(steps):
+        idx = batches.indices(b)
+        loss = train_step(model, opt, lambda pos: load(idx[pos]), idx.shape[0], size, strategy, use_cutmix,
+                          step_key(b))
+        if on_step:
+            on_step(b, loss)
+        if schedule == "step":
+            sched.step()
+        elif (b + 1) % batches.per_epoch == 0:
+            sched.step()
+            if on_epoch:
+                on_epoch((b + 1) // batches.per_epoch)
 
 
 def make_sgd(model, lr=0.01, momentum=0.9, weight_decay=5e-4):

@@ -1,0 +1,48 @@
+"""Datasets for udd_fast: read, validate, download, and move to a torch device.
+
+Built-in datasets ('mnist', 'fashionmnist', 'svhn', 'cifar10', 'cifar100') are read from a
+torchvision-compatible data directory (`registry`), so an existing torchvision data dir works
+unchanged. Files on disk are checked by structure (headers, shapes, dtypes, label ranges and the
+official sample counts: `validate`), never by md5, so re-packed copies are accepted; downloads of
+missing files are md5-checked (`download`). Readers: `idx` (MNIST, FashionMNIST), `cifar` (a
+restricted unpickler: a crafted file cannot run code), `svhn`, `user` (an .npz file or image
+folders). `device.RealData` holds a dataset on a torch device; `identity` says what identifies it.
+
+Environment variables:
+    UDD_FAST_DATA            default data directory (else ~/.cache/udd_fast/data)
+    UDD_FAST_ALLOW_PARTIAL   set to 1 to accept built-in files with any sample
+                             counts (for tiny test files); all other checks stay.
+"""
+from .cifar import load_cifar
+from .dataset import ArrayDataset, DataError, DatasetInfo
+from .device import RealData
+from .download import ensure_files
+from .identity import data_facts, data_fingerprint, data_mismatch
+from .idx import load_idx
+from .registry import CIFAR_LAYOUT, DATASETS, canonical_name, resolve_data_dir
+from .svhn import load_svhn
+from .user import from_arrays, load_folder, load_npz, user_data_path
+
+__all__ = ["ArrayDataset", "DATASETS", "DataError", "DatasetInfo", "RealData", "canonical_name", "data_facts",
+           "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "resolve_data_dir", "user_data_path"]
+
+
+def load_dataset(name: str, data_dir=None, download: bool = True) -> ArrayDataset:
+    """Load a dataset as uint8 NCHW numpy arrays.
+
+    ``name`` is a built-in name/alias (see ``canonical_name``), or a path to an
+    existing ``.npz`` file or image-folder directory (user data; ``data_dir`` and
+    ``download`` are then ignored). Missing built-in files are downloaded when
+    ``download`` is true; otherwise a DataError lists them with the official URLs.
+    """
+    user_path = user_data_path(name)
+    if user_path is not None:
+        return load_npz(user_path) if user_path.is_file() else load_folder(user_path)
+    key = canonical_name(name)
+    root = resolve_data_dir(data_dir)
+    ensure_files(key, root, download)
+    if key in ("mnist", "fashionmnist"):
+        return load_idx(key, root)
+    if key in CIFAR_LAYOUT:
+        return load_cifar(key, root)
+    return load_svhn(root)
