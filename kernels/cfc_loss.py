@@ -8,6 +8,8 @@ The classes go BLOCK_K at a time (an online logsumexp in the forward), so a prog
 BLOCK_K x BLOCK_D tile at any K: a single K-wide tile spilled registers from K = 100 on (see
 bench/RESULTS.md). K and D are constexprs: a runtime loop bound fails in Triton's interpreter under
 NumPy 2."""
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -22,8 +24,10 @@ NUM_WARPS = 1
 EPS = 1e-12  # F.normalize's eps
 
 
+@functools.lru_cache(maxsize=64)
 def _consts(tau, acc_t, device):
-    # tau and eps as a tensor: a Python float argument would be float32 in the kernel
+    # tau and eps as a tensor: a Python float argument would be float32 in the kernel. Made once per
+    # (tau, dtype, device): each new one is a copy from host memory, which a loop must not wait on.
     return torch.tensor([tau, EPS], dtype=acc_t, device=device)
 
 

@@ -35,14 +35,24 @@ def test_bf16_matching_gradient_agrees_with_fp32(mnist_dev):
         assert ((l32 - l16).abs() / l32).max() < 0.03
 
 
-def test_fp32_turns_tf32_off_and_tf32_allows_it(mnist_data):
-    Distiller(build_config("mnist", 1, "smoke", 28, 28, precision="fp32"), mnist_data)
-    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    Distiller(build_config("mnist", 1, "smoke", 28, 28, precision="tf32"), mnist_data)
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+def test_precision_is_a_context_the_run_enters(mnist_data):
+    """fp32 switches TF32 off and tf32 allows it, inside the run only: constructing a Distiller changes
+    nothing, and leaving the context restores whatever was set before."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for outside in (True, False):
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = outside
+            for precision, inside in (("fp32", False), ("tf32", True), ("bf16", True)):
+                d = Distiller(build_config("mnist", 1, "smoke", 28, 28, precision=precision), mnist_data)
+                assert torch.backends.cuda.matmul.allow_tf32 is outside  # the constructor leaks nothing
+                with d.precision():
+                    assert torch.backends.cuda.matmul.allow_tf32 is inside
+                    assert torch.backends.cudnn.allow_tf32 is inside
+                assert torch.backends.cuda.matmul.allow_tf32 is outside and torch.backends.cudnn.allow_tf32 is outside
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     assert build_config("mnist", 1, "smoke", 28, 28).match.precision == "fp32"  # the CPU default
     assert build_config("mnist", 1, "smoke", 28, 28, device="cuda").match.precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default again
 
 
 def test_bf16_smoke_run_gives_finite_images(tmp_path, real_data_dir, device):

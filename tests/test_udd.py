@@ -183,8 +183,9 @@ def test_batched_equals_sequential_with_every_udd_part_on(mnist_dev):
     proxy = new_proxy(mnist_dev.info, 0).double().eval()
     ev_s, final_s, d_s = _udd_run(mnist_dev, "sequential", proxy)
     ev_b, final_b, d_b = _udd_run(mnist_dev, "batched", proxy)
-    assert d_s.n_total == 16 and d_s.region_boxes is not None and d_s.cfc_weight == 0.5
-    assert torch.equal(d_s.region_boxes, d_b.region_boxes)
+    m = d_s.matcher
+    assert m.n_total == 16 and d_s.region_state.boxes is not None and m.cfc_weight == 0.5
+    assert torch.equal(d_s.region_state.boxes, d_b.region_state.boxes)
     assert d_s.policy_counts == d_b.policy_counts and sum(d_s.policy_counts.values()) == 3 * 80
     scale = run_scale(ev_s)
     for a, b in zip(ev_s, ev_b, strict=True):

@@ -87,7 +87,7 @@ def sample_params(keys: torch.Tensor, strategy: Strategy, size: int, op_key=None
     p[:, ROT] = (u[:, ROT] - 0.5) * 2 * RATIO_ROTATE / 180 * math.pi
     n_ops = max(1, len(strategy.ops))
     if op_key is not None:
-        p[:, OP] = torch.floor(rng.uniform(torch.tensor([op_key], device=keys.device), 1, torch.float64)[0, 0] * n_ops)
+        p[:, OP] = math.floor(rng.uniform_host(op_key, 1)[0] * n_ops)  # a host draw: nothing is copied to the device
     else:
         p[:, OP] = torch.floor(u[:, OP] * n_ops)
     return p.float()

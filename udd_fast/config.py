@@ -145,6 +145,13 @@ class MatchConfig(_Group):
         "", "fp32 (no TF32; default on CPU), tf32 (TF32 matmuls/convolutions; default on CUDA) or bf16 (network "
             "forward passes under bf16 autocast; images and losses stay float32)", flag=MAIN,
         flag_choices=PRECISIONS, fixed_on_resume=True, distill_only=True, choices=("", *PRECISIONS))
+    cuda_graphs: str = setting(
+        "auto", "auto (on with CUDA; default), on or off: run the matching step and the network update on static "
+                "buffers, captured as CUDA graphs and replayed on a GPU (on the CPU, --cuda-graphs on runs the "
+                "static path without capture)", flag=MAIN, flag_default=True, distill_only=True,
+        choices=("auto", "on", "off"))
+    compile: bool = setting(False, "run the network update through torch.compile (on the static path; default off)",
+                            flag=MAIN, flag_default=True, distill_only=True)
 
 
 @dataclass

@@ -201,6 +201,10 @@ def check_world(cfg: Config, comm: Comm, num_classes: int):
                          f"uses the batched form")
     if cfg.eval.eval_every:  # rank 0 alone evaluates: the others would wait past --dist-timeout
         raise UsageError(f"--eval-every is one process's: a distributed run ({comm.world} ranks) evaluates at the end")
+    if cfg.match.cuda_graphs == "on" or cfg.match.compile:  # auto means off under torchrun
+        flag = "--cuda-graphs on" if cfg.match.cuda_graphs == "on" else "--compile on"
+        raise UsageError(f"{flag} runs in one process: a distributed run ({comm.world} ranks) all-reduces the "
+                         f"network update's gradients per batch, on the plain path")
     if comm.world > num_classes:
         raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
                          f"start at most {num_classes} processes")

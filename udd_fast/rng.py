@@ -68,6 +68,26 @@ def subkeys(base: int, ids, device=None) -> torch.Tensor:
     return fold(torch.full_like(ids, _signed(base)), ids)
 
 
+def fold_int(base: int, i: int) -> int:
+    """`fold` on Python ints: key(base, i) as `subkeys` makes it, computed on the host."""
+    return _signed(_mix_int(((int(base) & _MASK64) ^ int(i)) + _GOLDEN))
+
+
+def key_tensor(k: int, device=None) -> torch.Tensor:
+    """A [1] int64 tensor holding key k, made on the device by a fill (no copy from host memory)."""
+    return torch.full((1,), _signed(k), dtype=torch.int64, device=device)
+
+
+def uniform_host(k: int, n: int) -> list:
+    """`uniform(key_tensor(k), n, torch.float64)[0]` computed on the host, bit for bit: for scalar
+    decisions (CutMix's draw) that must not wait on a device."""
+    out = []
+    for j in range(1, n + 1):
+        b = _mix_int(_mix_int(((int(k) & _MASK64) + j * _GOLDEN) & _MASK64))
+        out.append((b >> 11) * (2.0 ** -53))
+    return out
+
+
 def fold(keys: torch.Tensor, ids) -> torch.Tensor:
     """Fold ids (non-negative ints, broadcasting) into keys: the tensor form of one `key` step."""
     keys = torch.as_tensor(keys, dtype=torch.int64)

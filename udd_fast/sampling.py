@@ -15,15 +15,18 @@ from . import rng
 
 
 def class_batch_indices(class_indices: torch.Tensor, class_counts: torch.Tensor, seed: int, step: int,
-                        batch: int) -> torch.Tensor:
-    """[K, batch] dataset indices: batch `step` of every class's keyed epoch stream."""
+                        batch: int, host_counts=None) -> torch.Tensor:
+    """[K, batch] dataset indices: batch `step` of every class's keyed epoch stream. `host_counts`, a
+    host copy of class_counts (the loop passes RealData's), sizes the draw without reading the device."""
     k, max_count = class_indices.shape
     dev = class_indices.device
     counts = class_counts.to(dev).view(k, 1)
     pos = step * batch + torch.arange(batch, device=dev).view(1, batch)  # [1, B]
     epoch = pos // counts  # [K, B]
-    first = int((step * batch // class_counts).min())
-    last = int(((step * batch + batch - 1) // class_counts).max())
+    if host_counts is None:
+        host_counts = class_counts.tolist()
+    first = min(step * batch // int(c) for c in host_counts)
+    last = max((step * batch + batch - 1) // int(c) for c in host_counts)
     epochs = torch.arange(first, last + 1, device=dev)  # the epochs this batch touches
     base = rng.subkeys(rng.key(seed, "class_epoch"), torch.arange(k, device=dev))  # [K]
     keys = rng.fold(base.view(k, 1), epochs.view(1, -1))  # [K, E]
@@ -48,16 +51,20 @@ class EpochBatches:
     def indices(self, b: int) -> torch.Tensor:
         epoch, j = divmod(b, self.per_epoch)
         if epoch != self._epoch:
-            keys = rng.subkeys(self.base, [epoch], device=self.device)
+            keys = rng.key_tensor(rng.fold_int(self.base, epoch), self.device)
             self._perm, self._epoch = rng.permutation(keys, self.n)[0], epoch
         return self._perm[j * self.batch:(j + 1) * self.batch]
+
+    def size(self, b: int) -> int:
+        """How many images batch b holds (the last of an epoch is smaller), known on the host."""
+        j = b % self.per_epoch
+        return min(self.batch, self.n - j * self.batch)
 
     def run_until(self, b: int, n_images: int):
         """Batch numbers from b on until at least n_images were seen (IDC's n_data): (numbers, next b)."""
         out, seen = [], 0
         while seen < n_images:
-            epoch, j = divmod(b, self.per_epoch)
-            seen += min(self.batch, self.n - j * self.batch)
+            seen += self.size(b)
             out.append(b)
             b += 1
         return out, b

@@ -19,10 +19,10 @@ def normalize(x, mean, std):
     return (x - mean) / std
 
 
-def cutmix_draw(key: int, n: int, h: int, w: int, device, p: float = CUTMIX_P):
-    """IDC's CutMix draw for a batch of n (beta 1): None (no mix, probability 1-p) or
-    ((x1, x2, y1, y2) box, partner permutation [n], ratio of the kept area). One draw per batch."""
-    u = rng.uniform(torch.tensor([key], device=device), 4, torch.float64)[0].tolist()
+def cutmix_box(key: int, h: int, w: int, p: float = CUTMIX_P):
+    """IDC's CutMix decision for one batch (beta 1), drawn on the host from the batch's key: None (no
+    mix, probability 1-p) or ((x1, x2, y1, y2) box, ratio of the kept area)."""
+    u = rng.uniform_host(key, 4)
     if u[0] >= p:
         return None
     lam = u[1]  # Beta(1, 1)
@@ -31,9 +31,25 @@ def cutmix_draw(key: int, n: int, h: int, w: int, device, p: float = CUTMIX_P):
     cx, cy = int(u[2] * h), int(u[3] * w)
     x1, x2 = min(max(cx - cut_w // 2, 0), h), min(max(cx + cut_w // 2, 0), h)
     y1, y2 = min(max(cy - cut_h // 2, 0), w), min(max(cy + cut_h // 2, 0), w)
-    perm = rng.permutation(rng.subkeys(key, [1], device=device), n)[0]
-    ratio = 1.0 - ((x2 - x1) * (y2 - y1) / (h * w))
-    return (x1, x2, y1, y2), perm, ratio
+    return (x1, x2, y1, y2), 1.0 - ((x2 - x1) * (y2 - y1) / (h * w))
+
+
+def cutmix_partners(key: int, n: int, device, padded: int = None) -> torch.Tensor:
+    """CutMix's partner permutation of a batch of n, drawn on the device; `padded` >= n gives it that
+    length, the positions from n on mapping to themselves (the first n entries are the same)."""
+    keys = rng.key_tensor(rng.fold_int(key, 1), device)
+    if padded is None:
+        return rng.permutation(keys, n)[0]
+    return rng.permutation(keys, padded, valid=torch.full((1,), n, dtype=torch.int64, device=device))[0]
+
+
+def cutmix_draw(key: int, n: int, h: int, w: int, device, p: float = CUTMIX_P):
+    """IDC's CutMix draw for a batch of n: None (no mix) or (box, partner permutation [n], kept ratio).
+    The decision and the box come from the host, so nothing waits on the device."""
+    box = cutmix_box(key, h, w, p)
+    if box is None:
+        return None
+    return box[0], cutmix_partners(key, n, device), box[1]
 
 
 def augment_batch(x, strategy: Strategy, key: int, positions=None):

@@ -39,7 +39,7 @@ class RealData:
         shape = (1, ds.info.channels, 1, 1)
         self.mean = torch.tensor(ds.info.mean, dtype=torch.float32, device=self.device).view(shape)
         self.std = torch.tensor(ds.info.std, dtype=torch.float32, device=self.device).view(shape)
-        self._counts = counts  # host copy: avoids a device sync in first_of_class
+        self.host_counts = counts.tolist()  # host copy: sampling and first_of_class never read the device
 
     def to_float(self, idx: torch.Tensor) -> torch.Tensor:
         """images[idx] as float32 in [0, 1]."""
@@ -49,7 +49,7 @@ class RealData:
         """The first n training images of class c (dataset order), float32 in [0, 1]."""
         if not 0 <= c < self.info.num_classes:
             raise DataError(f"{self.info.name}: class {c} out of range [0, {self.info.num_classes})")
-        if n > self._counts[c]:
-            raise DataError(f"{self.info.name}: class {c} has {self._counts[c]} training images, "
+        if n > self.host_counts[c]:
+            raise DataError(f"{self.info.name}: class {c} has {self.host_counts[c]} training images, "
                             f"{n} requested")
         return self.to_float(self.class_indices[c, :n])

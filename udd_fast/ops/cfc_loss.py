@@ -45,12 +45,12 @@ class _CfcLoss(torch.autograd.Function):
         return gf, None, None, None, None, None
 
 
-def cfc_loss(features, labels, prototypes, tau, reduction="mean"):
+def cfc_loss(features, labels, prototypes, tau, reduction="mean", validate=True):
     """CFC loss: -log softmax_k(<normalize(f_i), mu_k> / tau)[y_i], mean over i or per sample
     ('none'); prototypes [K, D] already L2-normalized. See cfc_loss_ref. Differentiable w.r.t.
     the features: the fused backward for a first derivative; under create_graph the backward runs
     through the reference so that second derivatives stay exact. Prototypes that require grad, or
-    n == 0, run the reference."""
+    n == 0, run the reference. validate=False skips the label range check (labels built in range)."""
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     name = resolve(features)
@@ -66,5 +66,6 @@ def cfc_loss(features, labels, prototypes, tau, reduction="mean"):
     if protos.dim() != 2 or protos.shape[1] != dim or labels.shape[0] != n:
         raise AssertionError(f"prototypes {tuple(protos.shape)} / labels {tuple(labels.shape)} do not match "
                              f"features {tuple(features.shape)}")
-    _check(((labels >= 0) & (labels < protos.shape[0])).all(), "cfc_loss: labels out of range of the prototypes")
+    if validate:
+        _check(((labels >= 0) & (labels < protos.shape[0])).all(), "cfc_loss: labels out of range of the prototypes")
     return _CfcLoss.apply(features.contiguous(), labels, protos, float(tau), reduction == "mean", _load(name))

@@ -107,10 +107,11 @@ class _DiffAugment(torch.autograd.Function):
         return g, None, None, None, None, None
 
 
-def diff_augment(x, params, strategy, index=None):
+def diff_augment(x, params, strategy, index=None, validate=True):
     """IDC's augmentation with parameters as a tensor. See diff_augment_ref.
     x [N,C,H,W]; params [G, NUM_PARAMS]; index [N] rows of params (siamese groups) or None (G = N).
-    Differentiable w.r.t. x only."""
+    Differentiable w.r.t. x only. validate=False skips the check of `index` (a caller that built it
+    in range)."""
     if isinstance(strategy, str):
         strategy = Strategy.parse(strategy)
     name = resolve(x)
@@ -127,7 +128,8 @@ def diff_augment(x, params, strategy, index=None):
         idx = torch.as_tensor(index, device=x.device).to(torch.int64).reshape(-1).contiguous()
         if p.dim() != 2 or p.shape[1] != NUM_PARAMS or idx.shape[0] != n:
             raise AssertionError(f"params {tuple(p.shape)} / index {tuple(idx.shape)} do not match {n} samples")
-        _check(((idx >= 0) & (idx < p.shape[0])).all(), "diff_augment: index out of range of params")
+        if validate:
+            _check(((idx >= 0) & (idx < p.shape[0])).all(), "diff_augment: index out of range of params")
     x = x.contiguous()
     # Contrast's mean after brightness b and saturation is mean(x) + b: one small reduction first.
     mean = x.detach().mean(dim=(1, 2, 3), dtype=acc) if strategy.color else p

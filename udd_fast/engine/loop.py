@@ -1,0 +1,261 @@
+"""The distillation loop, top-down: outer iterations of (fresh network, boundary, inner iterations of
+matching step + network update), over the engine's parts.
+
+One inner iteration is device work only: its draws are keyed on the host and made on the device, its
+shapes are fixed, nothing is read back (tests/test_host_reads.py). The outer boundary reads the device:
+the clamp is followed by UDD's region search (which picks windows and counts policies on the host), the
+matching loss is read for the log, the images are checked for NaN, and a stop request is polled
+between inner iterations from a host flag (a collective under torchrun).
+"""
+import math
+import time
+
+import torch
+
+from .. import rng
+from ..config import Config
+from ..decode import mix_init
+from ..distributed import Comm
+from ..models import ConvNet
+from .matcher import BatchedMatcher, SequentialMatcher
+from .precision import autocast, precision_scope
+from .region_state import RegionState
+from .synthetic import SyntheticSet
+from .trainer import NetworkTrainer
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Stopped(KeyboardInterrupt):
+    """A requested stop (SIGINT/SIGTERM) seen between inner iterations: the current outer iteration is
+    abandoned; the state of the last outer boundary is what a checkpoint keeps."""
+
+
+def static_path(cfg: Config, device: torch.device, distributed: bool = False):
+    """(static buffers, CUDA-graph capture) for a run: --cuda-graphs auto means on with CUDA in one
+    process; the static path also serves --compile on (a compiled step wants fixed shapes); capture
+    needs CUDA."""
+    auto = device.type == "cuda" and not distributed
+    graphs = cfg.match.cuda_graphs == "on" or (cfg.match.cuda_graphs == "auto" and auto)
+    return graphs or cfg.match.compile, graphs and device.type == "cuda"
+
+
+class Distiller:
+    """The run's state and loop over its parts: the synthetic set (`syn`), UDD's regions (`region_state`,
+    with a proxy), the matcher of the configured form and the network trainer. `run()` performs the
+    outer iterations.
+
+    `trace`, if set, is called as trace(event, outer, inner, cls, rows) with event 'grad' (rows = the
+    class's stored images at which its gradient is taken) or 'boundary' (rows = all of S right after
+    the clamp of an outer iteration); tests use it to compare the forms.
+
+    Distributed (`comm` with several ranks, batched form, plain path): this rank owns classes [c0, c1):
+    it takes their gradients, moves their rows of S, searches their regions; CFC prototypes are merged
+    across ranks; the network update is data-parallel. S, the momentum, the split step's remainder and
+    the boxes are merged at the end of every outer iteration, so between outer iterations every rank
+    holds the whole state.
+    """
+
+    def __init__(self, cfg: Config, data, log=None, trace=None, proxy=None, comm: Comm = None):
+        if cfg.match.form not in ("batched", "sequential"):
+            raise ValueError(f"unknown form {cfg.match.form!r} (batched or sequential)")
+        self.comm = comm or Comm()
+        if self.comm.distributed and cfg.match.form != "batched":
+            raise ValueError("a distributed run uses the batched form (the sequential form is one process's loop)")
+        udd = cfg.run.method == "udd"
+        if udd and proxy is None and cfg.udd.policy != "none":
+            raise ValueError("method udd with a region policy needs a proxy network")
+        self.cfg, self.data, self.trace = cfg, data, trace
+        self.log = log or (lambda msg: None)
+        self.dtype = DTYPES[cfg.match.dtype]
+        self.device = data.images.device
+        info = data.info
+        self.K = info.num_classes
+        c0, c1 = self.comm.classes(self.K)
+        if c1 <= c0:
+            raise ValueError(f"{self.comm.world} ranks for {self.K} classes: every rank needs at least one class")
+        static, capture = static_path(cfg, self.device, self.comm.distributed)
+        if static and self.comm.distributed:
+            raise ValueError("--cuda-graphs on and --compile on run in one process (the network update's gradients "
+                             "are all-reduced per batch under torchrun)")
+        self.mean, self.std = data.mean.to(self.dtype), data.std.to(self.dtype)
+        self.amp = lambda: autocast(self.device, cfg.match.precision)
+        self.syn = SyntheticSet(self.initial_images(), self.K, cfg.run.ipc, cfg.match.factor, cfg.match.mom_img,
+                                cfg.match.lr_img, (c0, c1))
+        self.proxy = None if proxy is None else proxy.to(self.device, self.dtype).eval()
+        self.region_state = None
+        if udd and self.proxy is not None:
+            self.region_state = RegionState(self.syn, self.proxy, cfg.udd, cfg.match.factor, cfg.run.seed, self.mean,
+                                            self.std, (c0, c1), self.comm)
+        self.trainer = NetworkTrainer(cfg, data, self.dtype, self.mean, self.std, self.amp, self.comm, static,
+                                      cfg.match.compile, capture, self.log)
+        parts = (cfg, data, self.syn, self.region_state, self.dtype, self.mean, self.std, self.amp, self.comm,
+                 (c0, c1))
+        if cfg.match.form == "batched":
+            self.matcher = BatchedMatcher(*parts, trace=trace, static=static, capture=capture, log=self.log)
+        else:
+            self.matcher = SequentialMatcher(*parts, trace=trace)
+        self.outer_done = 0
+        self.last_loss = float("nan")
+
+    # -- the state, as the rest of the package and a checkpoint see it ---------------------------------
+    S = property(lambda self: self.syn.S)
+    pending = property(lambda self: self.syn.pending, lambda self, v: setattr(self.syn, "pending", v))
+    net_batch = property(lambda self: self.trainer.net_batch)
+    policy_counts = property(lambda self: self.region_state.policy_counts if self.region_state else
+                             {"response": 0, "jitter": 0})
+
+    STATE_KEYS = ("S", "buf", "pending", "net_batch", "outer_done", "region_boxes", "policy_counts", "last_loss")
+
+    def state(self):
+        """Everything a resumed run needs, as a copy on the CPU. All randomness is keyed by (seed, outer,
+        inner, class, purpose) and by net_batch, and the network is re-created per outer iteration from a
+        keyed seed, so no generator state is needed beyond these counters."""
+        def cp(t):
+            return None if t is None else t.detach().to("cpu", copy=True)
+        boxes = self.region_state.boxes if self.region_state else None
+        return {"S": cp(self.syn.S), "buf": cp(self.syn.buf), "pending": cp(self.syn.pending),
+                "net_batch": int(self.net_batch), "outer_done": int(self.outer_done), "region_boxes": cp(boxes),
+                "policy_counts": dict(self.policy_counts), "last_loss": float(self.last_loss)}
+
+    def load_state(self, st):
+        """Restore a state() (raises ValueError when it does not fit this run's shapes)."""
+        missing = [k for k in self.STATE_KEYS if k not in st]
+        if missing:
+            raise ValueError(f"state lacks {', '.join(missing)}")
+        shape = self.syn.S.shape
+        for k in ("S", "buf"):
+            if not isinstance(st[k], torch.Tensor) or st[k].shape != shape:
+                raise ValueError(f"{k} has shape {getattr(st[k], 'shape', None)}, this run needs {tuple(shape)}")
+        for k, want in (("pending", shape), ("region_boxes", (self.K * self.syn.n_dec, 4))):
+            if st[k] is not None and (not isinstance(st[k], torch.Tensor) or st[k].shape != want):
+                raise ValueError(f"{k} has shape {getattr(st[k], 'shape', None)}, expected {tuple(want)}")
+        searching = self.region_state is not None and self.region_state.search is not None
+        if st["region_boxes"] is not None and not searching:
+            raise ValueError("the state has region boxes but this run searches no regions")
+        self.syn.load(st["S"], st["buf"], st["pending"])
+        if self.region_state is not None:
+            self.region_state.load(st["region_boxes"], st["policy_counts"])
+        self.trainer.net_batch, self.outer_done = int(st["net_batch"]), int(st["outer_done"])
+        self.last_loss = float(st["last_loss"])
+
+    # -- pieces ---------------------------------------------------------------------------------------
+    def initial_images(self):
+        k2 = self.cfg.match.factor ** 2
+        rows = [mix_init(self.data.first_of_class(c, self.cfg.run.ipc * k2), self.cfg.run.ipc, self.cfg.match.factor)
+                for c in range(self.K)]
+        return torch.cat(rows).to(self.dtype)
+
+    def new_network(self, outer: int):
+        """A fresh ConvNet-3 with PyTorch's default init, drawn from a key of (seed, outer) on the CPU
+        so every device and form starts from the same weights."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng.key(self.cfg.run.seed, "net_init", outer) & 0x7FFF_FFFF_FFFF_FFFF)
+            net = ConvNet(self.K, self.data.info.channels, self.data.info.size, width=self.cfg.net.net_width)
+        return net.to(self.device, self.dtype).train()
+
+    def precision(self):
+        """The context a run (or a benchmark of its steps) enters: TF32 per --precision, restored after."""
+        return precision_scope(self.cfg.match.precision)
+
+    def subsample_index(self, outer, inner):
+        return self.matcher.subsample_index(outer, inner)
+
+    def batched_grad(self, net, outer, inner):
+        """(per-class matching loss, its gradient w.r.t. S) at the current S (batched form)."""
+        return self.matcher.grad(net, **self.matcher.draws(outer, inner))
+
+    def match(self, net, outer, inner):
+        """One matching step of the configured form on S; returns the summed matching loss."""
+        return self.matcher.step(net, outer, inner)
+
+    def network_update(self, net, opt):
+        self.trainer.update(net, opt)
+
+    def start_network(self, outer):
+        """The network (and optimizer, plain path) of an outer iteration."""
+        return self.trainer.start(self.new_network(outer))
+
+    # -- loop -----------------------------------------------------------------------------------------
+    def boundary(self, outer):
+        """Start of an outer iteration: clamp S to [0,1] (IDC), (UDD) search regions on the clamped
+        S, then the rest of a split step."""
+        self.syn.clamp()
+        if self.trace:
+            self.trace("boundary", outer, -1, -1, self.syn.S.clone())
+        if self.region_state is not None and self.region_state.due(outer):
+            self.region_state.search_regions(outer)
+        self.syn.finish_split_step()
+
+    def outer_step(self, outer, should_stop=None):
+        cfg = self.cfg
+        net, opt = self.start_network(outer)
+        self.boundary(outer)
+        loss_sum = 0.0
+        for inner in range(cfg.match.inner_loop):
+            if should_stop and self.comm.any(should_stop(), "stop flag"):  # every rank stops at the same point
+                raise Stopped(f"stopped in outer iteration {outer}")
+            loss_sum = loss_sum + self.match(net, outer, inner)
+            self.network_update(net, opt)
+        if self.comm.distributed:
+            loss_sum = self.merge(loss_sum, net)
+        self.last_loss = float(loss_sum) / (self.K * cfg.match.inner_loop)  # IDC's logged mean loss
+        if not (math.isfinite(self.last_loss) and bool(torch.isfinite(self.syn.S).all())):
+            raise FloatingPointError(f"the matching loss or the images became NaN/infinite in outer iteration "
+                                     f"{outer} (loss {self.last_loss}); lower --lr-img")
+        self.outer_done = outer + 1
+        return self.last_loss
+
+    def merge(self, loss_sum, net):
+        """End of a distributed outer iteration: every rank's rows of S, of the momentum buffer, of the
+        split step's remainder and of the region boxes assembled on every rank; the matching loss summed
+        over ranks; the ranks' networks checked to be identical. Returns the global loss sum."""
+        c, syn = self.comm, self.syn
+        rows = syn.rows
+        syn.S = c.merge_rows(syn.S, rows.start, rows.stop, "state: images")
+        syn.buf = c.merge_rows(syn.buf, rows.start, rows.stop, "state: momentum")
+        if syn.pending is not None:
+            syn.pending = c.merge_rows(syn.pending, rows.start, rows.stop, "state: split step")
+        rs = self.region_state
+        if rs is not None and rs.boxes is not None:
+            rs.boxes = c.merge_rows(rs.boxes, rs.frows.start, rs.frows.stop, "state: boxes")
+        total = c.all_reduce(torch.as_tensor(loss_sum, dtype=torch.float64, device=self.device).reshape(1).clone(),
+                             "matching loss")
+        with torch.no_grad():
+            p = torch.cat([q.detach().reshape(-1) for q in net.parameters()]).double()
+            c.check_same(torch.stack([p.sum(), p.square().sum()]), "matching networks")
+        return float(total)
+
+    def run(self, progress=None, should_stop=None):
+        """All outer iterations from where the run stands; progress(outer, loss, seconds) after each.
+        should_stop() is polled between inner iterations: when true, Stopped is raised and the run
+        stands mid-outer-iteration (a caller that wants to resume keeps a state() of the last boundary)."""
+        t0 = time.time()
+        with self.precision():
+            for outer in range(self.outer_done, self.cfg.match.iterations):
+                loss = self.outer_step(outer, should_stop)
+                if progress:
+                    progress(outer, loss, time.time() - t0)
+        return self.result()
+
+    def result(self):
+        """The distilled set as saved: stored images clamped to [0,1] (a stated deviation from IDC,
+        which saves them unclamped; evaluation clamps anyway)."""
+        return self.syn.S.detach().clamp(0.0, 1.0).float()
+
+    def labels(self):
+        return torch.arange(self.K, device=self.device).repeat_interleave(self.cfg.run.ipc)
+
+    # -- UDD --------------------------------------------------------------------------------------------
+    def mue(self, images):
+        return self.region_state.mue(images)
+
+    def policy_share(self):
+        return self.region_state.share()
+
+    def regions(self):
+        """(source stored index [M], box [M, 4]) of the region views in use, or None."""
+        rs = self.region_state
+        if rs is None or rs.boxes is None:
+            return None
+        return self.syn.dec_src.clone(), rs.boxes.clone()

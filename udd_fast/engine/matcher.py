@@ -1,0 +1,206 @@
+"""Gradient matching of the synthetic set against real batches: the keyed draws of an inner
+iteration, the one matching-loss recipe, and the two forms that apply it (method sections 1, 2, 4).
+
+- `SequentialMatcher`: IDC's loop, one class at a time, one image step per class.
+- `BatchedMatcher`: all (own) classes in one grouped network pass and one image step; optionally on
+  static buffers (the draws copied into tensors allocated once), which a CUDA graph can replay.
+"""
+import torch
+import torch.nn.functional as F
+
+from .. import ops, rng
+from ..augment import Strategy, sample_params
+from ..cfc import prototypes_ref
+from ..matching import match_distance
+from ..sampling import class_batch_indices
+from ..train import normalize
+from .replay import Replay
+
+
+def class_losses(net, weights, x_real, x_syn, labels, dtype, amp, metric: str, cfc_weight: float, tau: float,
+                 protos=None, merge_protos=None):
+    """The matching loss of G classes at once, [G]: for group g (real x_real[g] [B,...] and synthetic
+    x_syn[g] [n,...], both augmented, label labels[g]), the distance between the conv-weight gradients
+    of the class's cross-entropy on the real and on the synthetic batch, plus cfc_weight times the CFC
+    loss of the synthetic features against the class prototypes (given as `protos`, or made from this
+    pass's real features and completed by `merge_protos`). Each group runs with its own copy of the
+    conv weights (`weights`, [G, ...] each, requiring grad) in one grouped pass, so the per-group
+    gradients come out of one backward. Differentiable in x_syn (create_graph)."""
+    G = x_real.shape[0]
+
+    def ce(x):
+        m = x.shape[1]
+        with amp():
+            feats = net.features_grouped(x, weights)  # [G, m, D]
+            logits = net.classifier(feats)
+        logits, feats = logits.to(dtype), feats.to(dtype)
+        return F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(m), reduction="sum") / m, feats
+
+    ce_real, feats_real = ce(x_real)
+    g_real = torch.autograd.grad(ce_real, weights)
+    ce_syn, feats_syn = ce(x_syn)
+    g_syn = torch.autograd.grad(ce_syn, weights, create_graph=True)
+    # the distance in the images' dtype, whatever precision the gradients were computed in
+    per_class = sum(match_distance(gr.detach().to(dtype), gs.to(dtype), metric, tuple(range(1, gr.dim())))
+                    for gr, gs in zip(g_real, g_syn))
+    if cfc_weight:
+        if protos is None:
+            protos = merge_protos(prototypes_ref(feats_real))
+        n = x_syn.shape[1]
+        cfc = ops.cfc_loss(feats_syn.flatten(0, 1), labels.repeat_interleave(n), protos, tau, reduction="none",
+                           validate=False)
+        per_class = per_class + cfc_weight * cfc.view(G, n).mean(1)
+    return per_class
+
+
+def grouped_weights(net, groups: int):
+    """The network's conv weights repeated per group, [groups, ...] each, as leaves that require grad."""
+    return [w.detach().unsqueeze(0).repeat(groups, *([1] * w.dim())).requires_grad_(True)
+            for w in net.conv_weights()]
+
+
+class Matcher:
+    """What both forms share: the keyed draws and the recipe's settings. `step(net, outer, inner)`
+    moves the images and returns the inner iteration's summed matching loss (a device scalar)."""
+
+    def __init__(self, cfg, data, syn, regions, dtype, mean, std, amp, comm, classes: tuple, trace=None):
+        self.cfg, self.data, self.syn, self.regions = cfg, data, syn, regions
+        self.dtype, self.mean, self.std, self.amp, self.comm, self.trace = dtype, mean, std, amp, comm, trace
+        self.c0, self.c1 = classes
+        self.G = self.c1 - self.c0
+        self.device = syn.S.device
+        self.own = torch.arange(self.c0, self.c1, device=self.device)  # the labels of this rank's classes
+        self.strategy = Strategy.parse(cfg.match.match_aug)
+        n_total = syn.n_dec * (2 if regions is not None and regions.search is not None else 1)
+        self.n_total, self.n_syn = n_total, min(n_total, cfg.match.batch_syn_max)
+        self.cfc_weight = cfg.udd.cfc_weight if regions is not None else 0.0
+
+    def views(self):
+        return None if self.regions is None else self.regions.boxes
+
+    # -- the draws of an inner iteration (device work only, keyed by (seed, outer, inner, class)) --
+    def params(self, outer, inner):
+        """[own classes, P]: each class's siamese augmentation draw."""
+        keys = rng.subkeys(rng.key(self.cfg.run.seed, "match_aug", outer, inner), self.own)
+        return sample_params(keys, self.strategy, self.syn.size)
+
+    def subsample_index(self, outer, inner):
+        """[own classes, n_syn] samples to keep per class (IDC: random subset when more than batch_syn_max)."""
+        if self.n_total <= self.n_syn:
+            return None
+        keys = rng.subkeys(rng.key(self.cfg.run.seed, "subsample", outer, inner), self.own)
+        return rng.permutation(keys, self.n_total)[:, :self.n_syn]
+
+    def real_batches(self, outer, inner):
+        """[own classes, B, C, H, W] normalized real batches, not yet augmented."""
+        b, size, C = self.cfg.match.batch_real, self.syn.size, self.syn.C
+        step = outer * self.cfg.match.inner_loop + inner
+        idx = class_batch_indices(self.data.class_indices, self.data.class_counts, self.cfg.run.seed, step, b,
+                                  self.data.host_counts)[self.c0:self.c1]
+        x = self.data.to_float(idx.reshape(-1)).to(self.dtype)
+        return normalize(x, self.mean, self.std).view(idx.shape[0], b, C, size, size)
+
+    def augment(self, x, params):
+        """x [G, m, C, H, W] under class g's (siamese) draw params[g]: augmenting the real and the
+        synthetic batch apart under one draw equals IDC's augmenting them together."""
+        G, m = x.shape[:2]
+        group = torch.arange(G, device=self.device).repeat_interleave(m)
+        return ops.diff_augment(x.flatten(0, 1), params, self.strategy, group, validate=False).view(x.shape)
+
+    def synthetic(self, S, classes: slice, sub):
+        """[classes, n_syn, C, H, W]: the decoded (and subsampled) synthetic batches, normalized."""
+        syn = self.syn.decode(S, classes, self.views())
+        if sub is not None:
+            syn = torch.gather(syn, 1, sub.view(sub.shape[0], -1, 1, 1, 1).expand(-1, -1, *syn.shape[2:]))
+        return normalize(syn, self.mean, self.std)
+
+    def recipe(self, net, weights, x_real, x_syn, labels, protos=None, merge_protos=None):
+        m = self.cfg.match
+        return class_losses(net, weights, x_real, x_syn, labels, self.dtype, self.amp, m.metric, self.cfc_weight,
+                            self.cfg.udd.cfc_tau, protos, merge_protos)
+
+    def _trace(self, outer, inner, c):
+        if self.trace:
+            ipc = self.syn.ipc
+            self.trace("grad", outer, inner, c, self.syn.S[c * ipc:(c + 1) * ipc].clone())
+
+
+class SequentialMatcher(Matcher):
+    """IDC's loop: for each class, its loss and gradient at the current images, then one image step."""
+
+    def step(self, net, outer, inner):
+        params = self.params(outer, inner)
+        x_real = self.augment(self.real_batches(outer, inner), params)
+        protos = None
+        if self.cfc_weight:
+            with torch.no_grad(), self.amp():
+                feats = net.features(x_real.flatten(0, 1)).view(self.G, x_real.shape[1], -1)
+            protos = prototypes_ref(feats.to(self.dtype))
+        sub = self.subsample_index(outer, inner)
+        total = 0.0
+        for c in range(self.syn.K):
+            S = self.syn.S.detach().requires_grad_(True)
+            x_syn = self.augment(self.synthetic(S, slice(c, c + 1), None if sub is None else sub[c:c + 1]),
+                                 params[c:c + 1])
+            loss = self.recipe(net, grouped_weights(net, 1), x_real[c:c + 1], x_syn, self.own[c:c + 1], protos)[0]
+            (grad,) = torch.autograd.grad(loss, S)
+            self._trace(outer, inner, c)
+            self.syn.step_class(grad)
+            total = total + loss.detach()
+        return total
+
+
+class BatchedMatcher(Matcher):
+    """All (own) classes at once: one grouped pass for the per-class losses, one image step. With
+    `static`, the draws are copied into buffers allocated once and the loss and gradient are computed
+    by a `Replay` (a CUDA graph with `capture`), reading nothing else but the images, the network's
+    parameters and the region boxes, all updated in place."""
+
+    def __init__(self, *args, static=False, capture=False, log=None, **kw):
+        super().__init__(*args, **kw)
+        self.replay = None
+        if static:
+            b, size, C = self.cfg.match.batch_real, self.syn.size, self.syn.C
+            self.buffers = dict(params=torch.zeros(self.G, 12, device=self.device),
+                                reals=torch.zeros(self.G, b, C, size, size, dtype=self.dtype, device=self.device),
+                                sub=None if self.n_total <= self.n_syn else
+                                torch.zeros(self.G, self.n_syn, dtype=torch.int64, device=self.device))
+            self.net = None  # the static network (the trainer's), whose parameters are updated in place
+            self.replay = Replay(lambda: self.grad(self.net, **self.buffers), "matching step", capture,
+                                 log or (lambda msg: None))
+
+    def draws(self, outer, inner):
+        return dict(params=self.params(outer, inner), reals=self.real_batches(outer, inner),
+                    sub=self.subsample_index(outer, inner))
+
+    def grad(self, net, params, reals, sub):
+        """(per-class matching loss [own classes], its gradient w.r.t. S) at the current S."""
+        S = self.syn.S.detach().requires_grad_(True)
+        x_real = self.augment(reals, params)
+        x_syn = self.augment(self.synthetic(S, slice(self.c0, self.c1), sub), params)
+
+        def merge_protos(own):
+            protos = torch.zeros(self.syn.K, own.shape[-1], dtype=own.dtype, device=self.device)
+            protos[self.c0:self.c1] = own
+            return self.comm.merge_rows(protos, self.c0, self.c1, "cfc prototypes")
+        per_class = self.recipe(net, grouped_weights(net, self.G), x_real, x_syn, self.own,
+                                merge_protos=merge_protos)
+        (grad,) = torch.autograd.grad(per_class.sum(), S)
+        return per_class.detach(), grad
+
+    def step(self, net, outer, inner):
+        if self.replay is None:
+            per_class, grad = self.grad(net, **self.draws(outer, inner))
+        else:
+            if self.net is None:
+                self.net = net
+            elif net is not self.net:
+                raise RuntimeError("the static matching step reads one network, updated in place")
+            for name, value in self.draws(outer, inner).items():
+                if value is not None:
+                    self.buffers[name].copy_(value)
+            per_class, grad = self.replay()
+        for c in range(self.c0, self.c1):
+            self._trace(outer, inner, c)
+        self.syn.step_classes(grad, inner == self.cfg.match.inner_loop - 1)
+        return per_class.sum()

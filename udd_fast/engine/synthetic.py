@@ -1,0 +1,93 @@
+"""The synthetic set: stored images, their momentum buffer, the decode plan and the image step of each
+form (method sections 1 and 4)."""
+import torch
+
+from .. import ops
+from ..decode import decode_plan
+
+
+def check_boxes(boxes: torch.Tensor, src: torch.Tensor, n_images: int, what: str):
+    """A decode plan or region boxes, checked once where they are made (this reads the device): the
+    loop then decodes without a per-call check."""
+    ok = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (boxes[:, :2] >= 0).all(1)
+          & (src >= 0) & (src < n_images)).all()
+    if not bool(ok):
+        raise ValueError(f"{what}: every box needs 0 <= y0 < y1 and 0 <= x0 < x1, every source a stored image")
+
+
+class SyntheticSet:
+    """The stored images S [K*ipc, C, H, W] (unclamped between outer boundaries, as IDC), the momentum
+    buffer, and `pending`: the part of a split step that comes after the clamp (batched form).
+
+    Decoding is class-major: row c*n_dec + j of the plan decodes stored image c*ipc + src[j]. The
+    image steps: `step_class` is IDC's momentum SGD on the whole tensor after one class's gradient;
+    `step_classes` does the K per-class steps of one inner iteration at once (momentum mu**K, step
+    multiplier (1 - mu**K) / (1 - mu)), splitting the last inner iteration's step at the clamp as
+    section 4 prescribes. Their coefficients are computed once, here."""
+
+    def __init__(self, images, num_classes: int, ipc: int, factor: int, mom: float, lr: float, classes: tuple):
+        self.S = images
+        self.buf = torch.zeros_like(images)
+        self.pending = None
+        self.K, self.ipc = num_classes, ipc
+        self.C, self.size = images.shape[1], images.shape[-1]
+        dev, dtype = images.device, images.dtype
+        c0, c1 = classes
+        self.rows = slice(c0 * ipc, c1 * ipc)  # the stored images of this rank's classes
+        self.n_dec = ipc * factor ** 2
+        src, boxes = decode_plan(ipc, self.size, factor, dev)
+        cls = torch.arange(num_classes, device=dev).repeat_interleave(self.n_dec)
+        self.dec_src = cls * ipc + src.repeat(num_classes)
+        self.dec_boxes = boxes.repeat(num_classes, 1)
+        check_boxes(self.dec_boxes, self.dec_src, images.shape[0], "decode plan")
+        self.mu, self.lr = mom, lr
+        K = num_classes
+        self.m, self.L = mom ** K, (1 - mom ** K) / (1 - mom)
+        # up to the clamp, class c has had its own step and those of classes c+1..K-1
+        w = torch.tensor([(1 - mom ** (K - c)) / (1 - mom) for c in range(c0, c1)], dtype=dtype,
+                         device=dev).repeat_interleave(ipc).view(-1, 1, 1, 1)
+        self.first_part, self.rest = lr * w, lr * (self.L - w)
+
+    def decode(self, S, classes: slice, views=None):
+        """[classes, n, C, H, W] (differentiable in S): each class's formations, then, given `views`
+        ([K*n_dec, 4] region boxes), its region views in the same order."""
+        src, boxes = self.dec_src.view(self.K, -1), self.dec_boxes.view(self.K, self.n_dec, 4)
+        if views is not None:
+            src = torch.cat([src, src], 1)
+            boxes = torch.cat([boxes, views.view(self.K, self.n_dec, 4)], 1)
+        src, boxes = src[classes], boxes[classes]
+        out = ops.crop_resize(S, src.reshape(-1), boxes.reshape(-1, 4), (self.size, self.size), validate=False)
+        return out.view(src.shape[0], src.shape[1], self.C, self.size, self.size)
+
+    @torch.no_grad()
+    def step_class(self, grad):
+        self.buf.mul_(self.mu).add_(grad)
+        self.S.sub_(self.lr * self.buf)
+
+    @torch.no_grad()
+    def step_classes(self, grad, last: bool):
+        """The steps of all (own) classes; the other ranks' rows are theirs to move (zero gradient here)."""
+        S, buf = self.S[self.rows], self.buf[self.rows]
+        buf.mul_(self.m).add_(grad[self.rows])
+        if last:
+            S.sub_(self.first_part * buf)
+            self.pending = torch.zeros_like(self.S)
+            self.pending[self.rows] = self.rest * buf
+        else:
+            S.sub_(self.lr * self.L * buf)
+
+    @torch.no_grad()
+    def clamp(self):
+        self.S.clamp_(0.0, 1.0)
+
+    @torch.no_grad()
+    def finish_split_step(self):
+        if self.pending is not None:
+            self.S.sub_(self.pending)
+            self.pending = None
+
+    def load(self, S, buf, pending):
+        """Restore images, momentum and remainder in place (a captured step keeps reading the same tensors)."""
+        self.S.copy_(S)
+        self.buf.copy_(buf)
+        self.pending = None if pending is None else pending.to(self.S.device, self.S.dtype)
