@@ -11,8 +11,8 @@ Stages, in order, each logged under DIR (at most 8 files, so the device tool bri
              and every engine-level test on the cuda device        -> tests.log
   gpu_check  bench/gpu_check.py: correctness, time vs eager, bytes vs a copy -> gpu_check.log
   engine     `--preset smoke` distill + evaluate of MNIST on CUDA, idc and udd -> engine.log
-  loop       bench/loop_timing.py: time per inner iteration at CIFAR-10 shapes, IPC 1/10/50, every
-             mode the engine has                                   -> loop.log
+  loop       bench/loop_timing.py: time per inner iteration at CIFAR-10 shapes, IPC 1 and 10, eager,
+             CUDA graphs, bf16 and compiled                        -> loop.log
 The session keeps to --budget seconds (default 480): a stage whose estimate no longer fits is
 skipped, saying so, and each stage's subprocess is stopped at its cap. session.md (the summary
 table, stage by stage) and session.json are rewritten after every stage, so a killed session
@@ -39,7 +39,7 @@ PY = sys.executable
 # the CUDA test subset: every op test, and the engine-level tests' cuda cases
 OP_TESTS = ["tests/test_backends.py"] + sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_ops_*.py"))
 ENGINE_TESTS = ["tests/test_equivalence.py", "tests/test_engine.py", "tests/test_udd.py", "tests/test_precision.py",
-                "tests/test_cli.py", "tests/test_resume.py"]
+                "tests/test_cli.py", "tests/test_resume.py", "tests/test_fast_loop.py"]
 
 
 @dataclass
@@ -75,12 +75,12 @@ def stages(args):
         tests = [[PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *OP_TESTS],
                  [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda", *ENGINE_TESTS]]
     check = [PY, "bench/gpu_check.py", "--device", dev] + (["--tiny"] if dry else [])  # tables go to its log
-    loop = [PY, "bench/loop_timing.py", "--device", dev] + (["--tiny"] if dry else [])
+    loop = [PY, "bench/loop_timing.py", "--device", dev] + (["--tiny"] if dry else ["--ipc", "1", "10"])
     return [Stage("build", 90, 240, "build.log", build),
             Stage("tests", 150, 200, "tests.log", tests),
             Stage("gpu_check", 60, 120, "gpu_check.log", [check]),
             Stage("engine", 60, 120, "engine.log", engine),
-            Stage("loop", 60, 120, "loop.log", [loop])]
+            Stage("loop", 90, 180, "loop.log", [loop])]
 
 
 def environment(dry):

@@ -1,13 +1,19 @@
 """Time per inner iteration of the distillation loop, in each mode the engine has, at CIFAR-10's
 shapes (3x32x32, K=10, the paper preset's network update of 2000 images) on random pixels: the
-loop's cost does not depend on what the pixels show.
+loop's cost does not depend on what the pixels show. With UDD_FAST_IDC_SRC set (on the CPU), IDC's
+own loop (bench/idc_loop.py) is timed in the same run, side by side.
 
-    python bench/loop_timing.py --device cuda --ipc 1 10 50 [--out loop.md]
+    python bench/loop_timing.py --device cpu --ipc 1 10 [--out loop.md]
+    python bench/loop_timing.py --device cuda --ipc 1 10 50
     python bench/loop_timing.py --device cpu --tiny          # what gpu_session.py --dry-run runs
 
 One inner iteration = the matching step (all classes) + the network update; each is timed apart
-(synchronized), after one warm-up inner iteration, median over --inner iterations."""
+(synchronized), after one warm-up inner iteration (which also compiles and captures), median over
+--inner iterations. The table also gives the FLOPs of one inner iteration (torch's FlopCounterMode:
+convolutions and matmuls) and the rate they run at, against a float32 matmul measured in the same
+run."""
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -15,18 +21,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from udd_fast.config import FORMS, PRECISIONS, build_config  # noqa: E402
+from udd_fast.config import build_config  # noqa: E402
 from udd_fast.data import DATASETS, ArrayDataset, DatasetInfo, RealData  # noqa: E402
 from udd_fast.engine import Distiller  # noqa: E402
-from udd_fast.train import make_sgd  # noqa: E402
+
+# (label, form, precision, --cuda-graphs, --compile): the modes timed on each device
+MODES = {
+    "cpu": [("sequential", "sequential", "fp32", "off", False), ("batched", "batched", "fp32", "off", False),
+            ("batched, static", "batched", "fp32", "on", False),
+            ("sequential, compiled", "sequential", "fp32", "on", True),
+            ("batched, compiled", "batched", "fp32", "on", True)],
+    "cuda": [("sequential", "sequential", "tf32", "off", False), ("batched", "batched", "tf32", "off", False),
+             ("batched, graphs", "batched", "tf32", "on", False), ("batched, graphs, bf16", "batched", "bf16", "on", False),
+             ("batched, graphs, compiled", "batched", "tf32", "on", True)],
+}
 
 
-def modes(device):
-    """Every (form, precision) the engine runs; TF32 exists on CUDA only (on the CPU it equals fp32)."""
-    precisions = [p for p in PRECISIONS if device == "cuda" or p != "tf32"]
-    return [(f, p) for f in FORMS for p in precisions]
+def modes(device, tiny=False):
+    """The modes timed on a device; a tiny (dry) run leaves out the compiled ones (their compile alone
+    takes half a minute on 2 CPU cores)."""
+    return [m for m in MODES[device] if not (tiny and m[4])]
 
 
 def random_cifar10(n_train, size=32, k=10, seed=0):
@@ -45,28 +62,71 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_inner(data, ipc, form, precision, device, inner, **over):
-    """(median ms per matching step, per network update) over `inner` inner iterations."""
+def _distiller(data, ipc, form, precision, graphs, compile_net, device, **over):
     cfg = build_config("cifar10", ipc, "paper", data.info.size, 32, device=device, form=form, precision=precision,
-                       **over)
-    d = Distiller(cfg, data)
-    net = d.new_network(0)
-    opt = make_sgd(net, cfg.net.lr_net, cfg.net.mom_net, cfg.net.wd_net)
-    d.boundary(0)
+                       cuda_graphs=graphs, compile=compile_net, **over)
+    return Distiller(cfg, data)
+
+
+def time_inner(data, ipc, mode, device, inner, **over):
+    """(median ms per matching step, per network update) over `inner` inner iterations."""
+    _, form, precision, graphs, compile_net = mode
+    d = _distiller(data, ipc, form, precision, graphs, compile_net, device, **over)
     match, update = [], []
-    for i in range(inner + 1):  # the first is a warm-up
+    with d.precision():
+        net, opt = d.start_network(0)
+        d.boundary(0)
+        for i in range(inner + 1):  # the first is a warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            d.match(net, 0, i % d.cfg.match.inner_loop)
+            _sync(device)
+            t1 = time.perf_counter()
+            d.network_update(net, opt)
+            _sync(device)
+            t2 = time.perf_counter()
+            if i:
+                match.append((t1 - t0) * 1e3)
+                update.append((t2 - t1) * 1e3)
+    return statistics.median(match), statistics.median(update)
+
+
+def flops_inner(data, ipc, form, device, **over):
+    """(FLOPs of one matching step, of one network update): convolutions and matmuls, forward and backward."""
+    d = _distiller(data, ipc, form, "fp32", "off", False, device, **over)
+    with d.precision():
+        net, opt = d.start_network(0)
+        d.boundary(0)
+        with FlopCounterMode(display=False) as fm:
+            d.match(net, 0, 0)
+        with FlopCounterMode(display=False) as fu:
+            d.network_update(net, opt)
+    return fm.get_total_flops(), fu.get_total_flops()
+
+
+def matmul_rate(device, n=2048, reps=5):
+    """float32 GFLOP/s of an n x n matmul (median of reps)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    times = []
+    for _ in range(reps):
         _sync(device)
         t0 = time.perf_counter()
-        d.match(net, 0, i % cfg.match.inner_loop)
+        a @ b
         _sync(device)
-        t1 = time.perf_counter()
-        d.network_update(net, opt)
-        _sync(device)
-        t2 = time.perf_counter()
-        if i:
-            match.append((t1 - t0) * 1e3)
-            update.append((t2 - t1) * 1e3)
-    return statistics.median(match), statistics.median(update)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def idc_row(ipc, n_data, inner):
+    """IDC's own loop on the CPU (bench/idc_loop.py), or None without UDD_FAST_IDC_SRC."""
+    src = os.environ.get("UDD_FAST_IDC_SRC")
+    if not src or not Path(src).exists():
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import idc_loop
+    _, m, u = idc_loop.time_idc(idc_loop.load_idc(src), ipc, n_data, inner)
+    return m * 1e3, u * 1e3
 
 
 def main(argv=None):
@@ -84,17 +144,34 @@ def main(argv=None):
             dict(batch_real=4, n_data=8, net_width=16), 1
     else:
         data, ipcs, over, inner = RealData(random_cifar10(50000), args.device), args.ipc, {}, args.inner
+    n_data = over.get("n_data", 2000)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    lines = [f"## Loop time per inner iteration on {where} (median of {inner}, ms; "
-             f"{data.info.num_classes} classes, {data.info.size} px, network update of "
-             f"{over.get('n_data', 2000)} images)", "",
-             "| IPC | form | precision | matching | network update | inner iteration |", "|---|---|---|---|---|---|"]
+    rate = matmul_rate(args.device)
+    lines = [f"## Loop time per inner iteration on {where} (median of {inner}, ms; {data.info.num_classes} classes, "
+             f"{data.info.size} px, network update of {n_data} images)", "",
+             "| IPC | mode | precision | matching | network update | inner iteration | matching share | "
+             "GFLOP | GFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def row(ipc, label, precision, m, u, flops):
+        total = m + u
+        gflop = (flops[0] + flops[1]) / 1e9 if flops else float("nan")
+        lines.append(f"| {ipc} | {label} | {precision} | {m:.1f} | {u:.1f} | {total:.1f} | {m / total:.0%} | "
+                     f"{gflop:.1f} | {gflop / total * 1e3:.0f} |")
+        print(lines[-1], flush=True)
+
     for ipc in ipcs:
-        for form, precision in modes(args.device):
-            m, u = time_inner(data, ipc, form, precision, args.device, inner, **over)
-            lines.append(f"| {ipc} | {form} | {precision} | {m:.2f} | {u:.2f} | {m + u:.2f} |")
-            print(lines[-1], flush=True)
-    lines += ["", f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}"]
+        flops = {form: flops_inner(data, ipc, form, args.device, **over) for form in ("sequential", "batched")}
+        if args.device == "cpu" and not args.tiny:
+            idc = idc_row(ipc, n_data, inner)
+            if idc is None:
+                lines.append(f"| {ipc} | IDC's code | fp32 | skipped: UDD_FAST_IDC_SRC is not set | | | | | |")
+            else:
+                row(ipc, "IDC's code", "fp32", *idc, flops["sequential"])
+        for mode in modes(args.device, args.tiny):
+            row(ipc, mode[0], mode[2], *time_inner(data, ipc, mode, args.device, inner, **over), flops[mode[1]])
+    lines += ["", f"float32 matmul (2048 x 2048) in the same run: {rate:.0f} GFLOP/s. FLOPs: convolutions and matmuls "
+              f"of one inner iteration (FlopCounterMode; IDC's code counted as our sequential form, which does the same "
+              f"work). torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}."]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -33,8 +33,8 @@ def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
     counts = [int(n) for n in re.findall(r"^(\d+)(?:/\d+)? tests? collected", (out / "tests.log").read_text(), re.M)]
     assert len(counts) == 2 and min(counts) > 0, counts
     loop = (out / "loop.log").read_text()
-    for form, precision in loop_timing.modes("cpu"):
-        assert f"| 1 | {form} | {precision} |" in loop
+    for label, _, precision, _, _ in loop_timing.modes("cpu", tiny=True):
+        assert f"| 1 | {label} | {precision} |" in loop
     engine = (out / "engine.log").read_text()
     assert engine.count("distillation done") == 2 and "mUE" in engine
     assert "| loop | ok |" in (out / "session.md").read_text()

@@ -39,7 +39,7 @@ from .data import (ArrayDataset, DataError, RealData, canonical_name, data_facts
                    user_data_path)
 from .decode import factor_problem
 from .distributed import Comm, RankFailure
-from .engine import Distiller
+from .engine import Distiller, static_path
 from .evaluate import evaluate_set, test_count
 from .proxy import load_or_train_proxy
 from .regions import window_grid
@@ -419,6 +419,10 @@ def distill(run: Run) -> Distilled:
         log(f"distillation done in {seconds:.1f} s")
         return Distilled(images, labels, None, 0, None, seconds, None)
     d = Distiller(cfg, run.data, log=log, proxy=run.proxy, comm=comm)
+    static, capture = static_path(cfg, d.device, comm.distributed)
+    log(f"loop: {cfg.match.form} form, {cfg.match.precision}, "
+        + ("static buffers" + (" captured as CUDA graphs" if capture else " (no capture off CUDA)") if static
+           else "plain path") + (", compiled network update" if cfg.match.compile else ""))
     iterations = cfg.match.iterations
     history = {"loss": [], "mue": [], "accuracy": []}
     if run.proxy is not None and comm.is_main:
