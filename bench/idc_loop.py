@@ -124,8 +124,9 @@ def idc_args(ipc, n_data):
                                  epoch_print_freq=1, epochs=1000, norm_type="instance", depth=3, width=1.0)
 
 
-def time_idc(idc, ipc, n_data, inner, n_train=50000, seed=0):
-    """(median s per inner iteration, median s of its matching part, of its network update)."""
+def idc_steps(idc, ipc, n_data, n_train=50000, seed=0):
+    """IDC's loop as a generator: each next() runs one inner iteration and yields (seconds of its
+    matching part, seconds of its network update), so it can be timed interleaved with other loops."""
     args = idc_args(ipc, n_data)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -140,8 +141,8 @@ def time_idc(idc, ipc, n_data, inner, n_train=50000, seed=0):
         optim_net = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         criterion = nn.CrossEntropyLoss()
         synset.data.data = torch.clamp(synset.data.data, min=0., max=1.)
-        match, update = [], []
-        for ot in range(inner + 1):  # the first is a warm-up
+    while True:
+        with cpu_stand_ins():
             t0 = time.perf_counter()
             for c in range(args.nclass):  # the body of IDC's condense() loop, as it stands there
                 img, lab = loader.class_sample(c)
@@ -157,9 +158,15 @@ def time_idc(idc, ipc, n_data, inner, n_train=50000, seed=0):
             idc.train_epoch(args, loader, model, criterion, optim_net, n_data=args.n_data, aug=aug_rand,
                             mixup=args.mixup_net)
             t2 = time.perf_counter()
-            if ot:
-                match.append(t1 - t0)
-                update.append(t2 - t1)
+        yield t1 - t0, t2 - t1
+
+
+def time_idc(idc, ipc, n_data, inner, n_train=50000, seed=0):
+    """(median s per inner iteration, median s of its matching part, of its network update), after one
+    warm-up inner iteration."""
+    steps = idc_steps(idc, ipc, n_data, n_train, seed)
+    next(steps)
+    match, update = zip(*(next(steps) for _ in range(inner)))
     m, u = statistics.median(match), statistics.median(update)
     return m + u, m, u
 

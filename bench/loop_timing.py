@@ -9,7 +9,7 @@ own loop (bench/idc_loop.py) is timed in the same run, side by side.
 
 One inner iteration = the matching step (all classes) + the network update; each is timed apart
 (synchronized), after one warm-up inner iteration (which also compiles and captures), median over
---inner iterations. The table also gives the FLOPs of one inner iteration (torch's FlopCounterMode:
+--inner rounds in which every mode (and IDC's loop) runs one inner iteration in turn. The table gives the FLOPs of one inner iteration (torch's FlopCounterMode:
 convolutions and matmuls) and the rate they run at, against a float32 matmul measured in the same
 run."""
 import argparse
@@ -30,20 +30,21 @@ from udd_fast.engine import Distiller  # noqa: E402
 
 # (label, form, precision, --cuda-graphs, --compile): the modes timed on each device
 MODES = {
-    "cpu": [("sequential", "sequential", "fp32", "off", False), ("batched", "batched", "fp32", "off", False),
-            ("batched, static", "batched", "fp32", "on", False),
-            ("sequential, compiled", "sequential", "fp32", "on", True),
-            ("batched, compiled", "batched", "fp32", "on", True)],
-    "cuda": [("sequential", "sequential", "tf32", "off", False), ("batched", "batched", "tf32", "off", False),
-             ("batched, graphs", "batched", "tf32", "on", False), ("batched, graphs, bf16", "batched", "bf16", "on", False),
-             ("batched, graphs, compiled", "batched", "tf32", "on", True)],
+    "cpu": [("sequential", "sequential", "fp32", "off", "off"), ("batched", "batched", "fp32", "off", "off"),
+            ("batched, static", "batched", "fp32", "on", "off"),
+            ("sequential, compiled", "sequential", "fp32", "off", "on"),
+            ("batched, compiled", "batched", "fp32", "off", "on")],
+    "cuda": [("sequential", "sequential", "tf32", "off", "off"), ("batched", "batched", "tf32", "off", "off"),
+             ("batched, graphs", "batched", "tf32", "on", "off"),
+             ("batched, graphs, bf16", "batched", "bf16", "on", "off"),
+             ("batched, graphs, compiled", "batched", "tf32", "on", "on")],
 }
 
 
 def modes(device, tiny=False):
     """The modes timed on a device; a tiny (dry) run leaves out the compiled ones (their compile alone
     takes half a minute on 2 CPU cores)."""
-    return [m for m in MODES[device] if not (tiny and m[4])]
+    return [m for m in MODES[device] if not (tiny and m[4] == "on")]
 
 
 def random_cifar10(n_train, size=32, k=10, seed=0):
@@ -68,15 +69,17 @@ def _distiller(data, ipc, form, precision, graphs, compile_net, device, **over):
     return Distiller(cfg, data)
 
 
-def time_inner(data, ipc, mode, device, inner, **over):
-    """(median ms per matching step, per network update) over `inner` inner iterations."""
+def our_steps(data, ipc, mode, device, **over):
+    """Our loop in `mode` as a generator: each next() runs one inner iteration and yields (ms of the
+    matching step, ms of the network update), synchronized."""
     _, form, precision, graphs, compile_net = mode
     d = _distiller(data, ipc, form, precision, graphs, compile_net, device, **over)
-    match, update = [], []
     with d.precision():
         net, opt = d.start_network(0)
         d.boundary(0)
-        for i in range(inner + 1):  # the first is a warm-up
+    i = 0
+    while True:
+        with d.precision():
             _sync(device)
             t0 = time.perf_counter()
             d.match(net, 0, i % d.cfg.match.inner_loop)
@@ -85,15 +88,27 @@ def time_inner(data, ipc, mode, device, inner, **over):
             d.network_update(net, opt)
             _sync(device)
             t2 = time.perf_counter()
-            if i:
-                match.append((t1 - t0) * 1e3)
-                update.append((t2 - t1) * 1e3)
-    return statistics.median(match), statistics.median(update)
+        i += 1
+        yield (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def interleaved(runners, inner):
+    """{name: (median ms matching, median ms network update)}: one warm-up inner iteration each (it
+    also compiles and captures), then `inner` rounds, each running one inner iteration of every
+    runner in turn, so that a change of the machine's load falls on all of them alike."""
+    for steps in runners.values():
+        next(steps)
+    times = {name: [] for name in runners}
+    for _ in range(inner):
+        for name, steps in runners.items():
+            times[name].append(next(steps))
+    return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+            for name, ts in times.items()}
 
 
 def flops_inner(data, ipc, form, device, **over):
     """(FLOPs of one matching step, of one network update): convolutions and matmuls, forward and backward."""
-    d = _distiller(data, ipc, form, "fp32", "off", False, device, **over)
+    d = _distiller(data, ipc, form, "fp32", "off", "off", device, **over)
     with d.precision():
         net, opt = d.start_network(0)
         d.boundary(0)
@@ -118,15 +133,14 @@ def matmul_rate(device, n=2048, reps=5):
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
-def idc_row(ipc, n_data, inner):
-    """IDC's own loop on the CPU (bench/idc_loop.py), or None without UDD_FAST_IDC_SRC."""
+def idc_runner(ipc, n_data):
+    """IDC's own loop on the CPU (bench/idc_loop.py) as a runner in ms, or None without UDD_FAST_IDC_SRC."""
     src = os.environ.get("UDD_FAST_IDC_SRC")
     if not src or not Path(src).exists():
         return None
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import idc_loop
-    _, m, u = idc_loop.time_idc(idc_loop.load_idc(src), ipc, n_data, inner)
-    return m * 1e3, u * 1e3
+    return ((m * 1e3, u * 1e3) for m, u in idc_loop.idc_steps(idc_loop.load_idc(src), ipc, n_data))
 
 
 def main(argv=None):
@@ -160,18 +174,23 @@ def main(argv=None):
         print(lines[-1], flush=True)
 
     for ipc in ipcs:
-        flops = {form: flops_inner(data, ipc, form, args.device, **over) for form in ("sequential", "batched")}
+        # FlopCounterMode counts a grouped convolution's weight gradient as if ungrouped (K times too
+        # much for the batched form), so every row gets the sequential form's count: the same work
+        flops = flops_inner(data, ipc, "sequential", args.device, **over)
+        runners = {}
         if args.device == "cpu" and not args.tiny:
-            idc = idc_row(ipc, n_data, inner)
+            idc = idc_runner(ipc, n_data)
             if idc is None:
                 lines.append(f"| {ipc} | IDC's code | fp32 | skipped: UDD_FAST_IDC_SRC is not set | | | | | |")
             else:
-                row(ipc, "IDC's code", "fp32", *idc, flops["sequential"])
+                runners["IDC's code", "fp32"] = idc
         for mode in modes(args.device, args.tiny):
-            row(ipc, mode[0], mode[2], *time_inner(data, ipc, mode, args.device, inner, **over), flops[mode[1]])
+            runners[mode[0], mode[2]] = our_steps(data, ipc, mode, args.device, **over)
+        for (label, precision), (m, u) in interleaved(runners, inner).items():
+            row(ipc, label, precision, m, u, flops)
     lines += ["", f"float32 matmul (2048 x 2048) in the same run: {rate:.0f} GFLOP/s. FLOPs: convolutions and matmuls "
-              f"of one inner iteration (FlopCounterMode; IDC's code counted as our sequential form, which does the same "
-              f"work). torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}."]
+              f"of one inner iteration (FlopCounterMode, of the sequential form for every row: IDC's code and the batched "
+              f"form do the same work). torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}."]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -19,7 +19,7 @@ from udd_fast.models import ConvNet
 def small_config(method: str):
     """FashionMNIST (CutMix on in its network updates), float64, a large image lr so the clamp bites,
     network batches of 8 split across ranks, 5 of them per inner iteration."""
-    return build_config("fashionmnist", 2, "smoke", 28, 28, method=method, dtype="float64", iterations=3,
+    return build_config("fashionmnist", 2, "smoke", 28, 28, method=method, form="batched", dtype="float64", iterations=3,
                         inner_loop=2, net_width=8, batch_real=8, n_data=40, lr_img=30.0,
                         cfc_weight=0.5 if method == "udd" else None, policy="auto" if method == "udd" else None)
 

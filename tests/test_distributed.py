@@ -147,7 +147,7 @@ def test_ranks_compute_what_one_process_does_float64(single, real_data_dir, tmp_
 
 
 def test_impossible_layouts_are_refused(mnist_data):
-    cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8)
+    cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8, form="batched")
     with pytest.raises(ValueError, match="at least one class"):
         Distiller(cfg, mnist_data, comm=Comm(rank=0, world=11))
     cfg.match.form = "sequential"

@@ -32,7 +32,7 @@ def _fused_backend(device):
 
 
 def _cfg(method, data, **over):
-    values = dict(seed=3, iterations=2, inner_loop=2, net_width=8, batch_real=8, n_data=24, net_cutmix=True,
+    values = dict(form="batched", seed=3, iterations=2, inner_loop=2, net_width=8, batch_real=8, n_data=24, net_cutmix=True,
                   match_aug="color_crop_cutout", device=str(data.device))
     values.update(over)
     return build_config("mnist", 2, "smoke", 28, 28, method=method, **values)
@@ -171,7 +171,7 @@ def test_compiled_network_update_agrees_with_eager(mnist_data):
     out = []
     for compile_net in (False, True):
         cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8, batch_real=16, n_data=64, net_cutmix=True,
-                           cuda_graphs="on", compile=compile_net)
+                           cuda_graphs="on", compile="on" if compile_net else "off")
         d = Distiller(cfg, mnist_data)
         net, opt = d.start_network(0)
         fresh = [p.detach().clone() for p in net.parameters()]
@@ -211,7 +211,7 @@ def test_failed_capture_falls_back_to_eager_once(monkeypatch):
 
 
 def test_static_settings_are_refused_under_torchrun(mnist_data):
-    for over, flag in ((dict(cuda_graphs="on"), "--cuda-graphs on"), (dict(compile=True), "--compile on")):
+    for over, flag in ((dict(cuda_graphs="on"), "--cuda-graphs on"), (dict(compile="on"), "--compile on")):
         cfg = build_config("mnist", 1, "smoke", 28, 28, **over)
         with pytest.raises(UsageError, match=flag):
             check_world(cfg, Comm(rank=0, world=2), 10)

@@ -9,7 +9,8 @@ from udd_fast.engine import Distiller
 
 
 def _grad(data, precision, seed):
-    cfg = build_config("mnist", 1, "smoke", 28, 28, precision=precision, seed=seed, device=str(data.device))
+    cfg = build_config("mnist", 1, "smoke", 28, 28, precision=precision, seed=seed, device=str(data.device),
+                       form="batched")
     d = Distiller(cfg, data)
     loss, grad = d.batched_grad(d.new_network(0), 0, 0)
     assert grad.dtype == torch.float32 and d.S.dtype == torch.float32  # images and gradient stay float32

@@ -13,6 +13,7 @@ Settings are the command line's options as keyword arguments (`--eval-epochs 10`
 `eval_epochs=10`, on/off options take True/False); errors are exceptions (UsageError, DataError,
 ArtifactError) with the command line's messages.
 """
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def distill_dataset(data, labels=None, *, test_images=None, test_labels=None, cl
         if labels is None:
             raise UsageError("images in memory need their labels (distill_dataset(images, labels, ...))")
         dataset = from_arrays(data, labels, test_images, test_labels, class_names)
-    with tempfile.TemporaryDirectory(prefix="udd_fast-") as tmp:
+    scratch = tempfile.TemporaryDirectory(prefix="udd_fast-") if out is None else contextlib.nullcontext()
+    with scratch as tmp:  # a temporary run directory only when no `out` is given
         where = Path(out).absolute() if out is not None else Path(tmp) / "run"
         req = Request(dataset, where, values, data_dir, download=download, force=force, progress=progress)
         return execute(prepare(req, Comm()))

@@ -137,8 +137,10 @@ class MatchConfig(_Group):
     metric: str = setting("mse", choices=("l1", "mse"))
     match_aug: str = setting("color_crop_cutout", check=_strategy_problem)
     # 'sequential' is IDC's per-class loop, 'batched' all classes at once (equal)
-    form: str = setting("batched", "batched (default) or IDC's sequential loop", flag=PRESET, fixed_on_resume=True,
-                        distill_only=True, choices=FORMS)
+    # "" = by measurement (bench/RESULTS.md): sequential on the CPU, batched on CUDA and under torchrun
+    form: str = setting("", "batched (all classes per step; the default on CUDA and under torchrun) or sequential "
+                            "(IDC's per-class loop; the CPU's default, measured faster there)", flag=PRESET,
+                        flag_choices=FORMS, fixed_on_resume=True, distill_only=True, choices=("", *FORMS))
     dtype: str = setting("float32", choices=("float32", "float64"))  # float64 for exactness tests
     # "" = fp32 on CPU, tf32 on CUDA (build_config)
     precision: str = setting(
@@ -150,9 +152,11 @@ class MatchConfig(_Group):
                 "buffers, captured as CUDA graphs and replayed on a GPU (on the CPU, --cuda-graphs on runs the "
                 "static path without capture)", flag=MAIN, flag_default=True, distill_only=True,
         choices=("auto", "on", "off"))
-    compile: bool = setting(False, "run the network update through torch.compile (on the static path; default off)",
-                            flag=MAIN, flag_default=True, distill_only=True)
-
+    compile: str = setting(
+        "auto", "auto (default: on for a CPU run of at least 2000 network-update batches, where the compile's half "
+                "minute pays off; off on CUDA until measured there), on or off: run the network update through "
+                "torch.compile (on the static path)", flag=MAIN, flag_default=True, distill_only=True,
+        choices=("auto", "on", "off"))
 
 @dataclass
 class NetConfig(_Group):
@@ -317,6 +321,8 @@ def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int,
         values.update(policy="none", cfc_weight=0.0, eval_region_views=False)
     elif overrides.get("cfc_weight") is None:
         values["cfc_weight"] = CFC_WEIGHTS[values["metric"]]
+    if not values.get("form"):
+        values["form"] = "batched" if str(values.get("device", "cpu")).startswith("cuda") else "sequential"
     if not values.get("precision"):
         values["precision"] = "tf32" if str(values.get("device", "cpu")).startswith("cuda") else "fp32"
     if not values.get("lr_img"):

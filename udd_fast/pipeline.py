@@ -136,7 +136,7 @@ def prepare(req: Request, comm: Comm = None) -> Run:
         comm.same_everywhere(facts, "training data", DataError)
     if req.resume is not None:
         check_data(req.resume, facts)
-    cfg = _config(req.settings, ds.info, resumed=req.resume is not None)
+    cfg = _config(req.settings, ds.info, resumed=req.resume is not None, distributed=comm.distributed)
     if cfg.udd.proxy_cache:  # a relative cache would move with the working directory of a resume
         cfg.udd.proxy_cache = str(Path(cfg.udd.proxy_cache).expanduser().absolute())
     check_geometry(cfg, data)
@@ -179,11 +179,14 @@ def check_settings(values: dict, given, spell):
                          f"{spell('device', 'cpu')}")
 
 
-def _config(settings: dict, info, resumed: bool) -> Config:
-    """A resumed run's config as given; a new one's from the dataset, the preset and the settings given."""
+def _config(settings: dict, info, resumed: bool, distributed: bool = False) -> Config:
+    """A resumed run's config as given; a new one's from the dataset, the preset and the settings given
+    (a distributed run's form is the batched one unless given)."""
     if resumed:
         return Config.from_flat(settings)
     values = dict(settings)
+    if distributed and not values.get("form"):
+        values["form"] = "batched"
     ipc, preset, factor = values.pop("ipc"), values.pop("preset"), values.pop("factor")
     if values["method"] == "random":  # real images, stored whole
         factor = 1
@@ -201,7 +204,7 @@ def check_world(cfg: Config, comm: Comm, num_classes: int):
                          f"uses the batched form")
     if cfg.eval.eval_every:  # rank 0 alone evaluates: the others would wait past --dist-timeout
         raise UsageError(f"--eval-every is one process's: a distributed run ({comm.world} ranks) evaluates at the end")
-    if cfg.match.cuda_graphs == "on" or cfg.match.compile:  # auto means off under torchrun
+    if cfg.match.cuda_graphs == "on" or cfg.match.compile == "on":  # auto means off under torchrun
         flag = "--cuda-graphs on" if cfg.match.cuda_graphs == "on" else "--compile on"
         raise UsageError(f"{flag} runs in one process: a distributed run ({comm.world} ranks) all-reduces the "
                          f"network update's gradients per batch, on the plain path")
@@ -419,10 +422,10 @@ def distill(run: Run) -> Distilled:
         log(f"distillation done in {seconds:.1f} s")
         return Distilled(images, labels, None, 0, None, seconds, None)
     d = Distiller(cfg, run.data, log=log, proxy=run.proxy, comm=comm)
-    static, capture = static_path(cfg, d.device, comm.distributed)
+    static, capture, compiled = static_path(cfg, d.device, comm.distributed)
     log(f"loop: {cfg.match.form} form, {cfg.match.precision}, "
         + ("static buffers" + (" captured as CUDA graphs" if capture else " (no capture off CUDA)") if static
-           else "plain path") + (", compiled network update" if cfg.match.compile else ""))
+           else "plain path") + (", compiled network update" if compiled else ""))
     iterations = cfg.match.iterations
     history = {"loss": [], "mue": [], "accuracy": []}
     if run.proxy is not None and comm.is_main:

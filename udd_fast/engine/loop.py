@@ -31,13 +31,26 @@ class Stopped(KeyboardInterrupt):
     abandoned; the state of the last outer boundary is what a checkpoint keeps."""
 
 
+COMPILE_MIN_BATCHES = 2000  # --compile auto: the run's network-update batches that pay for the compile
+
+
+def network_batches(cfg: Config) -> int:
+    """About how many network-update batches the run trains (epoch ends add at most one per inner iteration)."""
+    return cfg.match.iterations * cfg.match.inner_loop * -(-cfg.net.n_data // cfg.match.batch_real)
+
+
 def static_path(cfg: Config, device: torch.device, distributed: bool = False):
-    """(static buffers, CUDA-graph capture) for a run: --cuda-graphs auto means on with CUDA in one
-    process; the static path also serves --compile on (a compiled step wants fixed shapes); capture
+    """(static buffers, CUDA-graph capture, compiled network update) for a run, the one place these
+    are decided. --cuda-graphs auto: on with CUDA in one process. --compile auto: on for a CPU run in
+    one process with at least COMPILE_MIN_BATCHES network batches (measured on a 2-core CPU: the
+    compile takes 25-45 s and saves about 0.05 s per batch; bench/RESULTS.md), off on CUDA until
+    measured there. The static path also serves a compiled step (it wants fixed shapes); capture
     needs CUDA."""
-    auto = device.type == "cuda" and not distributed
-    graphs = cfg.match.cuda_graphs == "on" or (cfg.match.cuda_graphs == "auto" and auto)
-    return graphs or cfg.match.compile, graphs and device.type == "cuda"
+    cuda = device.type == "cuda"
+    graphs = cfg.match.cuda_graphs == "on" or (cfg.match.cuda_graphs == "auto" and cuda and not distributed)
+    compiled = cfg.match.compile == "on" or (cfg.match.compile == "auto" and not cuda and not distributed
+                                             and network_batches(cfg) >= COMPILE_MIN_BATCHES)
+    return graphs or compiled, graphs and cuda, compiled
 
 
 class Distiller:
@@ -74,7 +87,7 @@ class Distiller:
         c0, c1 = self.comm.classes(self.K)
         if c1 <= c0:
             raise ValueError(f"{self.comm.world} ranks for {self.K} classes: every rank needs at least one class")
-        static, capture = static_path(cfg, self.device, self.comm.distributed)
+        static, capture, compiled = static_path(cfg, self.device, self.comm.distributed)
         if static and self.comm.distributed:
             raise ValueError("--cuda-graphs on and --compile on run in one process (the network update's gradients "
                              "are all-reduced per batch under torchrun)")
@@ -88,7 +101,7 @@ class Distiller:
             self.region_state = RegionState(self.syn, self.proxy, cfg.udd, cfg.match.factor, cfg.run.seed, self.mean,
                                             self.std, (c0, c1), self.comm)
         self.trainer = NetworkTrainer(cfg, data, self.dtype, self.mean, self.std, self.amp, self.comm, static,
-                                      cfg.match.compile, capture, self.log)
+                                      compiled, capture, self.log)
         parts = (cfg, data, self.syn, self.region_state, self.dtype, self.mean, self.std, self.amp, self.comm,
                  (c0, c1))
         if cfg.match.form == "batched":
