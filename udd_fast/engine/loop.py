@@ -1,8 +1,12 @@
 """The distillation loop, top-down: outer iterations of (fresh network, boundary, inner iterations of
 matching step + network update), over the engine's parts.
 
-One inner iteration is device work only: its draws are keyed on the host and made on the device, its
-shapes are fixed, nothing is read back (tests/test_host_reads.py). The outer boundary reads the device:
+One inner iteration is device work only: its draws are keyed on the host and made on the device and
+nothing is read back (tests/test_fast_loop.py). On the static path (--cuda-graphs, --compile) its
+shapes are fixed as well: network batches are padded to the full batch and masked; how many batches an
+inner iteration trains (IDC: until n_data images were seen, so one more when an epoch's smaller last
+batch falls inside) is counted on the host from the batch number, so a captured step is replayed that
+many times. The outer boundary reads the device:
 the clamp is followed by UDD's region search (which picks windows and counts policies on the host), the
 matching loss is read for the log, the images are checked for NaN, and a stop request is polled
 between inner iterations from a host flag (a collective under torchrun).
