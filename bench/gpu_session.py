@@ -12,7 +12,7 @@ Stages, in order, each logged under DIR (at most 8 files, so the device tool bri
   gpu_check  bench/gpu_check.py: correctness, time vs eager, bytes vs a copy -> gpu_check.log
   engine     `--preset smoke` distill + evaluate of MNIST on CUDA, idc and udd -> engine.log
   loop       bench/loop_timing.py: time per inner iteration at CIFAR-10 shapes, IPC 1 and 10, eager,
-             CUDA graphs, bf16 and compiled                        -> loop.log
+             CUDA graphs, bf16 and compiled; a torch.profiler breakdown by kernel family -> loop.log
 The session keeps to --budget seconds (default 480): a stage whose estimate no longer fits is
 skipped, saying so, and each stage's subprocess is stopped at its cap. session.md (the summary
 table, stage by stage) and session.json are rewritten after every stage, so a killed session
@@ -75,7 +75,7 @@ def stages(args):
         tests = [[PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *OP_TESTS],
                  [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda", *ENGINE_TESTS]]
     check = [PY, "bench/gpu_check.py", "--device", dev] + (["--tiny"] if dry else [])  # tables go to its log
-    loop = [PY, "bench/loop_timing.py", "--device", dev] + (["--tiny"] if dry else ["--ipc", "1", "10"])
+    loop = [PY, "bench/loop_timing.py", "--device", dev, "--profile"] + (["--tiny"] if dry else ["--ipc", "1", "10"])
     return [Stage("build", 90, 240, "build.log", build),
             Stage("tests", 150, 200, "tests.log", tests),
             Stage("gpu_check", 60, 120, "gpu_check.log", [check]),

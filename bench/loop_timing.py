@@ -9,9 +9,10 @@ own loop (bench/idc_loop.py) is timed in the same run, side by side.
 
 One inner iteration = the matching step (all classes) + the network update; each is timed apart
 (synchronized), after one warm-up inner iteration (which also compiles and captures), median over
---inner rounds in which every mode (and IDC's loop) runs one inner iteration in turn. The table gives the FLOPs of one inner iteration (torch's FlopCounterMode:
-convolutions and matmuls) and the rate they run at, against a float32 matmul measured in the same
-run."""
+--inner rounds in which every mode (and IDC's loop) runs one inner iteration in turn. The table gives
+the FLOPs of one inner iteration (torch's FlopCounterMode: convolutions and matmuls) and the rate they
+run at, against a float32 matmul measured in the same run; --profile adds where one inner iteration
+goes, by kernel family (torch.profiler)."""
 import argparse
 import os
 import statistics
@@ -119,6 +120,45 @@ def flops_inner(data, ipc, form, device, **over):
     return fm.get_total_flops(), fu.get_total_flops()
 
 
+FAMILIES = (  # (family, substrings of a kernel's or op's name), first match wins
+    ("convolution", ("conv", "cudnn", "implicit", "xmma", "winograd", "im2col", "col2im")),
+    ("matmul", ("gemm", "addmm", "aten::mm", "matmul", "cutlass", "bmm")),
+    ("udd_fast ops", ("crop_resize", "diff_aug", "cfc", "response_map", "region_mask")),
+    ("inductor / triton", ("triton", "cpp_fused", "inductor")),
+    ("normalization", ("group_norm", "groupnorm", "native_group", "norm")),
+    ("reduction", ("reduce", "sum", "mean", "argsort", "sort")),
+    ("memory", ("memcpy", "memset", "copy", "cat", "fill")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "aten::")),
+)
+
+
+def family(name: str) -> str:
+    low = name.lower()
+    return next((f for f, keys in FAMILIES if any(k in low for k in keys)), "other")
+
+
+def profile_breakdown(data, ipc, mode, device, **over):
+    """Markdown lines: where one inner iteration of `mode` spends its time, by kernel family (CUDA
+    kernels' device time on a GPU; operators' self CPU time on the CPU), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+    steps = our_steps(data, ipc, mode, device, **over)
+    next(steps)  # warm-up: compiles and captures
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        next(steps)
+    totals = {}
+    for e in prof.key_averages():
+        t = e.self_device_time_total if device == "cuda" else e.self_cpu_time_total
+        if t > 0:
+            totals[family(e.key)] = totals.get(family(e.key), 0.0) + t / 1e3
+    total = sum(totals.values()) or 1.0
+    lines = [f"### Where one inner iteration goes: IPC {ipc}, {mode[0]}, {mode[2]} "
+             f"({'CUDA kernels' if device == 'cuda' else 'CPU operators, self time'}; torch.profiler)", "",
+             "| kernel family | ms | share |", "|---|---|---|"]
+    lines += [f"| {f} | {ms:.2f} | {ms / total:.0%} |" for f, ms in sorted(totals.items(), key=lambda kv: -kv[1])]
+    return lines
+
+
 def matmul_rate(device, n=2048, reps=5):
     """float32 GFLOP/s of an n x n matmul (median of reps)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -149,6 +189,8 @@ def main(argv=None):
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     p.add_argument("--inner", type=int, default=5, help="timed inner iterations per mode (after one warm-up)")
     p.add_argument("--tiny", action="store_true", help="16 px, 3 classes, IPC 1, small batches (a CPU dry run)")
+    p.add_argument("--profile", action="store_true", help="also break one inner iteration of the device's first "
+                                                           "batched mode down by kernel family (torch.profiler)")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -188,9 +230,12 @@ def main(argv=None):
             runners[mode[0], mode[2]] = our_steps(data, ipc, mode, args.device, **over)
         for (label, precision), (m, u) in interleaved(runners, inner).items():
             row(ipc, label, precision, m, u, flops)
-    lines += ["", f"float32 matmul (2048 x 2048) in the same run: {rate:.0f} GFLOP/s. FLOPs: convolutions and matmuls "
-              f"of one inner iteration (FlopCounterMode, of the sequential form for every row: IDC's code and the batched "
-              f"form do the same work). torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}."]
+        if args.profile:
+            batched = next(m for m in modes(args.device, args.tiny) if m[1] == "batched" and m[3] == "on")
+            lines += [""] + profile_breakdown(data, ipc, batched, args.device, **over) + [""]
+    lines += ["", f"float32 matmul (2048 x 2048) in the same run: {rate:.0f} GFLOP/s. FLOPs: convolutions and "
+              f"matmuls of one inner iteration (FlopCounterMode, of the sequential form for every row: IDC's code and the "
+              f"batched form do the same work). torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {where}."]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -13,7 +13,7 @@ from udd_fast import rng
 from udd_fast.config import UsageError, build_config
 from udd_fast.data import ArrayDataset, RealData
 from udd_fast.distributed import Comm
-from udd_fast.engine import Distiller
+from udd_fast.engine import Distiller, static_path
 from udd_fast.engine.replay import Replay
 from udd_fast.ops.backend import why_unavailable
 from udd_fast.pipeline import check_world
@@ -32,8 +32,8 @@ def _fused_backend(device):
 
 
 def _cfg(method, data, **over):
-    values = dict(form="batched", seed=3, iterations=2, inner_loop=2, net_width=8, batch_real=8, n_data=24, net_cutmix=True,
-                  match_aug="color_crop_cutout", device=str(data.device))
+    values = dict(form="batched", seed=3, iterations=2, inner_loop=2, net_width=8, batch_real=8, n_data=24,
+                  net_cutmix=True, match_aug="color_crop_cutout", device=str(data.device))
     values.update(over)
     return build_config("mnist", 2, "smoke", 28, 28, method=method, **values)
 
@@ -99,8 +99,8 @@ def _small_mnist(mnist_arrays, n=140):
 
 
 def _run(data, method, static, proxy=None):
-    cfg = build_config("mnist", 1, "smoke", 28, 28, method=method, form="batched", dtype="float64", iterations=3,
-                       inner_loop=3, net_width=8, batch_real=16, n_data=40, net_cutmix=True,
+    cfg = build_config("mnist", 1, "smoke", 28, 28, method=method, form="batched", dtype="float64", iterations=2,
+                       inner_loop=2, net_width=8, batch_real=16, n_data=40, net_cutmix=True,
                        match_aug="color_crop_cutout", cuda_graphs=static, lr_img=30.0,
                        **(dict(policy="response", cfc_weight=0.5) if method == "udd" else {}))
     events = []
@@ -112,7 +112,7 @@ def _run(data, method, static, proxy=None):
 @pytest.mark.parametrize("method", ["idc", "udd"])
 def test_static_path_equals_plain_path(mnist_arrays, method):
     """The static path (--cuda-graphs on, run on the CPU without capture) against the plain path, float64,
-    3 outer x 3 inner iterations: the same images at every gradient point and boundary, the same final
+    2 outer x 2 inner iterations: the same images at every gradient point and boundary, the same final
     images, and the same network after its last update, up to float64 round-off. Its network batches are
     padded to 16 and masked, CutMix goes by mask; the plain path's are ragged and branch, as IDC's."""
     data = _small_mnist(mnist_arrays)
@@ -124,7 +124,7 @@ def test_static_path_equals_plain_path(mnist_arrays, method):
     b = range(d_p.net_batch)
     sizes = {d_p.trainer.batches.size(i) for i in b}
     mixes = {cutmix_box(rng.key(rng.key(0, "net_update", i), "cutmix"), 28, 28) is not None for i in b}
-    assert sizes == {16, 12} and mixes == {True, False} and d_p.net_batch == d_s.net_batch == 3 * 3 * 3
+    assert sizes == {16, 12} and mixes == {True, False} and d_p.net_batch == d_s.net_batch == 2 * 2 * 3
     scale = run_scale(ev_p)
     assert [e[:4] for e in ev_p] == [e[:4] for e in ev_s]
     for a, c in zip(ev_p, ev_s, strict=True):
@@ -212,9 +212,14 @@ def test_failed_capture_falls_back_to_eager_once(monkeypatch):
 
 def test_static_settings_are_refused_under_torchrun(mnist_data):
     for over, flag in ((dict(cuda_graphs="on"), "--cuda-graphs on"), (dict(compile="on"), "--compile on")):
-        cfg = build_config("mnist", 1, "smoke", 28, 28, **over)
+        cfg = build_config("mnist", 1, "smoke", 28, 28, form="batched", **over)
         with pytest.raises(UsageError, match=flag):
             check_world(cfg, Comm(rank=0, world=2), 10)
-    check_world(build_config("mnist", 1, "smoke", 28, 28, cuda_graphs="auto"), Comm(rank=0, world=2), 10)
+    auto = build_config("mnist", 1, "smoke", 28, 28, form="batched", cuda_graphs="auto", compile="auto",
+                        iterations=10000)  # auto would compile this long a run in one process
+    check_world(auto, Comm(rank=0, world=2), 10)
+    assert static_path(auto, torch.device("cpu")) == (True, False, True)
+    assert static_path(auto, torch.device("cpu"), distributed=True) == (False, False, False)
     with pytest.raises(ValueError, match="one process"):
-        Distiller(build_config("mnist", 1, "smoke", 28, 28, cuda_graphs="on"), mnist_data, comm=Comm(rank=0, world=2))
+        Distiller(build_config("mnist", 1, "smoke", 28, 28, form="batched", cuda_graphs="on"), mnist_data,
+                  comm=Comm(rank=0, world=2))

@@ -59,9 +59,13 @@ def augment_batch(x, strategy: Strategy, key: int, positions=None):
         return x
     if positions is None:
         positions = torch.arange(x.shape[0], device=x.device)
-    keys = rng.subkeys(key, positions)
-    params = sample_params(keys, strategy, x.shape[-1], op_key=rng.key(key, "op"))
-    return ops.diff_augment(x, params, strategy)
+    return ops.diff_augment(x, augment_params(strategy, key, positions, x.shape[-1]), strategy)
+
+
+def augment_params(strategy: Strategy, key: int, positions: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch's per-sample augmentation rows: keyed by the batch's key and each sample's position, the
+    op drawn once per batch (IDC)."""
+    return sample_params(rng.subkeys(key, positions), strategy, size, op_key=rng.key(key, "op"))
 
 
 def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutmix: bool, key: int, part=None,

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops, rng
-from ..augment import NUM_PARAMS, Strategy, sample_params
+from ..augment import NUM_PARAMS, Strategy
 from ..sampling import EpochBatches
-from ..train import cutmix_box, cutmix_partners, make_sgd, normalize, train_step
+from ..train import augment_params, cutmix_box, cutmix_partners, make_sgd, normalize, train_step
 from .replay import Replay
 
 
@@ -71,9 +71,7 @@ class StaticNetStep:
         self.weight.zero_()
         self.weight[:n].fill_(1.0 / n)
         if self.strategy != Strategy():
-            aug_key = rng.key(key, "aug")
-            self.aug.copy_(sample_params(rng.subkeys(aug_key, self.positions), self.strategy, self.size,
-                                         op_key=rng.key(aug_key, "op")))
+            self.aug.copy_(augment_params(self.strategy, rng.key(key, "aug"), self.positions, self.size))
         if self.cfg.net_cutmix:
             mix_key = rng.key(key, "cutmix")
             box = cutmix_box(mix_key, self.size, self.size)
