@@ -39,7 +39,7 @@ def _cfg(method, data, **over):
 
 
 GUARDED = [("idc", {}), ("udd", dict(policy="response", cfc_weight=0.5)),
-           ("udd", dict(policy="jitter", cfc_weight=0.5, batch_syn_max=12))]
+           ("udd", dict(policy="jitter", jitter_draws=1, cfc_weight=0.5, batch_syn_max=12))]
 
 
 @pytest.mark.parametrize("static", ["off", "on"], ids=["plain", "static"])
