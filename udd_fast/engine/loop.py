@@ -47,7 +47,7 @@ def static_path(cfg: Config, device: torch.device, distributed: bool = False):
     """(static buffers, CUDA-graph capture, compiled network update) for a run, the one place these
     are decided. --cuda-graphs auto: on with CUDA in one process. --compile auto: on for a CPU run in
     one process with at least COMPILE_MIN_BATCHES network batches (measured on a 2-core CPU: the
-    compile takes 25-45 s and saves about 0.05 s per batch; bench/RESULTS.md), off on CUDA until
+    compile takes 25-45 s and saves about 0.1 s per batch of 64; bench/RESULTS.md), off on CUDA until
     measured there. The static path also serves a compiled step (it wants fixed shapes); capture
     needs CUDA."""
     cuda = device.type == "cuda"
