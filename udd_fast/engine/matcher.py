@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops, rng
-from ..augment import Strategy, sample_params
+from ..augment import NUM_PARAMS, Strategy, sample_params
 from ..cfc import prototypes_ref
 from ..matching import match_distance
 from ..sampling import class_batch_indices
@@ -161,7 +161,7 @@ class BatchedMatcher(Matcher):
         self.replay = None
         if static:
             b, size, C = self.cfg.match.batch_real, self.syn.size, self.syn.C
-            self.buffers = dict(params=torch.zeros(self.G, 12, device=self.device),
+            self.buffers = dict(params=torch.zeros(self.G, NUM_PARAMS, device=self.device),
                                 reals=torch.zeros(self.G, b, C, size, size, dtype=self.dtype, device=self.device),
                                 sub=None if self.n_total <= self.n_syn else
                                 torch.zeros(self.G, self.n_syn, dtype=torch.int64, device=self.device))

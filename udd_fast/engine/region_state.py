@@ -49,8 +49,7 @@ class RegionState:
         self.policy_counts["response"] += n_resp
 
     def load(self, boxes, counts):
-        if boxes is not None and self.search is None:
-            raise ValueError("the state has region boxes but this run searches no regions")
+        """Restore boxes and counts (Distiller.load_state has checked that boxes come only with a search)."""
         if boxes is None:
             self.boxes = None
         elif self.boxes is None:

@@ -4,14 +4,13 @@ import torch
 
 from .. import ops
 from ..decode import decode_plan
+from ..ops.crop_resize import plan_ok
 
 
 def check_boxes(boxes: torch.Tensor, src: torch.Tensor, n_images: int, what: str):
     """A decode plan or region boxes, checked once where they are made (this reads the device): the
     loop then decodes without a per-call check."""
-    ok = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (boxes[:, :2] >= 0).all(1)
-          & (src >= 0) & (src < n_images)).all()
-    if not bool(ok):
+    if not bool(plan_ok(src, boxes, n_images)):
         raise ValueError(f"{what}: every box needs 0 <= y0 < y1 and 0 <= x0 < x1, every source a stored image")
 
 

@@ -40,6 +40,12 @@ def crop_resize_ref(images: torch.Tensor, src: torch.Tensor, boxes: torch.Tensor
     return out
 
 
+def plan_ok(src: torch.Tensor, boxes: torch.Tensor, n_images: int) -> torch.Tensor:
+    """A 0-dim bool tensor: every box has 0 <= y0 < y1 and 0 <= x0 < x1, every src an image index."""
+    return ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (boxes[:, :2] >= 0).all(1)
+            & (src >= 0) & (src < n_images)).all()
+
+
 class _CropResize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, images, src, boxes, oh, ow, mod):
@@ -70,7 +76,5 @@ def crop_resize(images, src, boxes, out_size, validate=True):
     boxes = boxes.to(images.device, torch.int64).reshape(n, 4).contiguous()
     if not validate:
         return _CropResize.apply(images.contiguous(), src, boxes, oh, ow, _load(name))
-    ok = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (boxes[:, :2] >= 0).all(1)
-          & (src >= 0) & (src < images.shape[0])).all()
-    _check(ok, "crop_resize: every box needs 0 <= y0 < y1 and 0 <= x0 < x1, every src an image index")
+    _check(plan_ok(src, boxes, images.shape[0]), "crop_resize: every box needs 0 <= y0 < y1 and 0 <= x0 < x1, every src an image index")
     return _CropResize.apply(images.contiguous(), src, boxes, oh, ow, _load(name))
