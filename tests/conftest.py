@@ -114,7 +114,7 @@ if not torch.cuda.is_available():
     # imports triton (its jit decorator reads it); an explicit TRITON_INTERPRET is kept.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-OPS_BACKENDS = ("torch", "cpp", "triton", "cuda")
+OPS_BACKENDS = ("torch", "cpp", pytest.param("triton", marks=pytest.mark.triton), "cuda")
 
 
 def ops_device(backend: str) -> torch.device:
@@ -132,6 +132,34 @@ def ops_backend(request):
         pytest.skip(f"backend {request.param!r} is not live here: {why}")
     with ops.use_backend(request.param):
         yield request.param
+
+
+@pytest.fixture
+def fresh_backends(monkeypatch):
+    """udd_fast.ops's backends as if none had been imported yet, for a test that simulates a failed
+    import; the records of the session come back after it. The one way a test touches that state."""
+    from udd_fast.ops import backend
+
+    monkeypatch.setattr(backend, "_records", {name: backend.Record() for name in backend._REAL})
+    return backend
+
+
+# What .ci/run installs in its second step, and the marker that selects the tests needing it there: a
+# test skipped for want of one must carry its marker, or CI would never run it.
+NEEDS = {"triton": "triton", "browser": "browser"}  # marker: word in the skip reason
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.skipped and call.excinfo is not None:
+        reason = str(call.excinfo.value).lower()
+        for marker, word in NEEDS.items():
+            if word in reason and item.get_closest_marker(marker) is None:
+                report.outcome = "failed"
+                report.longrepr = (f"{item.nodeid} skipped for want of {marker} ({call.excinfo.value}) but is not "
+                                   f"marked @pytest.mark.{marker}: .ci/run's step with {marker} would never run it")
+    return report
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO
 
+pytestmark = pytest.mark.triton
 ARCHS = ("sm_90", "sm_80")
 
 

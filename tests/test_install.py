@@ -1,7 +1,9 @@
 """A failing extension build never aborts the install: with a compiler that always fails
-(CXX=false CC=false), `pip install --no-build-isolation .` of a copy of this checkout into a fresh
-virtualenv (seeing this Python's torch and setuptools, no index, no downloads) succeeds, reports
-why udd_fast._C is missing, and the ops run on the torch backend, equal to their references."""
+(CXX=false CC=false), `pip wheel --no-build-isolation` of a copy of this checkout succeeds, run by the
+interpreter that runs the tests (its torch, setuptools and wheel; no index, no downloads). The wheel,
+installed non-editable into a folder of its own (`pip install --target`) and imported from there by
+the same interpreter, reports why udd_fast._C is missing, and the ops run on the torch backend,
+equal to their references."""
 import json
 import os
 import shutil
@@ -15,8 +17,7 @@ from conftest import REPO
 
 CHECK = textwrap.dedent("""
     import json, sys, warnings
-    # an editable install of some checkout in the base Python (seen through --system-site-packages)
-    # would otherwise serve udd_fast._C from that checkout
+    # an editable install of some checkout in this Python would otherwise serve udd_fast._C from it
     sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
     import torch
     import udd_fast
@@ -50,29 +51,39 @@ def _source_files():
     return [f for f in out.split("\0") if f and (REPO / f).is_file()]
 
 
-def test_install_survives_a_failing_compiler(tmp_path):
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(target folder, environment): a wheel of a copy of this checkout built with a compiler that
+    always fails, installed non-editable into the target folder, which the environment puts first on
+    the path. Built and run by this interpreter, so that it holds whatever this one holds (a venv's
+    packages or the global ones), never what the base interpreter happens to have."""
+    tmp = tmp_path_factory.mktemp("install")
+    src, wheels, target = tmp / "src", tmp / "wheels", tmp / "target"
     for rel in _source_files():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, src / rel)
-    venv = tmp_path / "venv"
-    made = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], capture_output=True,
-                          text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot create a virtualenv here (python -m venv): {made.stderr.strip()[-300:]}")
-    py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PIP_", "UDD_FAST_", "TRITON_"))}
     env.update(CXX="false", CC="false", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    proc = subprocess.run([str(py), "-m", "pip", "install", "-v", "--no-build-isolation", "--no-deps", "--no-index",
-                           str(src)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"the install failed:\n{log[-6000:]}"
+    pip = [sys.executable, "-m", "pip"]
+    built = subprocess.run(pip + ["wheel", "-v", "--no-build-isolation", "--no-deps", "-w", str(wheels), str(src)],
+                           cwd=tmp, env=env, capture_output=True, text=True)
+    log = built.stdout + built.stderr
+    assert built.returncode == 0, f"the wheel failed to build:\n{log[-6000:]}"
     assert "extension udd_fast._C not built" in log, log[-6000:]
+    (wheel,) = wheels.glob("udd_fast-*.whl")
+    put = subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], cwd=tmp, env=env,
+                         capture_output=True, text=True)
+    assert put.returncode == 0, put.stdout + put.stderr
+    env["PYTHONPATH"] = str(target)  # before site-packages, and before any editable install's finder
+    return target, env
 
-    run = subprocess.run([str(py), "-c", CHECK], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+def test_install_survives_a_failing_compiler(installed, tmp_path):
+    target, env = installed
+    run = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    assert got["file"].startswith(str(venv)), got["file"]  # the installed copy, not a checkout
+    assert got["file"].startswith(str(target)), got["file"]  # the installed copy, not a checkout
     live, why = got["reasons"]["cpp"]
     assert not live and "udd_fast._C was not built: the build failed" in why, why
     assert got["reasons"]["torch"] == [True, "ok"] and got["backend"] == "torch"

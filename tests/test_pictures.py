@@ -147,6 +147,7 @@ def _black(shot) -> float:
     return float((shot.max(axis=2) < 30).mean())
 
 
+@pytest.mark.browser
 def test_report_renders_in_a_headless_browser(tmp_path, mnist_arrays):
     ds = mnist_arrays
     x = torch.from_numpy(ds.train_images[:20]).float() / 255

@@ -21,6 +21,7 @@ import os
 import sys
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,9 +31,19 @@ ENV_VAR = "UDD_FAST_BACKEND"
 _REAL = ("torch", "cpp", "cuda", "triton")
 
 _lock = threading.Lock()
-_modules = {}  # backend -> loaded module, or None when it failed to import
-_errors = {}  # backend -> why it failed to import
-_warned = set()
+
+
+@dataclass
+class Record:
+    """What is known of one backend's module: whether its import was tried, the module (None when the
+    import failed), why it failed, and whether that failure was warned about (once)."""
+    tried: bool = False
+    module: object = None
+    error: str = ""
+    warned: bool = False
+
+
+_records = {name: Record() for name in _REAL}  # tests swap in fresh ones (conftest.fresh_backends)
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -61,26 +72,31 @@ def _import_kernels():
 def _load(name):
     """The module behind a backend, or None (the import error is kept and warned about once)."""
     with _lock:
-        if name not in _modules:
+        rec = _records[name]
+        if not rec.tried:
+            rec.tried = True
             try:
                 if name in _EXTENSIONS:
-                    _modules[name] = importlib.import_module(_EXTENSIONS[name])
+                    rec.module = importlib.import_module(_EXTENSIONS[name])
                 elif name == "triton":
                     import triton  # noqa: F401  (a clear error when Triton itself is missing)
-                    _modules[name] = _import_kernels()
+                    rec.module = _import_kernels()
                 else:  # torch: no module of entry points (each op module runs its reference)
-                    _modules[name] = sys.modules[__name__]
+                    rec.module = sys.modules[__name__]
             except Exception as e:  # any import failure is reported, never hidden
-                _modules[name] = None
-                _errors[name] = f"{type(e).__name__}: {e}"
+                rec.module, rec.error = None, f"{type(e).__name__}: {e}"
                 if name in _EXTENSIONS and _build_reason(name):
-                    _errors[name] = f"{_EXTENSIONS[name]} was not built: {_build_reason(name)} ({_errors[name]})"
-        mod = _modules[name]
-        if mod is None and name not in _warned:
-            _warned.add(name)
-            warnings.warn(f"udd_fast.ops: backend {name!r} is unavailable ({_errors[name]}); "
+                    rec.error = f"{_EXTENSIONS[name]} was not built: {_build_reason(name)} ({rec.error})"
+        if rec.module is None and not rec.warned:
+            rec.warned = True
+            warnings.warn(f"udd_fast.ops: backend {name!r} is unavailable ({rec.error}); "
                           f"'auto' falls back (see udd_fast.ops.available_backends())", RuntimeWarning, stacklevel=3)
-    return mod
+        return rec.module
+
+
+def load_error(name):
+    """Why backend `name`'s module failed to import ('' when it imported or was not tried yet)."""
+    return _records[name].error
 
 
 _EXTENSIONS = {"cpp": "udd_fast._C", "cuda": "udd_fast._C_cuda"}
@@ -112,11 +128,14 @@ def why_unavailable(name, device=None):
             return f"the CUDA backend runs on CUDA tensors only, got {device}"
         if not torch.cuda.is_available():
             return "no CUDA device (torch.cuda.is_available() is False)"
-    if name == "triton" and not cuda and not _interpreting():
-        return "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (its interpreter)"
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed (pip install triton; a CUDA build of torch brings its own)"
+        if not cuda and not _interpreting():
+            return "Triton runs on CPU tensors only under TRITON_INTERPRET=1 (its interpreter)"
     if _load(name) is None:
         hint = " (build it: pip install --no-build-isolation -e .)" if name in ("cpp", "cuda") else ""
-        return f"import failed: {_errors[name]}{hint}"
+        return f"import failed: {load_error(name)}{hint}"
     return None
 
 
@@ -152,7 +171,7 @@ def set_backend(name=None):
     global _backend
     name = _parse(os.environ.get(ENV_VAR, "auto") or "auto") if name is None else _parse(name)
     if name not in ("auto", "torch") and _load(name) is None:
-        raise RuntimeError(f"udd_fast backend {name!r} is not available: {_errors[name]}")
+        raise RuntimeError(f"udd_fast backend {name!r} is not available: {load_error(name)}")
     _backend = name
     return name
 
