@@ -1,4 +1,6 @@
 """Install with `pip install --no-build-isolation .` after torch, so pip never fetches another torch.
+The project's metadata and extras are in pyproject.toml; this script finds the packages and builds the
+extensions.
 
 Builds, when it can, the C++ CPU kernels `udd_fast._C` (skip with UDD_FAST_NO_CPP=1) and the CUDA
 kernels `udd_fast._C_cuda` (when torch has CUDA and nvcc is found; skip with UDD_FAST_NO_CUDA=1;
@@ -8,17 +10,16 @@ does not accept, ...) is reported with the reason and skipped, and the rest inst
 udd_fast/_build_report.json records what was built and why not; udd_fast.ops falls back to torch
 and says why (`udd_fast.ops.available_backends(reasons=True)`).
 The Triton kernels live in the top-level folder kernels/ and install as udd_fast.kernels.
+The packages are found, not listed, so that no subpackage can be left out of a wheel.
 """
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-version = re.search(r'__version__ = "([^"]+)"', Path("udd_fast/version.py").read_text()).group(1)
 REPORT = "_build_report.json"  # in the installed udd_fast package; read by udd_fast.ops
 # csrc/: one file per op and device, and each extension's bindings.
 OPS = ("crop_resize", "diff_augment", "response_map", "region_mask", "cfc_loss")
@@ -116,20 +117,14 @@ def _extensions():
 
 ext_modules, cmdclass = _extensions()
 
+# udd_fast and its subpackages, and the top-level kernels/ (with any subpackage) as udd_fast.kernels
+PACKAGES = find_packages(include=["udd_fast", "udd_fast.*"]) + \
+    ["udd_fast.kernels"] + [f"udd_fast.kernels.{p}" for p in find_packages("kernels")]
+
 setup(
-    name="udd_fast",
-    version=version,
-    description="Fast, checkable dataset distillation: IDC multi-formation gradient matching and UDD",
-    long_description=Path("README.md").read_text(),
-    long_description_content_type="text/markdown",
-    packages=["udd_fast", "udd_fast.ops", "udd_fast.kernels"],
+    packages=PACKAGES,
     package_dir={"udd_fast.kernels": "kernels"},
     package_data={"udd_fast": [REPORT]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    python_requires=">=3.10",
-    # torch unpinned on purpose: an installed build (CPU or the user's CUDA one) satisfies it.
-    install_requires=["torch", "numpy>=2", "tqdm", "pillow", "scipy", "matplotlib"],
-    # Triton unpinned and optional: a CUDA torch brings the Triton it was built with.
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
 )

@@ -16,3 +16,8 @@ def __getattr__(name):
 
         return getattr(api, name)
     raise AttributeError(f"module 'udd_fast' has no attribute {name!r}")
+
+
+def __dir__():
+    """The API beside what is loaded already: dir(udd_fast) and tab completion list the lazy names."""
+    return sorted(set(globals()) | set(_API))
