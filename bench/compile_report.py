@@ -141,7 +141,7 @@ def _response_cases(full):
 def _run_response(dt, ch, h, w, nw, aligned=True):
     import torch
     from udd_fast import ops
-    from udd_fast.regions import window_grid
+    from udd_fast.region_search import window_grid
 
     g = torch.Generator().manual_seed(2)
     n, k = 3, 10

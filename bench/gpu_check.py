@@ -30,7 +30,7 @@ from udd_fast.ops.crop_resize import crop_resize_ref  # noqa: E402
 from udd_fast.ops.diff_augment import diff_augment_ref  # noqa: E402
 from udd_fast.ops.region_mask import region_mask_ref  # noqa: E402
 from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref  # noqa: E402
-from udd_fast.regions import window_grid, window_pixel_masks  # noqa: E402
+from udd_fast.region_search import window_grid, window_pixel_masks  # noqa: E402
 
 C, FACTOR = 3, 2
 CH, FH, D, DRAWS = 128, 4, 2048, 4  # proxy feature map 128x4x4, matching features 2048-d, 4 jitter draws

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from udd_fast.config import build_config  # noqa: E402
 from udd_fast.data import DATASETS, ArrayDataset, DatasetInfo, RealData  # noqa: E402
-from udd_fast.engine import Distiller  # noqa: E402
+from udd_fast.engine import Engine  # noqa: E402
 
 # (label, form, precision, --cuda-graphs, --compile): the modes timed on each device
 MODES = {
@@ -67,7 +67,7 @@ def _sync(device):
 def _distiller(data, ipc, form, precision, graphs, compile_net, device, **over):
     cfg = build_config("cifar10", ipc, "paper", data.info.size, 32, device=device, form=form, precision=precision,
                        cuda_graphs=graphs, compile=compile_net, **over)
-    return Distiller(cfg, data)
+    return Engine(cfg, data)
 
 
 def our_steps(data, ipc, mode, device, **over):

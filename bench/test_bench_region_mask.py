@@ -9,7 +9,7 @@ import torch
 
 from common import BACKENDS, C, IDS, SIZE, TILE, run
 from udd_fast import ops
-from udd_fast.regions import window_grid, window_pixel_masks
+from udd_fast.region_search import window_grid, window_pixel_masks
 
 CHUNK, DRAWS = 32, 4
 

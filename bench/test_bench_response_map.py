@@ -10,7 +10,7 @@ import torch
 
 from common import BACKENDS, IDS, SET_IDS, SETS, TILE, run
 from udd_fast import ops
-from udd_fast.regions import window_grid
+from udd_fast.region_search import window_grid
 
 CH, FH = 128, 4  # the proxy's feature map: CH x FH x FH
 

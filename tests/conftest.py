@@ -83,7 +83,7 @@ def mnist_dev(mnist_data, mnist_arrays, device):
 
 
 def run_scale(events):
-    """The largest pixel magnitude a traced run reaches (events of Distiller's trace)."""
+    """The largest pixel magnitude a traced run reaches (events of Engine's trace)."""
     return max(float(e[4].abs().max()) for e in events)
 
 

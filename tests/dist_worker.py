@@ -12,7 +12,7 @@ import torch
 from udd_fast import distributed
 from udd_fast.config import build_config
 from udd_fast.data import RealData, load_dataset
-from udd_fast.engine import Distiller
+from udd_fast.engine import Engine
 from udd_fast.models import ConvNet
 
 
@@ -25,7 +25,7 @@ def small_config(method: str):
 
 
 def run(data_dir, method, comm=None):
-    """(Distiller after the run, trace events) for one rank (or one process when comm is None)."""
+    """(Engine after the run, trace events) for one rank (or one process when comm is None)."""
     data = RealData(load_dataset("fashionmnist", data_dir, download=False), "cpu")
     proxy = None
     if method == "udd":  # an untrained, narrow proxy: cheap, and wrong often enough that both policies run
@@ -33,9 +33,9 @@ def run(data_dir, method, comm=None):
             torch.manual_seed(0)
             proxy = ConvNet(data.info.num_classes, data.info.channels, data.info.size, width=16).double().eval()
     events = []
-    d = Distiller(small_config(method), data, proxy=proxy, comm=comm,
+    d = Engine(small_config(method), data, proxy=proxy, comm=comm,
                   trace=lambda ev, o, i, c, rows: events.append((ev, o, i, c, rows)))
-    d.run()
+    d.iterate()
     return d, events
 
 

@@ -28,11 +28,11 @@ def test_result_holds_the_set_its_training_set_and_the_run(udd_result):
     k, n = 10, 10  # IPC 1
     assert r.images.shape == (n, 1, 28, 28) and r.images.dtype == torch.float32
     assert torch.equal(r.labels, torch.arange(k)) and r.factor == 2 and r.class_names[3] == "3"
-    src, boxes = r.regions
+    src, boxes = r.region_views
     assert boxes.shape == (n * 4, 4) and src.shape == (n * 4,)
     x, y = r.training_set()
     assert x.shape == (n * 4 + n * 4, 1, 28, 28) and torch.equal(y[:n * 4], r.labels.repeat(4))
-    assert r.training_set(region_views=False)[0].shape[0] == n * 4
+    assert r.training_set(with_region_views=False)[0].shape[0] == n * 4
     assert r.summary["num_train"] == x.shape[0] and r.summary["accuracy_runs"] and r.summary["method"] == "udd"
     h = r.history
     assert [p[0] for p in h["loss"]] == [1, 2] and [p[0] for p in h["accuracy"]] == [1, 2]
@@ -49,7 +49,7 @@ def test_save_writes_a_run_directory_and_load_reads_it_back(udd_result, tmp_path
     assert Image.open(out / "curves.png").size[1] > 500  # three panels: loss, mUE, accuracy
     back = udd_fast.Result.load(out)
     assert torch.equal(back.images, udd_result.images) and back.factor == 2
-    assert all(torch.equal(a, b) for a, b in zip(back.regions, udd_result.regions))
+    assert all(torch.equal(a, b) for a, b in zip(back.region_views, udd_result.region_views))
     assert back.summary == json.loads((out / "summary.json").read_text())
     with pytest.raises(ArtifactError, match="holds another run"):
         udd_result.save(out)
@@ -62,7 +62,7 @@ def test_evaluate_a_result_and_its_saved_directory_alike(udd_result, real_data_d
     a = udd_fast.evaluate_distilled(udd_result, **kw)
     b = udd_fast.evaluate_distilled(out, **kw)
     assert a["accuracy_runs"] == b["accuracy_runs"] and a["num_train"] == 80 and a["region_views"]
-    c = udd_fast.evaluate_distilled(out, region_views=False, **kw)
+    c = udd_fast.evaluate_distilled(out, with_region_views=False, **kw)
     assert c["num_train"] == 40 and not c["region_views"]
 
 

@@ -286,4 +286,4 @@ def test_ops_does_not_import_the_rest_of_the_package():
     code = "import sys, udd_fast.ops; print(' '.join(sorted(m for m in sys.modules if m.startswith('udd_fast'))))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     loaded = set(out.split())
-    assert not loaded & {"udd_fast.regions", "udd_fast.cfc", "udd_fast.decode", "udd_fast.engine"}, loaded
+    assert not loaded & {"udd_fast.region_search", "udd_fast.decode", "udd_fast.engine"}, loaded

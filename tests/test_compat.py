@@ -1,6 +1,6 @@
 """udd_fast.compat: IDC-shaped decode, DiffAug, dist and matchloss.
 
-Two kinds of checks: against reference formulas written from method section 1 (always), and
+Two kinds of checks: against reference formulas written from docs/method.md section 1 (always), and
 against IDC's own functions on the same inputs and the same random draws (only when IDC's code is
 present: env UDD_FAST_IDC_SRC, a checkout or its git dir; tests/idc_code.py loads it).
 """

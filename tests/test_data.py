@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from conftest import require_dataset, shared_data_dir
 from udd_fast.data import (DATASETS, ArrayDataset, DataError, DatasetInfo, RealData, canonical_name,
-                           device, download, load_dataset, resolve_data_dir, user)
+                           download, load_dataset, real_data, resolve_data_dir, user)
 
 CIFAR_FILES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch", "batches.meta"]
 MNIST_STEMS = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -539,7 +539,7 @@ def test_realdata_mnist(mnist_arrays):
 def test_class_index_table_property(labels):
     labels = np.array(labels, dtype=np.int64)
     labels[: 5] = np.arange(min(5, len(labels)))  # keep some classes present
-    table, counts = device._class_index_table(labels, 5)
+    table, counts = real_data._class_index_table(labels, 5)
     for c in range(5):
         expected = [i for i, v in enumerate(labels) if v == c]
         assert table[c, : len(expected)].tolist() == expected

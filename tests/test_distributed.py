@@ -22,7 +22,7 @@ import torch
 from udd_fast.checkpoint import load_checkpoint
 from udd_fast.config import build_config
 from udd_fast.distributed import Comm, partition
-from udd_fast.engine import Distiller
+from udd_fast.engine import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -76,7 +76,7 @@ def test_partition_covers_disjoint_and_balanced():
 
 @pytest.fixture(scope="module")
 def single(real_data_dir):
-    """One process's float64 runs, by method: (Distiller, {(outer, inner, class): images at the gradient},
+    """One process's float64 runs, by method: (Engine, {(outer, inner, class): images at the gradient},
     pixels on the bounds after the clamps of outer iterations 1 and 2)."""
     out = {}
     for method in ("idc", "udd"):
@@ -149,10 +149,10 @@ def test_ranks_compute_what_one_process_does_float64(single, real_data_dir, tmp_
 def test_impossible_layouts_are_refused(mnist_data):
     cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8, form="batched")
     with pytest.raises(ValueError, match="at least one class"):
-        Distiller(cfg, mnist_data, comm=Comm(rank=0, world=11))
+        Engine(cfg, mnist_data, comm=Comm(rank=0, world=11))
     cfg.match.form = "sequential"
     with pytest.raises(ValueError, match="batched form"):
-        Distiller(cfg, mnist_data, comm=Comm(rank=0, world=2))
+        Engine(cfg, mnist_data, comm=Comm(rank=0, world=2))
 
 
 # --- the CLI under torchrun ----------------------------------------------------------------------

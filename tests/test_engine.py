@@ -4,13 +4,13 @@ import torch
 
 from udd_fast.config import build_config
 from udd_fast.decode import mix_init
-from udd_fast.engine import Distiller
+from udd_fast.engine import Engine
 
 
 def _distiller(data, **over):
     cfg = build_config("mnist", 2, "smoke", 28, 28, net_width=8, batch_real=8, n_data=16, device=str(data.device),
                        **over)
-    return Distiller(cfg, data)
+    return Engine(cfg, data)
 
 
 def test_initial_images_are_the_mix_of_each_class(mnist_dev):
@@ -35,5 +35,5 @@ def test_nan_images_stop_the_run_with_a_clear_error(mnist_dev):
     d.S[3, 0, 5, 5] = float("nan")
     d.pending = torch.zeros_like(d.S)  # the clamp would otherwise hide nothing: NaN survives clamp
     with pytest.raises(FloatingPointError, match="NaN"):
-        d.run()
+        d.iterate()
     assert d.outer_done == 0

@@ -4,16 +4,16 @@ import torch
 
 from conftest import close_at_run_scale as _close, run_scale as _scale
 from udd_fast.config import build_config
-from udd_fast.engine import Distiller
+from udd_fast.engine import Engine
 
 
 def _run(data, form, **over):
     cfg = build_config("mnist", 2, "smoke", 28, 28, form=form, dtype="float64", iterations=3, inner_loop=2,
                        net_width=8, batch_real=8, n_data=16, device=str(data.device), **over)
     events = []
-    d = Distiller(cfg, data, trace=lambda ev, o, i, c, rows: events.append((ev, o, i, c, rows)))
+    d = Engine(cfg, data, trace=lambda ev, o, i, c, rows: events.append((ev, o, i, c, rows)))
     start = d.S.clone()
-    final = d.run()
+    final = d.iterate()
     return start, events, final, d
 
 

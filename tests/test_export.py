@@ -14,11 +14,12 @@ from PIL import Image
 
 from conftest import REPO, require_dataset
 from udd_fast import export
-from udd_fast.artifacts import load_distilled, save_distilled
+from udd_fast.artifacts import save_distilled
 from udd_fast.config import build_config
 from udd_fast.data import load_dataset
 from udd_fast.decode import mix_init
 from udd_fast.distill import main as distill_main
+from udd_fast.result import Result
 from udd_fast.decode import decode_all
 
 IPC, FACTOR = 3, 2  # 12 formations per class: the user-data reader holds out the 10th as test
@@ -55,9 +56,9 @@ def run_dir(request):
 
 
 def _decoded(run_dir):
-    d = load_distilled(run_dir)
-    x, y = decode_all(d["images"], d["labels"], d["factor"])
-    return x.clamp(0, 1), y, d
+    r = Result.load(run_dir)
+    x, y = decode_all(r.images, r.labels, r.factor)
+    return x.clamp(0, 1), y, r
 
 
 def _reader_split(u8, labels):
@@ -85,7 +86,7 @@ def test_folder_round_trip(run_dir, tmp_path, capsys):
     out = tmp_path / "set"
     assert export.main([str(run_dir), "--format", "folder", "--out", str(out)]) == 0
     assert f"exported {len(y)} images" in capsys.readouterr().out
-    names = list(d["dataset_info"]["class_names"])
+    names = list(d.class_names)
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert folders == [f"{k:02d}-{n}" for k, n in enumerate(names)]  # sorted order == label order
     png = next((out / folders[0]).iterdir())
@@ -107,10 +108,10 @@ def test_npz_round_trip(run_dir, tmp_path):
         assert sorted(z.files) == ["class_names", "dataset", "factor", "images", "labels"]
         assert z["images"].dtype == np.float32 and np.array_equal(z["images"], x.numpy())
         assert z["labels"].dtype == np.int64 and np.array_equal(z["labels"], y.numpy())
-        assert z["class_names"].tolist() == list(d["dataset_info"]["class_names"])
-        assert int(z["factor"]) == FACTOR and str(z["dataset"]) == d["dataset"]
+        assert z["class_names"].tolist() == list(d.class_names)
+        assert int(z["factor"]) == FACTOR and str(z["dataset"]) == d.info.name
     ds = load_dataset(str(out))  # also user data as it stands
-    assert ds.info.class_names == tuple(d["dataset_info"]["class_names"])
+    assert ds.info.class_names == tuple(d.class_names)
     _check_user_data(ds, _u8(x), y.numpy())
 
 

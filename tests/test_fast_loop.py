@@ -13,10 +13,10 @@ from udd_fast import rng
 from udd_fast.config import UsageError, build_config
 from udd_fast.data import ArrayDataset, RealData
 from udd_fast.distributed import Comm
-from udd_fast.engine import Distiller, static_path
+from udd_fast.engine import Engine, static_path
 from udd_fast.engine.replay import Replay
 from udd_fast.ops.backend import why_unavailable
-from udd_fast.pipeline import check_world
+from udd_fast.pipeline.checks import check_world
 from udd_fast.proxy import new_proxy
 from udd_fast.sampling import class_batch_indices
 from udd_fast.train import cutmix_box
@@ -50,7 +50,7 @@ def test_inner_iterations_read_nothing_back(mnist_dev, method, over, static):
     before them reads the device (the region search) outside it."""
     _fused_backend(str(mnist_dev.device))
     proxy = new_proxy(mnist_dev.info, 0).eval() if method == "udd" else None
-    d = Distiller(_cfg(method, mnist_dev, cuda_graphs=static, **over), mnist_dev, proxy=proxy)
+    d = Engine(_cfg(method, mnist_dev, cuda_graphs=static, **over), mnist_dev, proxy=proxy)
     start = d.S.clone()
     with d.precision():
         net, opt = d.start_network(0)
@@ -70,7 +70,7 @@ def test_inner_iterations_read_nothing_back(mnist_dev, method, over, static):
 
 
 def test_the_guard_catches_every_kind_of_host_read():
-    """Positive controls: what the loop did before issue 13 is caught."""
+    """Positive controls: what the loop did before its inner iteration was freed of host reads is caught."""
     ci, cc = torch.tensor([[0, 1, 2]]), torch.tensor([3])
     x = torch.ones(4)
     with no_host_reads(strict=False) as guard:
@@ -104,8 +104,8 @@ def _run(data, method, static, proxy=None):
                        match_aug="color_crop_cutout", cuda_graphs=static, lr_img=30.0,
                        **(dict(policy="response", cfc_weight=0.5) if method == "udd" else {}))
     events = []
-    d = Distiller(cfg, data, proxy=proxy, trace=lambda *e: events.append(e))
-    final = d.run()
+    d = Engine(cfg, data, proxy=proxy, trace=lambda *e: events.append(e))
+    final = d.iterate()
     return d, events, final
 
 
@@ -119,10 +119,10 @@ def test_static_path_equals_plain_path(mnist_arrays, method):
     proxy = new_proxy(data.info, 0).double().eval() if method == "udd" else None
     d_p, ev_p, final_p = _run(data, method, "off", proxy)
     d_s, ev_s, final_s = _run(data, method, "on", proxy)
-    assert d_p.trainer.static is None and d_s.trainer.static is not None
+    assert d_p.net_update.static is None and d_s.net_update.static is not None
     # the run met ragged batches (an epoch's last, 12 of 16) and both CutMix decisions
     b = range(d_p.net_batch)
-    sizes = {d_p.trainer.batches.size(i) for i in b}
+    sizes = {d_p.net_update.batches.size(i) for i in b}
     mixes = {cutmix_box(rng.key(rng.key(0, "net_update", i), "cutmix"), 28, 28) is not None for i in b}
     assert sizes == {16, 12} and mixes == {True, False} and d_p.net_batch == d_s.net_batch == 2 * 2 * 3
     scale = run_scale(ev_p)
@@ -146,19 +146,19 @@ def test_padded_masked_batch_equals_the_ragged_one(mnist_arrays):
     nets = []
     for static in ("off", "on"):
         cfg.match.cuda_graphs = static
-        d = Distiller(cfg, data)
+        d = Engine(cfg, data)
         net, opt = d.start_network(0)
-        d.trainer.net_batch = b
+        d.net_update.net_batch = b
         d.cfg.net.n_data = 1  # one batch
         d.network_update(net, opt)
-        assert d.trainer.net_batch == b + 1 and d.trainer.batches.size(b) == 12
+        assert d.net_update.net_batch == b + 1 and d.net_update.batches.size(b) == 12
         nets.append([p.detach().clone() for p in net.parameters()])
         if static == "on":
-            momentum = d.trainer.static.momentum
+            momentum = d.net_update.static.momentum
         else:
             momentum = [opt.state[p]["momentum_buffer"] for p in net.parameters()]
         nets[-1] += [m.clone() for m in momentum]
-    fresh = list(Distiller(cfg, data).new_network(0).parameters())
+    fresh = list(Engine(cfg, data).new_network(0).parameters())
     for p, q in zip(nets[0], nets[1], strict=True):
         assert torch.allclose(p, q, rtol=1e-12, atol=1e-15)
     assert any(not torch.equal(p, f) for p, f in zip(nets[0], fresh))  # the step moved the network
@@ -172,7 +172,7 @@ def test_compiled_network_update_agrees_with_eager(mnist_data):
     for compile_net in (False, True):
         cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8, batch_real=16, n_data=64, net_cutmix=True,
                            cuda_graphs="on", compile="on" if compile_net else "off")
-        d = Distiller(cfg, mnist_data)
+        d = Engine(cfg, mnist_data)
         net, opt = d.start_network(0)
         fresh = [p.detach().clone() for p in net.parameters()]
         graphs = counters["stats"]["unique_graphs"]
@@ -221,5 +221,5 @@ def test_static_settings_are_refused_under_torchrun(mnist_data):
     assert static_path(auto, torch.device("cpu")) == (True, False, True)
     assert static_path(auto, torch.device("cpu"), distributed=True) == (False, False, False)
     with pytest.raises(ValueError, match="one process"):
-        Distiller(build_config("mnist", 1, "smoke", 28, 28, form="batched", cuda_graphs="on"), mnist_data,
+        Engine(build_config("mnist", 1, "smoke", 28, 28, form="batched", cuda_graphs="on"), mnist_data,
                   comm=Comm(rank=0, world=2))

@@ -31,8 +31,7 @@ CHECK = textwrap.dedent("""
     import torch
     import udd_fast
     from udd_fast import ops
-    from udd_fast.cfc import prototypes_ref
-    from udd_fast.ops.cfc_loss import cfc_loss_ref
+    from udd_fast.ops.cfc_loss import cfc_loss_ref, class_prototypes
     from udd_fast.ops.crop_resize import crop_resize_ref
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -42,7 +41,7 @@ CHECK = textwrap.dedent("""
         backend = ops.resolve(images)
         crop = ops.crop_resize(images, src, boxes, (6, 6))
         feats, labels = torch.randn(5, 16), torch.tensor([0, 1, 2, 1, 0])
-        protos = prototypes_ref(torch.randn(3, 4, 16))
+        protos = class_prototypes(torch.randn(3, 4, 16))
         loss = ops.cfc_loss(feats, labels, protos, 0.1)
     torch.testing.assert_close(crop, crop_resize_ref(images, src, boxes, (6, 6)))
     torch.testing.assert_close(loss, cfc_loss_ref(feats, labels, protos, 0.1))

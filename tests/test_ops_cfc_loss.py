@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from conftest import ops_device
 from udd_fast import ops
-from udd_fast.cfc import prototypes_ref
-from udd_fast.ops.cfc_loss import cfc_loss_ref
+from udd_fast.ops.cfc_loss import cfc_loss_ref, class_prototypes
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 5e-3, torch.bfloat16: 4e-2}
 
@@ -24,7 +23,7 @@ def cases(seed):
     out = []
     for n, d, k, tau in ((12, 2048, 10, 0.1), (9, 301, 100, 0.07), (7, 37, 5, 1.0)):
         feats = torch.randn(n, d, generator=g) * 3
-        protos = prototypes_ref(torch.randn(k, 4, d, generator=g) + torch.randn(k, 1, d, generator=g))
+        protos = class_prototypes(torch.randn(k, 4, d, generator=g) + torch.randn(k, 1, d, generator=g))
         labels = torch.randint(0, k, (n,), generator=g)
         out.append((feats, labels, protos, tau))
     out[-1][0][2] = 0.0  # normalize(0) = 0: the eps clamp
@@ -72,7 +71,7 @@ def test_cfc_loss_many_classes(ops_backend):
     g = torch.Generator().manual_seed(11)
     n, d, k = 4, 77, 1000
     feats = torch.randn(n, d, generator=g) * 3
-    protos = prototypes_ref(torch.randn(k, 2, d, generator=g) + torch.randn(k, 1, d, generator=g))
+    protos = class_prototypes(torch.randn(k, 2, d, generator=g) + torch.randn(k, 1, d, generator=g))
     labels = torch.tensor([0, 999, 517, 999])
     check(feats, labels, protos, 0.1, torch.float32, device, "none")
 

@@ -8,7 +8,7 @@ import torch
 from conftest import ops_device
 from udd_fast import ops
 from udd_fast.ops.region_mask import region_mask_ref
-from udd_fast.regions import window_grid, window_pixel_masks
+from udd_fast.region_search import window_grid, window_pixel_masks
 
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 

@@ -9,7 +9,7 @@ import torch
 from conftest import ops_device
 from udd_fast import ops
 from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref
-from udd_fast.regions import window_grid
+from udd_fast.region_search import window_grid
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 

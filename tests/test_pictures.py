@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from udd_fast import pictures
-from udd_fast.decode import decode_all
+from udd_fast.decode import RegionViews, decode_all
 from udd_fast.report import report_html
 
 
@@ -25,7 +25,7 @@ def _upscaled(img: torch.Tensor, s: int) -> np.ndarray:
     return a.expand(3, -1, -1).permute(1, 2, 0).numpy()
 
 
-def check_grid(png: np.ndarray, images, factor, class_names, regions=None):
+def check_grid(png: np.ndarray, images, factor, class_names, region_views=None):
     """Every drawn stored image and formation is in `png` where grid_layout puts it, upscaled pixel for
     pixel (outside UDD's box outlines), at least MIN_PX wide; each drawn row has its class name."""
     n, c, size, _ = images.shape
@@ -44,8 +44,9 @@ def check_grid(png: np.ndarray, images, factor, class_names, regions=None):
             drawn = png[y:y + cell, x:x + cell]
             want = _upscaled(images[m], s)
             keep = np.ones((cell, cell), bool)
-            if regions is not None:  # the outline covers 2 px inside each box's border
-                for y0, x0, y1, x1 in regions[1][regions[0] == m].tolist():
+            if region_views is not None:  # the outline covers 2 px inside each box's border
+                src, boxes = region_views
+                for y0, x0, y1, x1 in boxes[src == m].tolist():
                     ring = np.zeros_like(keep)
                     ring[y0 * s:y1 * s, x0 * s:x1 * s] = True
                     ring[y0 * s + 2:y1 * s - 2, x0 * s + 2:x1 * s - 2] = False
@@ -83,10 +84,10 @@ def test_grid_draws_udd_boxes_and_says_what_it_leaves_out(mnist_arrays):
     ds, k, ipc = mnist_arrays, 30, 7  # more classes and stored images than are drawn
     x = torch.from_numpy(ds.train_images[:k * ipc]).float() / 255
     names = [f"class {i}" for i in range(k)]
-    regions = (torch.tensor([0, 0, 3, 8]), torch.tensor([[0, 0, 7, 7], [14, 2, 21, 9], [4, 4, 14, 14],
+    views = RegionViews(torch.tensor([0, 0, 3, 8]), torch.tensor([[0, 0, 7, 7], [14, 2, 21, 9], [4, 4, 14, 14],
                                                           [7, 0, 14, 7]]))
-    png = _png(pictures.grid_png(x, torch.arange(k).repeat_interleave(ipc), 2, names, regions=regions))
-    rows, per = check_grid(png, x, 2, names, regions)
+    png = _png(pictures.grid_png(x, torch.arange(k).repeat_interleave(ipc), 2, names, region_views=views))
+    rows, per = check_grid(png, x, 2, names, views)
     assert (rows, per) == (pictures.MAX_CLASSES, pictures.MAX_STORED)
     note = png[-pictures.TITLE_H:]
     assert (note.min(axis=2) < 200).sum() > 20, "the caption saying what is not drawn is missing"

@@ -5,13 +5,13 @@ import torch.nn.functional as F
 
 from udd_fast.config import build_config
 from udd_fast.distill import main as distill_main
-from udd_fast.engine import Distiller
+from udd_fast.engine import Engine
 
 
 def _grad(data, precision, seed):
     cfg = build_config("mnist", 1, "smoke", 28, 28, precision=precision, seed=seed, device=str(data.device),
                        form="batched")
-    d = Distiller(cfg, data)
+    d = Engine(cfg, data)
     loss, grad = d.batched_grad(d.new_network(0), 0, 0)
     assert grad.dtype == torch.float32 and d.S.dtype == torch.float32  # images and gradient stay float32
     return loss, grad
@@ -37,14 +37,14 @@ def test_bf16_matching_gradient_agrees_with_fp32(mnist_dev):
 
 
 def test_precision_is_a_context_the_run_enters(mnist_data):
-    """fp32 switches TF32 off and tf32 allows it, inside the run only: constructing a Distiller changes
+    """fp32 switches TF32 off and tf32 allows it, inside the run only: constructing a Engine changes
     nothing, and leaving the context restores whatever was set before."""
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
         for outside in (True, False):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = outside
             for precision, inside in (("fp32", False), ("tf32", True), ("bf16", True)):
-                d = Distiller(build_config("mnist", 1, "smoke", 28, 28, precision=precision), mnist_data)
+                d = Engine(build_config("mnist", 1, "smoke", 28, 28, precision=precision), mnist_data)
                 assert torch.backends.cuda.matmul.allow_tf32 is outside  # the constructor leaks nothing
                 with d.precision():
                     assert torch.backends.cuda.matmul.allow_tf32 is inside

@@ -1,4 +1,4 @@
-"""The reliability battery (issue 16): bad input, interruption and full disks, tried as a new user
+"""The reliability battery: bad input, interruption and full disks, tried as a new user
 would. A table of refused commands, each with its exit status, what the message must name (the file
 or the flag) and what must be left on disk: every file under the test's directory byte-identical
 (nothing created, nothing changed, no code run from a data file). Then the cases a table cannot

@@ -1,4 +1,4 @@
-"""Resumable runs (method section 5): 2 + 2 outer iterations with a stop between give exactly the
+"""Resumable runs (docs/method.md section 5): 2 + 2 outer iterations with a stop between give exactly the
 images of one uninterrupted 4-iteration run, for IDC and UDD; SIGINT saves the last outer boundary
 and exits 130; a corrupt or mismatched checkpoint is refused with exit status 2."""
 import json

@@ -1,4 +1,4 @@
-"""UDD parts (method section 2): planted windows under a closed-form proxy, geometry, region views,
+"""UDD parts (docs/method.md section 2): planted windows under a closed-form proxy, geometry, region views,
 CFC, mUE, the proxy cache, batched == sequential with every part on, and `smoke` end to end."""
 import json
 import math
@@ -13,17 +13,16 @@ from PIL import Image
 
 from conftest import close_at_run_scale, run_scale
 from test_pictures import check_grid
-from udd_fast.cfc import prototypes_ref
 from udd_fast.config import build_config
 from udd_fast.decode import decode_plan
 from udd_fast.distill import main as distill_main
-from udd_fast.engine import Distiller
+from udd_fast.engine import Engine
 from udd_fast.evaluate import main as evaluate_main
 from udd_fast.proxy import load_or_train_proxy, new_proxy
-from udd_fast.ops.cfc_loss import cfc_loss_ref
+from udd_fast.ops.cfc_loss import cfc_loss_ref, class_prototypes
 from udd_fast.ops.crop_resize import crop_resize_ref
 from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref
-from udd_fast.regions import RegionSearch, window_grid, window_pixel_masks
+from udd_fast.region_search import RegionSearch, window_grid, window_pixel_masks
 
 
 class LinearProxy(nn.Module):
@@ -138,7 +137,7 @@ def test_cfc_value_and_gradient_against_the_formula():
     real = torch.randn(4, 5, 11, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 3, 3, 1, 2, 0])
     tau = 0.1
-    mu = prototypes_ref(real)
+    mu = class_prototypes(real)
     loss = cfc_loss_ref(f, y, mu, tau)
     loss.backward()
     fn, mun = f.detach().numpy(), mu.numpy()
@@ -174,8 +173,8 @@ def _udd_run(data, form, proxy):
                        inner_loop=2, net_width=8, batch_real=8, n_data=16, lr_img=30.0, cfc_weight=0.5,
                        policy="auto", device=str(data.device))
     events = []
-    d = Distiller(cfg, data, proxy=proxy, trace=lambda ev, o, i, c, rows: events.append((ev, o, i, c, rows)))
-    final = d.run()
+    d = Engine(cfg, data, proxy=proxy, trace=lambda ev, o, i, c, rows: events.append((ev, o, i, c, rows)))
+    final = d.iterate()
     return events, final, d
 
 
@@ -200,7 +199,7 @@ def test_cfc_changes_the_gradient(mnist_data):
     for w in (0.0, 1.0):
         cfg = build_config("mnist", 1, "smoke", 28, 28, method="udd", iterations=1, inner_loop=1, net_width=8,
                            batch_real=8, n_data=16, cfc_weight=w, policy="none")
-        outs.append(Distiller(cfg, mnist_data, proxy=proxy).run())
+        outs.append(Engine(cfg, mnist_data, proxy=proxy).iterate())
     assert not torch.equal(outs[0], outs[1])
 
 

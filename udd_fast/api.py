@@ -5,7 +5,7 @@
 
     import udd_fast
     res = udd_fast.distill_dataset("mnist", ipc=1, method="udd", preset="quick")
-    res.summary["accuracy_mean"], res.images.shape, res.training_set()[0].shape
+    res.summary["accuracy_mean"], res.images.shape, res.training_set()[0].shape, res.region_views
     res.save("runs/mnist-udd")
     udd_fast.evaluate_distilled("runs/mnist-udd", runs=2)
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 
 from .artifacts import ArtifactError
-from .data import DataError, from_arrays
+from .config import UsageError, check_settings, option_defaults, option_settings
+from .data import DataError, DataSource, from_arrays
 from .distributed import Comm
 from .evaluate import evaluate_distilled
-from .pipeline import (Request, UsageError, check_settings, dataset_arg, execute, option_defaults, option_settings,
-                       prepare)
+from .pipeline import Request, execute, prepare
 from .result import Result
 
 
@@ -52,7 +52,7 @@ def distill_dataset(data, labels=None, *, test_images=None, test_labels=None, cl
     if isinstance(data, (str, Path)):
         if labels is not None or test_images is not None or class_names is not None:
             raise UsageError("labels, test_images and class_names go with images in memory, not a dataset name")
-        dataset = dataset_arg(str(data))
+        dataset = DataSource.parse(data)
     else:
         if labels is None:
             raise UsageError("images in memory need their labels (distill_dataset(images, labels, ...))")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .fields import boxes_ok, finite_numbers, is_int
 from .version import __version__
 
 INCOMPLETE = "INCOMPLETE"
@@ -182,10 +183,11 @@ def write_bytes(path, data: bytes):
     _write(path, data)
 
 
-def save_distilled(path, images, labels, factor, info, config: dict, regions=None, facts=None, data_dir=None):
+def save_distilled(path, images, labels, factor, info, config: dict, region_views=None, facts=None, data_dir=None):
     """distilled.pt: stored images in [0,1] (float32), labels, factor, dataset facts, normalization,
-    region boxes (`boxes` [M,4] with `region_src` [M], or None), the full config, the version, and
-    what identifies the training data (`data`: udd_fast.data.data_facts) with its directory (built-ins)."""
+    UDD's region views (`boxes` [M,4] with `region_src` [M], or None), the full config, the version, and
+    what identifies the training data (`data`: udd_fast.data.data_facts) with its directory (built-ins).
+    Written by result.write_run; read by Result.load alone (through load_distilled)."""
     write_torch(path, {
         "images": images.detach().float().clamp(0, 1).cpu(),
         "labels": labels.detach().long().cpu(),
@@ -195,8 +197,8 @@ def save_distilled(path, images, labels, factor, info, config: dict, regions=Non
                          "num_classes": info.num_classes, "class_names": list(info.class_names)},
         "mean": list(info.mean),
         "std": list(info.std),
-        "boxes": None if regions is None else regions[1].detach().long().cpu(),
-        "region_src": None if regions is None else regions[0].detach().long().cpu(),
+        "boxes": None if region_views is None else region_views[1].detach().long().cpu(),
+        "region_src": None if region_views is None else region_views[0].detach().long().cpu(),
         "config": dict(config),
         "version": __version__,
         "data": None if facts is None else dict(facts),
@@ -207,15 +209,6 @@ def save_distilled(path, images, labels, factor, info, config: dict, regions=Non
             stale.unlink(missing_ok=True)
     except OSError as e:
         raise WriteError(f"cannot remove {stale}, an evaluation of the replaced set: {e.strerror or e}") from None
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _finite_numbers(v, n) -> bool:
-    return (isinstance(v, (list, tuple)) and len(v) == n
-            and all(isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in v))
 
 
 def _check_distilled(d, path):
@@ -233,8 +226,8 @@ def _check_distilled(d, path):
     if missing:
         raise bad(f"lacks {', '.join(missing)}")
     info = d["dataset_info"]
-    if not (isinstance(info, dict) and _is_int(info.get("num_classes")) and _is_int(info.get("channels"))
-            and _is_int(info.get("size"))):
+    if not (isinstance(info, dict) and is_int(info.get("num_classes")) and is_int(info.get("channels"))
+            and is_int(info.get("size"))):
         raise bad("dataset_info must be a dict with integer num_classes, channels and size")
     k, c, s = info["num_classes"], info["channels"], info["size"]
     if k < 2 or c not in (1, 3) or s < 1:
@@ -259,21 +252,18 @@ def _check_distilled(d, path):
         raise bad(f"images {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
     if int(y.min()) < 0 or int(y.max()) >= k:
         raise bad(f"labels lie in [{int(y.min())}, {int(y.max())}], outside [0, {k})")
-    if not _is_int(d["factor"]) or factor_problem(s, d["factor"]):
-        raise bad(f"factor {d['factor']!r}: {factor_problem(s, d['factor']) if _is_int(d['factor']) else 'not an integer'}")
+    if not is_int(d["factor"]) or factor_problem(s, d["factor"]):
+        raise bad(f"factor {d['factor']!r}: {factor_problem(s, d['factor']) if is_int(d['factor']) else 'not an integer'}")
     for key in ("mean", "std"):
-        if not _finite_numbers(d[key], c):
+        if not finite_numbers(d[key], c):
             raise bad(f"{key} must be {c} finite numbers")
     if not all(v > 0 for v in d["std"]):
         raise bad("std must be positive")
     boxes, src = d.get("boxes"), d.get("region_src")
     if boxes is not None or src is not None:
-        ok = (isinstance(boxes, torch.Tensor) and isinstance(src, torch.Tensor) and not boxes.is_floating_point()
-              and not src.is_floating_point() and boxes.dim() == 2 and boxes.shape[1] == 4
-              and src.shape == (boxes.shape[0],) and boxes.shape[0] > 0)
-        ok = ok and int(src.min()) >= 0 and int(src.max()) < x.shape[0] and int(boxes.min()) >= 0
-        ok = ok and int(boxes.max()) <= d["factor"] * math.ceil(s / d["factor"])
-        ok = ok and bool((boxes[:, 2:] > boxes[:, :2]).all())
+        ok = (boxes_ok(boxes, d["factor"] * math.ceil(s / d["factor"])) and isinstance(src, torch.Tensor)
+              and not src.is_floating_point() and src.shape == (boxes.shape[0],)
+              and int(src.min()) >= 0 and int(src.max()) < x.shape[0])
         if not ok:
             raise bad("region boxes are malformed")
     try:
@@ -288,7 +278,8 @@ def _check_distilled(d, path):
 
 
 def load_distilled(path) -> dict:
-    """Load and check a distilled.pt (a file, or a directory holding one); d["config"] is a Config."""
+    """Load and check a distilled.pt (a file, or a directory holding one); d["config"] is a Config.
+    Result.load is its one caller: everything else reads a set through a Result."""
     path = Path(path)
     if path.is_dir():
         path = path / "distilled.pt"

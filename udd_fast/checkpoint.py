@@ -3,7 +3,7 @@ boundary, the full config, the data's identity and location and the package vers
 atomically). Every field is checked on load, before any data is read.
 
 No generator state is stored: every random draw is keyed by (seed, outer, inner, class, purpose) or
-by the network-batch counter, so the counters in the state are enough (method section 5). The UDD
+by the network-batch counter, so the counters in the state are enough (docs/method.md section 5). The UDD
 proxy is not stored either; it comes back from its own cache (or is retrained, deterministically).
 """
 import math
@@ -15,6 +15,7 @@ from .version import __version__
 from .artifacts import ArtifactError, write_torch
 from .config import config_from_dict
 from .data import data_mismatch
+from .fields import boxes_ok, is_int
 
 FILENAME = "checkpoint.pt"
 FORMAT = "udd_fast.checkpoint/1"
@@ -64,10 +65,6 @@ def load_checkpoint(run_dir) -> dict:
     return ck
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _check_fields(ck):
     if not isinstance(ck["version"], str) or not isinstance(ck["dataset_arg"], str) or not ck["dataset_arg"]:
         raise ValueError("version and dataset_arg must be strings")
@@ -79,14 +76,14 @@ def _check_fields(ck):
     hist = ck.get("history") or {}
     if not (isinstance(hist, dict) and all(
             k in ("loss", "mue", "accuracy") and isinstance(pts, list)
-            and all(isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and isinstance(p[1], float) for p in pts)
+            and all(isinstance(p, list) and len(p) == 2 and is_int(p[0]) and isinstance(p[1], float) for p in pts)
             for k, pts in hist.items())):
         raise ValueError("history must map loss/mue/accuracy to lists of [outer, value]")
     facts = ck["data"]
     if not isinstance(facts, dict) or not isinstance(facts.get("fingerprint"), str) \
             or not isinstance(facts.get("name"), str):
         raise ValueError("data (the training data's facts) must be a dict with a name and a fingerprint")
-    bad = [k for k in _FACT_INTS if not (_is_int(facts.get(k)) and facts[k] >= 1)]
+    bad = [k for k in _FACT_INTS if not (is_int(facts.get(k)) and facts[k] >= 1)]
     if bad:
         raise ValueError(f"data facts {', '.join(bad)} must be positive integers")
 
@@ -108,15 +105,15 @@ def check_state(st, cfg, facts):
         if not torch.isfinite(t).all():
             raise ValueError(f"state {k} contains NaN or infinity")
     done, net_batch = st["outer_done"], st["net_batch"]
-    if not (_is_int(done) and 0 <= done <= cfg.match.iterations):
+    if not (is_int(done) and 0 <= done <= cfg.match.iterations):
         raise ValueError(f"state outer_done {done!r} is outside [0, {cfg.match.iterations}] (the run's iterations)")
     # a network update draws at most n_data batches (>= 1 image each)
     most = done * cfg.match.inner_loop * cfg.net.n_data
-    if not (_is_int(net_batch) and 0 <= net_batch <= most):
+    if not (is_int(net_batch) and 0 <= net_batch <= most):
         raise ValueError(f"state net_batch {net_batch!r} is outside [0, {most}] for {done} outer iterations")
     counts = st["policy_counts"]
     if not (isinstance(counts, dict) and set(counts) == {"response", "jitter"}
-            and all(_is_int(v) and v >= 0 for v in counts.values())):
+            and all(is_int(v) and v >= 0 for v in counts.values())):
         raise ValueError("state policy_counts must hold non-negative integer counts of response and jitter")
     loss = st["last_loss"]
     if not isinstance(loss, float) or (done > 0 and not math.isfinite(loss)):
@@ -125,9 +122,7 @@ def check_state(st, cfg, facts):
     if boxes is not None:
         n = facts["num_classes"] * cfg.run.ipc * cfg.match.factor ** 2
         side = cfg.match.factor * math.ceil(facts["size"] / cfg.match.factor)
-        ok = (isinstance(boxes, torch.Tensor) and not boxes.is_floating_point() and tuple(boxes.shape) == (n, 4)
-              and int(boxes.min()) >= 0 and int(boxes.max()) <= side and bool((boxes[:, 2:] > boxes[:, :2]).all()))
-        if not ok:
+        if not boxes_ok(boxes, side, rows=n):
             raise ValueError(f"state region_boxes must be {n} integer boxes inside the {side}-pixel stored images")
         if cfg.run.method != "udd" or cfg.udd.policy == "none":
             raise ValueError("state has region boxes, but the run's config searches no regions")

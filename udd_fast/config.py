@@ -11,11 +11,16 @@ one flat dict (`to_dict`, the format of checkpoint.pt and distilled.pt) and load
 (`config_from_dict`, `Config.from_flat`).
 """
 import math
+import sys
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
+
 from .augment import Strategy
+from .data.source import DataSource
+from .fields import is_int
 from .models import ARCHS
-from .regions import POLICIES
+from .region_search import POLICIES
 
 METHODS = ("idc", "udd", "random")
 FORMS = ("batched", "sequential")
@@ -173,7 +178,7 @@ class NetConfig(_Group):
 
 @dataclass
 class UddConfig(_Group):
-    """UDD (method section 2): the proxy network, the region search and the CFC loss; `idc` switches
+    """UDD (docs/method.md section 2): the proxy network, the region search and the CFC loss; `idc` switches
     all of it off."""
     policy: str = setting("auto", "region policy: auto (response where the proxy is right, jitter elsewhere; "
                                   "default), response, jitter, or none (no regions)", flag=UDD, fixed_on_resume=True,
@@ -249,6 +254,41 @@ def settings() -> list:
 _GROUP_OF = {f.name: g.name for g in fields(Config) for f in fields(g.default_factory)}
 
 
+def option_settings() -> list:
+    """The settings a run may be given (the command line's options, the API's keyword arguments)."""
+    return [f for f in settings() if f.metadata["flag"]]
+
+
+def option_defaults() -> dict:
+    """Each option setting's value when not given: its default where it has its own, else None (the
+    dataset and the preset decide)."""
+    return {f.name: f.default if f.metadata["flag_default"] else None for f in option_settings()}
+
+
+def check_settings(values: dict, given, spell):
+    """The settings of a new run on their own (against the data: pipeline.checks): each value allowed,
+    UDD's only with --method udd, none that needs a distillation with --method random, a CUDA device
+    present. spell(name, value=None) is how the caller names a setting, with a value if given (--flag
+    value, or keyword=value)."""
+    for f in option_settings():
+        v = values.get(f.name)
+        problem = None if v is None else setting_problem(f, v)
+        if problem:
+            raise UsageError(f"{spell(f.name)} {problem} (got {v})")
+    if values["ipc"] > 50:
+        print(f"note: IPC {values['ipc']} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
+    udd = [f.name for f in option_settings() if f.metadata["flag"] == UDD and values.get(f.name) is not None]
+    if udd and values["method"] != "udd":
+        raise UsageError(f"{spell(udd[0])} is a UDD setting: it needs {spell('method', 'udd')}")
+    unused = [f.name for f in option_settings() if f.metadata["distill_only"] and f.name in given]
+    if values["method"] == "random" and unused:
+        raise UsageError(f"{spell(unused[0])} does not apply to {spell('method', 'random')}: it stores IPC real images per "
+                         f"class, without distillation (factor 1, no iterations)")
+    if str(values["device"]).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"{spell('device', 'cuda')} was asked for, but this torch build sees no CUDA device; use "
+                         f"{spell('device', 'cpu')}")
+
+
 def config_from_dict(d, where: str) -> Config:
     """A saved config, every field checked (type and range); missing fields take their defaults (older
     files), unknown ones are ignored. Raises ValueError naming `where` and the field."""
@@ -259,8 +299,8 @@ def config_from_dict(d, where: str) -> Config:
         if f.name not in d:
             continue
         v, kind = d[f.name], type(f.default)
-        ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+        ok = is_int(v) if kind is int else isinstance(v, kind)
+        if kind is float and is_int(v):
             ok, v = True, float(v)
         if not ok:
             raise ValueError(f"{where}: {f.name} is {v!r}, expected a {kind.__name__}")
@@ -280,7 +320,7 @@ def idc_lr_img(dataset: str, ipc: int, size: int, size_base: int) -> float:
 def dataset_defaults(dataset: str, ipc: int, factor: int) -> dict:
     """IDC's per-dataset settings (its misc/reproduce.py), section 1 of the method."""
     mnist_like = dataset in ("mnist", "fashionmnist")
-    cifar_like = dataset in ("cifar10", "cifar100") or dataset.startswith(("npz:", "folder:"))
+    cifar_like = dataset in ("cifar10", "cifar100") or DataSource.parse(dataset).kind in ("npz", "folder")
     d = dict(metric="l1" if mnist_like else "mse", n_data=2000 if cifar_like else 500,
              match_aug="color_crop_cutout", net_aug="color_crop", net_cutmix=True,
              eval_aug="color_crop_cutout_flip_scale_rotate", eval_cutmix=True)

@@ -1,4 +1,4 @@
-"""Multi-formation decode (method section 1): its plan, and IDC's mix init.
+"""Multi-formation decode (docs/method.md section 1): its plan, and IDC's mix init.
 
 Stored images S hold k x k tiles each; decoding cuts the tiles (after padding right/bottom with 0.5
 to a multiple of k) and upsamples each bilinearly to the full size. Decode and UDD's region views
@@ -7,11 +7,19 @@ the decode's, `decode_all` applies it, `training_set` adds the region views: wha
 trains on.
 """
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from . import ops
+
+
+class RegionViews(NamedTuple):
+    """UDD's region views of a stored set: view i is box `boxes[i]` (y0, x0, y1, x1) [M, 4], in stored
+    pixels, of stored image `src[i]` [M], resized to the full size (docs/method.md section 2)."""
+    src: torch.Tensor
+    boxes: torch.Tensor
 
 
 def factor_problem(size: int, factor: int):
@@ -71,14 +79,14 @@ def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
     return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
 
 
-def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, regions=None):
+def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, views: RegionViews = None):
     """What an evaluation trains on, in [0,1]: the formations of every stored image, plus UDD's region
-    views when `regions` = (source index [M], box [M, 4]) is given."""
+    views when given. Whether a set's views are used is decided in one place: Result.training_set."""
     images = images.float().clamp(0, 1)
     labels = labels.long()
     x, y = decode_all(images, labels, factor)
-    if regions is not None:
-        src, boxes = (t.to(images.device).long() for t in regions)
+    if views is not None:
+        src, boxes = (t.to(images.device).long() for t in views)
         x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])
         y = torch.cat([y, labels[src]])
     return x, y

@@ -12,7 +12,8 @@ are split across ranks, network updates are data-parallel, and rank 0 alone writ
 evaluates. Exit status: 0 done, 2 bad input, 3 a rank failed (state saved), 130 interrupted.
 
 This module is the command line: its options come from the config's settings (udd_fast.config), a
-resumed run's from its checkpoint; the run itself is udd_fast.pipeline's phases.
+resumed run's from its checkpoint; the run itself is udd_fast.pipeline's phases (`from_flags` hands
+them a Request).
 """
 import argparse
 import math
@@ -25,11 +26,11 @@ from pathlib import Path
 from . import distributed
 from .artifacts import ArtifactError
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import MAIN, PRESET, PRESETS, UDD, Config, settings
-from .data import DATASETS, DataError
+from .config import (MAIN, PRESET, PRESETS, UDD, Config, UsageError, check_settings, option_settings,
+                     settings)
+from .data import DataError, DataSource
 from .distributed import Comm, RankFailure
-from .pipeline import (Interrupted, Request, UsageError, check_settings, dataset_arg, execute, option_settings,
-                       prepare)
+from .pipeline import Interrupted, Request, execute, prepare
 
 
 def _flag(name):
@@ -93,7 +94,7 @@ def _spell(name, value=None):
 
 
 def _check_flags(args, given=frozenset()):
-    """The flags on their own (the data's geometry comes in pipeline.check_geometry)."""
+    """The flags on their own (the data's geometry comes in pipeline.checks.check_geometry)."""
     if args.dataset is None and not args.resume:
         raise UsageError("--dataset is required (unless --resume DIR)")
     if args.force and args.resume:
@@ -116,19 +117,10 @@ def _explicit_flags(argv):
     return {k for k, v in vars(p.parse_args(argv)).items() if v is not None}
 
 
-def _saved_dataset_arg(saved: str) -> str:
-    """A checkpoint's dataset_arg; older checkpoints kept a relative path as given (read from here)."""
-    if Path(saved).is_absolute() or saved in DATASETS:
-        return saved
-    return str(Path(saved).expanduser().resolve())
-
-
-def _default_out(dataset: str, args) -> Path:
+def _default_out(source: DataSource, args) -> Path:
     """runs/<name>-ipc<N>-<method>-<preset>-s<seed>, <name> the dataset's own: a built-in's name, an .npz
     file's stem, a folder's name."""
-    p = Path(dataset)
-    name = (p.stem if p.suffix.lower() == ".npz" else p.name) if p.is_absolute() else dataset
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._") or "data"
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", source.stem).strip("._") or "data"
     return Path("runs") / f"{name}-ipc{args.ipc}-{args.method}-{args.preset}-s{args.seed}"
 
 
@@ -144,8 +136,8 @@ def _resume_config(args, given, ck):
             raise UsageError(f"{_flag(name)} {getattr(args, name)} differs from {saved_cfg[name]} in "
                              f"{where}: a resumed run keeps its config (only --iterations, evaluation flags and "
                              f"--checkpoint-every may change)")
-    saved = _saved_dataset_arg(ck["dataset_arg"])
-    if "dataset" in given and dataset_arg(args.dataset) != saved:
+    saved = DataSource.parse(ck["dataset_arg"])  # older checkpoints: a path as given, read from here
+    if "dataset" in given and DataSource.parse(args.dataset) != saved:
         raise UsageError(f"--dataset {args.dataset} differs from {saved} in {where}")
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--out {args.out}: a resumed run writes into its own directory {args.resume}")
@@ -162,12 +154,12 @@ def _resume_config(args, given, ck):
     if "data_dir" not in given:
         args.data_dir = ck.get("data_dir")
     args.no_download = args.no_download or ck.get("no_download", False)
-    args.dataset, args.out = saved, args.resume
+    args.dataset, args.out = str(saved), args.resume
     return cfg
 
 
-def run(args, given=frozenset(), comm: Comm = None):
-    """The run the flags ask for (--resume: the saved one, continued); returns its summary (None on ranks
+def from_flags(args, given=frozenset(), comm: Comm = None):
+    """The run the flags ask for (--resume: the saved one, continued); returns its Result (None on ranks
     other than 0)."""
     comm = comm or Comm()
     given = set(given)
@@ -176,12 +168,12 @@ def run(args, given=frozenset(), comm: Comm = None):
         ck = comm.from_main(lambda: load_checkpoint(args.resume), (CheckpointError,))
         cfg = _resume_config(args, given, ck)
     _check_flags(args, given)
-    dataset = dataset_arg(args.dataset)
+    source = DataSource.parse(args.dataset)
     if cfg is None:
         values = _values(args)
     else:
         values = cfg.to_dict()
-    req = Request(dataset, Path(args.out or _default_out(dataset, args)).absolute(), values, args.data_dir,
+    req = Request(source, Path(args.out or _default_out(source, args)).absolute(), values, args.data_dir,
                   download=not args.no_download, force=args.force, resume=ck, progress=not args.no_progress)
     return execute(prepare(req, comm))
 
@@ -200,7 +192,7 @@ def main(argv=None):
     try:
         comm = distributed.init(args.device, args.dist_timeout)
         where = f"rank {comm.rank}: " if comm.distributed else ""
-        run(args, _explicit_flags(argv), comm)
+        from_flags(args, _explicit_flags(argv), comm)
     except (UsageError, DataError, ArtifactError, FloatingPointError) as e:  # WriteError is an ArtifactError
         print(f"error: {where}{e}", file=sys.stderr)
         return 2

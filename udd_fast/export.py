@@ -2,7 +2,7 @@
 
 DIR is a run directory holding distilled.pt, or the file itself. The exported set is every stored
 image decoded into its factor^2 formations, plus UDD's region views where the run evaluates with them
-(`decode.training_set`, what udd_fast's evaluation trains on), float32 NCHW in [0, 1], with int64
+(`Result.training_set`, what udd_fast's evaluation trains on), float32 NCHW in [0, 1], with int64
 labels. Formats:
 
   npz     `images` float32 (N, C, H, W) in [0, 1], `labels` int64 (N,), `class_names` str (K,),
@@ -31,21 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .artifacts import (INCOMPLETE, ArtifactError, WriteError, ensure_writable_dir, load_distilled, write_bytes,
-                        write_error_message, write_json, write_torch)
-from .decode import training_set
+from .artifacts import ArtifactError, WriteError, ensure_writable_dir, write_bytes, write_error_message, write_json, write_torch
+from .result import Result
+from .version import __version__
 
 FORMATS = ("npz", "folder", "pt")
 MARKER = "export.json"  # marks a folder export: --force replaces no other directory
 
 
-def decoded_set(distilled: dict):
+def decoded_set(result: Result):
     """(images float32 [N, C, H, W] in [0, 1], labels int64 [N]): the stored images' formations, then
     UDD's region views when the run evaluates with them (its eval_region_views)."""
-    views = distilled.get("boxes") is not None and distilled["config"].eval.eval_region_views
-    regions = (distilled["region_src"], distilled["boxes"]) if views else None
-    x, y = training_set(distilled["images"].float(), distilled["labels"].long(), distilled["factor"], regions)
+    x, y = result.training_set()
     # bilinear resampling can land one float step outside [0, 1]; the npz reader refuses that
     return x.clamp(0, 1).contiguous(), y.contiguous()
 
@@ -82,15 +79,14 @@ def check_target(out, fmt: str, force: bool = False):
         raise ArtifactError(f"cannot write {out}: {e}") from None
 
 
-def _npz_bytes(x, y, d) -> bytes:
+def _npz_bytes(x, y, r: Result) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, images=x.numpy(), labels=y.numpy(),
-                        class_names=np.array(d["dataset_info"]["class_names"], dtype=str),
-                        factor=np.int64(d["factor"]), dataset=np.array(d["dataset"], dtype=str))
+    np.savez_compressed(buf, images=x.numpy(), labels=y.numpy(), class_names=np.array(r.class_names, dtype=str),
+                        factor=np.int64(r.factor), dataset=np.array(r.info.name, dtype=str))
     return buf.getvalue()
 
 
-def _write_folder(out: Path, x, y, d):
+def _write_folder(out: Path, x, y, r: Result):
     """Build the tree in a temporary sibling, then rename it into place (an old export goes last)."""
     from PIL import Image
 
@@ -99,15 +95,15 @@ def _write_folder(out: Path, x, y, d):
     done = False
     try:
         tmp.mkdir()  # not mkdtemp: that makes it 0700, and the export should get the umask's mode
-        dirs = [tmp / name for name in class_folders(d["dataset_info"]["class_names"])]
+        dirs = [tmp / name for name in class_folders(r.class_names)]
         for folder in dirs:
             folder.mkdir()
         width = max(5, len(str(len(y) - 1)))  # so that sorted file order is row order
         for i, (img, k) in enumerate(zip(to_uint8(x), y.tolist())):
             pixels = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)  # mode L or RGB
             Image.fromarray(pixels).save(dirs[k] / f"{i:0{width}d}.png")
-        write_json(tmp / MARKER, {"dataset": d["dataset"], "factor": d["factor"], "num_images": len(y),
-                                  "class_names": list(d["dataset_info"]["class_names"]),
+        write_json(tmp / MARKER, {"dataset": r.info.name, "factor": r.factor, "num_images": len(y),
+                                  "class_names": list(r.class_names),
                                   "folders": [p.name for p in dirs], "version": __version__})
         if out.exists() or out.is_symlink():  # --force (check_target allowed it)
             old = out.parent / f".{out.name}.{token}.old"
@@ -124,26 +120,26 @@ def _write_folder(out: Path, x, y, d):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def export_set(distilled, fmt: str, out, force: bool = False) -> dict:
-    """Export a distilled set (a dict from artifacts.load_distilled, or a path for it) to `out` as
-    `fmt` (npz, folder or pt); returns what was written. Raises ArtifactError (WriteError) on bad
-    input or a failed write, before writing or with nothing left behind."""
+def export_set(result, fmt: str, out, force: bool = False) -> dict:
+    """Export a distilled set (a Result, or a path for Result.load) to `out` as `fmt` (npz, folder or
+    pt); returns what was written. Raises ArtifactError (WriteError) on bad input or a failed write,
+    before writing or with nothing left behind."""
     if fmt not in FORMATS:
         raise ArtifactError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    d = distilled if isinstance(distilled, dict) else load_distilled(distilled)
+    r = result if isinstance(result, Result) else Result.load(result)
     out = Path(out)
     check_target(out, fmt, force)
-    x, y = decoded_set(d)
+    x, y = decoded_set(r)
     if fmt == "npz":
-        write_bytes(out, _npz_bytes(x, y, d))
+        write_bytes(out, _npz_bytes(x, y, r))
     elif fmt == "pt":
         write_torch(out, (x, y))
     else:
-        _write_folder(out, x, y, d)
+        _write_folder(out, x, y, r)
     return {"path": str(out), "format": fmt, "num_images": int(x.shape[0]), "shape": list(x.shape[1:]),
-            "num_stored": int(d["images"].shape[0]), "factor": d["factor"],
-            "num_region_views": int(x.shape[0]) - int(d["images"].shape[0]) * d["factor"] ** 2,
-            "num_classes": d["dataset_info"]["num_classes"]}
+            "num_stored": int(r.images.shape[0]), "factor": r.factor,
+            "num_region_views": int(x.shape[0]) - int(r.images.shape[0]) * r.factor ** 2,
+            "num_classes": r.info.num_classes}
 
 
 def _parser():
@@ -159,12 +155,12 @@ def _parser():
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        d = load_distilled(args.path)
-        run_dir = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent
-        if (run_dir / INCOMPLETE).exists():  # its distilled.pt is whole (written atomically), maybe not the last
+        r = Result.load(args.path)
+        if r.incomplete:  # its distilled.pt is whole (written atomically), maybe not the last
+            run_dir = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent
             print(f"warning: {run_dir} is marked incomplete: its distilled.pt may predate the run's last state",
                   file=sys.stderr)
-        res = export_set(d, args.format, args.out, args.force)
+        res = export_set(r, args.format, args.out, args.force)
     except ArtifactError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -51,9 +51,10 @@ def grid_layout(num_classes, ipc, size, factor):
                                      LABEL_W + per * (group + GAP))
 
 
-def grid_png(images, labels, factor, class_names, title="", regions=None) -> bytes:
+def grid_png(images, labels, factor, class_names, title="", region_views=None) -> bytes:
     """The PNG bytes of grid.png. images [N,C,H,W] in [0,1] (class-major, equal count per class),
-    labels [N]; regions = (source stored index [M], boxes [M,4] in stored pixels) or None."""
+    labels [N]; region_views: UDD's region views (decode.RegionViews: source stored index [M], boxes
+    [M,4] in stored pixels) or None."""
     from PIL import Image, ImageDraw
 
     from .decode import decode_plan
@@ -78,8 +79,9 @@ def grid_png(images, labels, factor, class_names, title="", regions=None) -> byt
             m = r * ipc + j  # the stored image
             x = LABEL_W + j * (cols * (cell + PAD) + GAP)
             canvas.paste(Image.fromarray(_rgb(images[m], s)), (x, y))
-            if regions is not None:
-                for y0, x0, y1, x1 in regions[1][regions[0] == m].tolist():
+            if region_views is not None:
+                view_src, view_boxes = region_views
+                for y0, x0, y1, x1 in view_boxes[view_src == m].tolist():
                     draw.rectangle((x + x0 * s, y + y0 * s, x + x1 * s - 1, y + y1 * s - 1), outline=BOX_COLOR, width=2)
             for t in range(cols - 1):  # formation t of stored image m is decoded row t * n + m
                 canvas.paste(Image.fromarray(_rgb(formations[t * n + m], s)), (x + (t + 1) * (cell + PAD), y))

@@ -11,13 +11,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from . import rng
+from . import logs, rng
 from .version import __version__
 from .artifacts import WriteError, write_torch
 from .augment import Strategy
 from .data import data_fingerprint
+from .logs import quiet
 from .models import ConvNet
 from .sampling import EpochBatches
 from .train import fit, normalize
@@ -51,7 +51,7 @@ def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool,
     model = new_proxy(data.info, seed).to(data.images.device).train()
     batches = EpochBatches(data.images.shape[0], 64, seed, "proxy_batches", data.images.device)
     steps = max(1, math.ceil(epochs * batches.per_epoch))
-    bar = tqdm(total=steps, desc="proxy", disable=not progress, mininterval=1.0, leave=False)
+    bar = logs.bar(steps, "proxy", progress, leave=False)
 
     def show(b, loss):
         bar.update(1)
@@ -66,9 +66,8 @@ def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool,
 
 
 def load_or_train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, cache_dir=None,
-                        progress=True, log=None):
+                        progress=True, log=quiet):
     """The cached proxy for this key, else a freshly trained one (then cached). Returns (model, how)."""
-    log = log or (lambda msg: None)
     key = proxy_key(data, epochs, seed, strategy, use_cutmix)
     path = _file_for(cache_dir or default_cache_dir(), key)
     if path.exists():

@@ -1,5 +1,6 @@
 """A distilled set with what a person wants from it: the set itself, the training set it decodes to,
-how the run went, and the artifacts that show it.
+how the run went, and the artifacts that show it. `Result.load` is the one reader of a run directory,
+`write_run` its one writer (for the pipeline and for `Result.save`).
 
 The artifacts of a run directory, in the order they are written:
     distilled.pt   the set (stored images, labels, factor, UDD's region boxes), its config and the
@@ -15,25 +16,26 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import (ArtifactError, check_out_dir, claim_run_dir, load_distilled, mark_complete, save_distilled,
-                        write_bytes, write_json, write_text)
+from .artifacts import (INCOMPLETE, ArtifactError, check_out_dir, claim_run_dir, load_distilled, mark_complete,
+                        save_distilled, write_bytes, write_json, write_text)
 from .config import Config
-from .decode import training_set
+from .decode import RegionViews, training_set
 
 
 @dataclass
 class Result:
-    """A distilled set. images [N,C,H,W] in [0,1] and labels [N] on the CPU, class-major; regions =
-    (source stored index [M], box [M,4] in stored pixels) of UDD's region views, or None."""
+    """A distilled set. images [N,C,H,W] in [0,1] and labels [N] on the CPU, class-major; region_views:
+    UDD's region views (decode.RegionViews), or None."""
     images: torch.Tensor
     labels: torch.Tensor
     factor: int
-    regions: tuple
+    region_views: RegionViews
     info: object  # the data's DatasetInfo (name, class_names, channels, size, mean, std, ...)
     config: Config
     summary: dict = field(default_factory=dict)  # summary.json: settings, timings, accuracy, history
     facts: dict = None  # what identifies the training data (data.data_facts)
     data_dir: str = None  # where the built-in data was read
+    incomplete: bool = False  # loaded from a run directory marked INCOMPLETE (a stopped or running run)
 
     @property
     def class_names(self) -> tuple:
@@ -44,11 +46,22 @@ class Result:
         """{"loss": [[outer, value], ...], "mue": [...], "accuracy": [...]} over the outer iterations."""
         return self.summary.get("history") or {}
 
-    def training_set(self, region_views: bool = None):
+    def uses_region_views(self, with_region_views: bool = None) -> bool:
+        """Whether the training set includes UDD's region views: as asked (True needs a set that has
+        them), or when None as the run evaluates (its --eval-region-views, where the set has views)."""
+        if with_region_views is None:
+            return self.region_views is not None and self.config.eval.eval_region_views
+        if with_region_views and self.region_views is None:
+            raise ValueError("--eval-region-views on: this set has no region boxes (it was not distilled with UDD "
+                             "regions)")
+        return bool(with_region_views)
+
+    def training_set(self, with_region_views: bool = None, device=None):
         """(images [M,C,H,W] in [0,1], labels [M]): what an evaluation trains on, the formations of every
-        stored image plus, with region views (default: the run's setting), UDD's region views."""
-        views = self.config.eval.eval_region_views if region_views is None else region_views
-        return training_set(self.images, self.labels, self.factor, self.regions if views else None)
+        stored image plus, where used (uses_region_views), UDD's region views; decoded on `device`
+        (default: where the images are). The one place a set's training set is built."""
+        views = self.region_views if self.uses_region_views(with_region_views) else None
+        return training_set(self.images.to(device), self.labels.to(device), self.factor, views)
 
     def save(self, out, force: bool = False) -> Path:
         """Write the artifacts into directory `out` (see the module docstring); a directory holding
@@ -56,14 +69,13 @@ class Result:
         out = Path(out)
         replaced = check_out_dir(out, force)
         claim_run_dir(out, replaced)
-        write_set(out, self)
-        write_outcome(out, self)
-        mark_complete(out)
+        write_run(out, self)
         return out
 
     @classmethod
     def load(cls, path) -> "Result":
-        """The set of a run directory (or of a distilled.pt), with its summary.json when there is one."""
+        """The set of a run directory (or of a distilled.pt), with its summary.json when there is one; every
+        field of distilled.pt is checked first (artifacts.load_distilled)."""
         from .data import DatasetInfo
 
         d = load_distilled(path)
@@ -78,9 +90,9 @@ class Result:
         info = DatasetInfo(name=d["dataset"], channels=info["channels"], size=info["size"],
                            num_classes=info["num_classes"], mean=tuple(d["mean"]), std=tuple(d["std"]),
                            class_names=tuple(info["class_names"]), size_base=info.get("size_base", info["size"]))
-        regions = None if d.get("boxes") is None else (d["region_src"], d["boxes"])
-        return cls(d["images"], d["labels"].long(), d["factor"], regions, info, d["config"], summary, d.get("data"),
-                   d.get("data_dir"))
+        views = None if d.get("boxes") is None else RegionViews(d["region_src"], d["boxes"])
+        return cls(d["images"], d["labels"].long(), d["factor"], views, info, d["config"], summary, d.get("data"),
+                   d.get("data_dir"), (run_dir / INCOMPLETE).exists())
 
 
 def _title(r: Result) -> str:
@@ -88,24 +100,31 @@ def _title(r: Result) -> str:
     return f"{c.run.method} on {r.info.name}, IPC {c.run.ipc}, factor {r.factor}, preset {c.run.preset}"
 
 
-def write_set(out: Path, r: Result):
-    """distilled.pt and grid.png: written as soon as the set exists, before it is evaluated."""
-    from .pictures import grid_png
-
-    save_distilled(out / "distilled.pt", r.images, r.labels, r.factor, r.info, r.config.to_dict(), r.regions,
-                   r.facts, r.data_dir)
-    write_bytes(out / "grid.png", grid_png(r.images, r.labels, r.factor, r.class_names, regions=r.regions))
+RUN_PARTS = ("set", "outcome")
 
 
-def write_outcome(out: Path, r: Result):
-    """curves.png, report.html and summary.json (the last artifact)."""
-    from .pictures import curves_png
+def write_run(out: Path, r: Result, parts=RUN_PARTS):
+    """Write a Result's artifacts into its claimed run directory `out`, the one writer of one:
+    "set": distilled.pt and grid.png, as soon as the set exists (before its evaluation, so that they
+    survive one that fails); "outcome": curves.png, report.html and summary.json (the last artifact),
+    then the INCOMPLETE marker goes."""
+    from .pictures import curves_png, grid_png
     from .report import report_html
 
-    curves = curves_png(r.history, _title(r))
-    write_bytes(out / "curves.png", curves)
-    grid = (out / "grid.png").read_bytes()
-    write_text(out / "report.html", report_html(r.summary, r.config.to_dict(),
-                                                {"grid.png: the distilled set": grid,
-                                                 "curves.png: the run": curves}))
-    write_json(out / "summary.json", r.summary)
+    unknown = set(parts) - set(RUN_PARTS)
+    if unknown:
+        raise ValueError(f"unknown parts {sorted(unknown)} of a run directory; choose from {RUN_PARTS}")
+    if "set" in parts:
+        save_distilled(out / "distilled.pt", r.images, r.labels, r.factor, r.info, r.config.to_dict(),
+                       r.region_views, r.facts, r.data_dir)
+        write_bytes(out / "grid.png", grid_png(r.images, r.labels, r.factor, r.class_names,
+                                               region_views=r.region_views))
+    if "outcome" in parts:
+        curves = curves_png(r.history, _title(r))
+        write_bytes(out / "curves.png", curves)
+        grid = (out / "grid.png").read_bytes()
+        write_text(out / "report.html", report_html(r.summary, r.config.to_dict(),
+                                                    {"grid.png: the distilled set": grid,
+                                                     "curves.png: the run": curves}))
+        write_json(out / "summary.json", r.summary)
+        mark_complete(out)

@@ -1,4 +1,4 @@
-"""Keyed, counter-based random numbers (method section 5).
+"""Keyed, counter-based random numbers (docs/method.md section 5).
 
 Every random quantity is a pure function of a key built from (seed, outer, inner, class, purpose)
 and of its position inside the draw, never of how many draws came before. So the sequential and

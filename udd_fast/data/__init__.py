@@ -6,7 +6,8 @@ unchanged. Files on disk are checked by structure (headers, shapes, dtypes, labe
 official sample counts: `validate`), never by md5, so re-packed copies are accepted; downloads of
 missing files are md5-checked (`download`). Readers: `idx` (MNIST, FashionMNIST), `cifar` (a
 restricted unpickler: a crafted file cannot run code), `svhn`, `user` (an .npz file or image
-folders). `device.RealData` holds a dataset on a torch device; `identity` says what identifies it.
+folders). `real_data.RealData` holds a dataset on a torch device; `identity` says what identifies its
+content, `source.DataSource` where it comes from (one spelling everywhere).
 
 Environment variables:
     UDD_FAST_DATA            default data directory (else ~/.cache/udd_fast/data)
@@ -15,30 +16,34 @@ Environment variables:
 """
 from .cifar import load_cifar
 from .dataset import ArrayDataset, DataError, DatasetInfo
-from .device import RealData
+from .real_data import RealData
 from .download import ensure_files
 from .identity import data_facts, data_fingerprint, data_mismatch
 from .idx import load_idx
 from .registry import CIFAR_LAYOUT, DATASETS, canonical_name, resolve_data_dir
+from .source import DataSource
 from .svhn import load_svhn
-from .user import from_arrays, load_folder, load_npz, user_data_path
+from .user import from_arrays, load_folder, load_npz
 
-__all__ = ["ArrayDataset", "DATASETS", "DataError", "DatasetInfo", "RealData", "canonical_name", "data_facts",
-           "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "resolve_data_dir", "user_data_path"]
+__all__ = ["ArrayDataset", "DATASETS", "DataError", "DataSource", "DatasetInfo", "RealData", "canonical_name",
+           "data_facts", "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "resolve_data_dir"]
 
 
-def load_dataset(name: str, data_dir=None, download: bool = True) -> ArrayDataset:
+def load_dataset(source, data_dir=None, download: bool = True) -> ArrayDataset:
     """Load a dataset as uint8 NCHW numpy arrays.
 
-    ``name`` is a built-in name/alias (see ``canonical_name``), or a path to an
-    existing ``.npz`` file or image-folder directory (user data; ``data_dir`` and
-    ``download`` are then ignored). Missing built-in files are downloaded when
+    ``source`` is a DataSource, or what DataSource.parse reads: a built-in name/alias (see
+    ``canonical_name``), or a path to an existing ``.npz`` file or image-folder directory (user data;
+    ``data_dir`` and ``download`` are then ignored). Missing built-in files are downloaded when
     ``download`` is true; otherwise a DataError lists them with the official URLs.
     """
-    user_path = user_data_path(name)
-    if user_path is not None:
-        return load_npz(user_path) if user_path.is_file() else load_folder(user_path)
-    key = canonical_name(name)
+    source = source if isinstance(source, DataSource) else DataSource.parse(source)
+    source.check_loadable()
+    if source.kind == "npz":
+        return load_npz(source.path)
+    if source.kind == "folder":
+        return load_folder(source.path)
+    key = source.where
     root = resolve_data_dir(data_dir)
     ensure_files(key, root, download)
     if key in ("mnist", "fashionmnist"):

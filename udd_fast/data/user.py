@@ -1,40 +1,14 @@
 """User data: an .npz file or a folder of class subfolders of images. Without an explicit test split,
 every 10th sample of each class (the 10th, 20th, ... in dataset order) is held out as the test split."""
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .dataset import ArrayDataset, DataError, DatasetInfo
-from .registry import DATASETS, canonical_name
+from .source import DataSource
 from .validate import as_int_labels, contiguous, validate_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def user_data_path(name) -> Path | None:
-    """The resolved absolute path of user data, or None for a built-in name. Built-in names win over
-    same-named files in the working directory unless given with a separator."""
-    text = str(name)
-    looks_like_path = os.sep in text or "/" in text or text.lower().endswith(".npz")
-    try:
-        canonical_name(text)
-        if not looks_like_path:
-            return None
-    except DataError:
-        pass
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return path.resolve()  # one name for one dataset, whatever the working directory
-    if path.is_file():
-        if path.suffix.lower() != ".npz":
-            raise DataError(f"{path}: user data files must be .npz (or pass an image-folder directory)")
-        return path.resolve()
-    if looks_like_path:
-        raise DataError(f"{path}: no such .npz file or directory; pass an existing path or a "
-                        f"built-in dataset name ({', '.join(sorted(DATASETS))})")
-    canonical_name(text)  # raises the unknown-name error
-    return None
 
 
 def _holdout_mask(labels: np.ndarray) -> np.ndarray:
@@ -60,7 +34,7 @@ def _channel_stats(images: np.ndarray) -> tuple[tuple, tuple]:
     return tuple(means), tuple(stds)
 
 
-def _user_dataset(name: str, where: str, train: tuple, test: tuple | None, class_names) -> ArrayDataset:
+def _user_dataset(source: DataSource, where: str, train: tuple, test: tuple | None, class_names) -> ArrayDataset:
     """Validate user arrays, hold out a test split if none is given, compute stats."""
     train_images, train_labels = train
     if train_labels.size and train_labels.min() < 0:
@@ -82,7 +56,7 @@ def _user_dataset(name: str, where: str, train: tuple, test: tuple | None, class
         validate_split(*test, where=where + " (test split)", **check)
     names = tuple(class_names) if class_names is not None else tuple(str(i) for i in range(num_classes))
     mean, std = _channel_stats(train[0])
-    info = DatasetInfo(name=name, channels=channels, size=size, num_classes=num_classes,
+    info = DatasetInfo(name=str(source), channels=channels, size=size, num_classes=num_classes,
                        mean=mean, std=std, class_names=names, size_base=32)
     return ArrayDataset(info, *contiguous(*train), *contiguous(*test))
 
@@ -129,15 +103,21 @@ def load_npz(path: Path) -> ArrayDataset:
         if key not in arrays:
             raise DataError(f"{path}: missing array {key!r} (found {sorted(arrays)})")
     names = arrays["class_names"].tolist() if "class_names" in arrays else None
-    return from_arrays(arrays["images"], arrays["labels"], arrays.get("test_images"), arrays.get("test_labels"),
-                       names, name=f"npz:{path}", where=str(path))
+    return _arrays_dataset(arrays["images"], arrays["labels"], arrays.get("test_images"), arrays.get("test_labels"),
+                           names, DataSource("npz", str(path)), str(path))
 
 
-def from_arrays(images, labels, test_images=None, test_labels=None, class_names=None, *, name="arrays",
-                where="arrays") -> ArrayDataset:
+def from_arrays(images, labels, test_images=None, test_labels=None, class_names=None, *, name="") -> ArrayDataset:
     """User data from arrays (numpy or torch): images uint8 or float in [0,1] as (N,H,W), (N,H,W,C) or
     (N,C,H,W), labels 0..K-1 (every class present); without a test split every 10th sample of each
-    class is held out as test. `where` names the source in errors."""
+    class is held out as test. `name` (optional) names the data: its source is then arrays:<name>."""
+    source = DataSource("arrays", name)
+    return _arrays_dataset(images, labels, test_images, test_labels, class_names, source, str(source))
+
+
+def _arrays_dataset(images, labels, test_images, test_labels, class_names, source: DataSource,
+                    where: str) -> ArrayDataset:
+    """from_arrays for any source; `where` names it in errors."""
     def arr(a):
         return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
@@ -149,7 +129,7 @@ def from_arrays(images, labels, test_images=None, test_labels=None, class_names=
         test = (_user_images(arr(test_images), f"{where}['test_images']"),
                 as_int_labels(arr(test_labels), f"{where}['test_labels']"))
     names = None if class_names is None else [str(n) for n in class_names]
-    return _user_dataset(name, where, train, test, names)
+    return _user_dataset(source, where, train, test, names)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -261,4 +241,4 @@ def load_folder(root: Path) -> ArrayDataset:
     images = _read_image_files(train_files + test_files)
     train = (images[: len(train_files)], train_labels)
     test = (images[len(train_files):], test_labels) if split else None
-    return _user_dataset(f"folder:{root}", str(root), train, test, classes)
+    return _user_dataset(DataSource("folder", str(root)), str(root), train, test, classes)

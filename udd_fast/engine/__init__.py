@@ -1,14 +1,14 @@
-"""The distillation engine (method sections 1, 2, 4, 5), in parts:
+"""The distillation engine (docs/method.md sections 1, 2, 4, 5), in parts:
 
 - `synthetic`: the stored images, their momentum, the decode plan and the image steps;
 - `region_state`: UDD's regions (search, boxes, policy counts, mUE);
 - `matcher`: the keyed draws, the one matching-loss recipe, the sequential and the batched form;
-- `trainer`: the network update on real data (plain, or static and optionally compiled);
+- `network_update`: the network update on real data (plain, or static and optionally compiled);
 - `replay`: the static-buffer step, captured as a CUDA graph where asked;
 - `precision`: TF32 and bf16 autocast as contexts;
-- `loop`: `Distiller`, the loop over them.
+- `loop`: `Engine`, the loop over them, and its `Report`.
 """
-from .loop import Distiller, Stopped, static_path
+from .loop import Engine, Report, Stopped, static_path
 from .precision import autocast, precision_scope
 
-__all__ = ["Distiller", "Stopped", "autocast", "precision_scope", "static_path"]
+__all__ = ["Engine", "Report", "Stopped", "autocast", "precision_scope", "static_path"]

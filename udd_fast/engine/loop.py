@@ -13,19 +13,21 @@ between inner iterations from a host flag (a collective under torchrun).
 """
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .. import rng
 from ..config import Config
-from ..decode import mix_init
+from ..decode import RegionViews, mix_init
 from ..distributed import Comm
+from ..logs import quiet
 from ..models import ConvNet
 from .matcher import BatchedMatcher, SequentialMatcher
 from .precision import autocast, precision_scope
 from .region_state import RegionState
 from .synthetic import SyntheticSet
-from .trainer import NetworkTrainer
+from .network_update import NetworkUpdate
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -57,10 +59,25 @@ def static_path(cfg: Config, device: torch.device, distributed: bool = False):
     return graphs or compiled, graphs and cuda, compiled
 
 
-class Distiller:
+@dataclass
+class Report:
+    """Where the engine stands, as a caller sees it (Engine.report)."""
+    outer_done: int  # outer iterations completed
+    last_loss: float  # the last outer iteration's mean matching loss (NaN before the first)
+    images: torch.Tensor  # the stored images as saved: clamped to [0, 1], float32
+    labels: torch.Tensor
+    region_views: RegionViews  # UDD's region views in use, or None
+    mue: float  # mUE of the images as the loop holds them (unclamped), when asked for; else None
+    policy_counts: dict  # how often each region policy chose ({"response": n, "jitter": n})
+    policy_share: dict  # the same as shares of all choices
+    loop: str  # the loop's form, precision and path, for the log
+
+
+class Engine:
     """The run's state and loop over its parts: the synthetic set (`syn`), UDD's regions (`region_state`,
-    with a proxy), the matcher of the configured form and the network trainer. `run()` performs the
-    outer iterations.
+    with a proxy), the matcher of the configured form and the network update. `iterate()` performs the
+    outer iterations. A caller that drives a run reads it through `state()`/`load_state()`,
+    `iterate()`, `report()` and `mue()`; the other members are the parts, for tests and benchmarks.
 
     `trace`, if set, is called as trace(event, outer, inner, cls, rows) with event 'grad' (rows = the
     class's stored images at which its gradient is taken) or 'boundary' (rows = all of S right after
@@ -73,7 +90,7 @@ class Distiller:
     holds the whole state.
     """
 
-    def __init__(self, cfg: Config, data, log=None, trace=None, proxy=None, comm: Comm = None):
+    def __init__(self, cfg: Config, data, log=quiet, trace=None, proxy=None, comm: Comm = None):
         if cfg.match.form not in ("batched", "sequential"):
             raise ValueError(f"unknown form {cfg.match.form!r} (batched or sequential)")
         self.comm = comm or Comm()
@@ -83,7 +100,7 @@ class Distiller:
         if udd and proxy is None and cfg.udd.policy != "none":
             raise ValueError("method udd with a region policy needs a proxy network")
         self.cfg, self.data, self.trace = cfg, data, trace
-        self.log = log or (lambda msg: None)
+        self.log = log
         self.dtype = DTYPES[cfg.match.dtype]
         self.device = data.images.device
         info = data.info
@@ -91,7 +108,7 @@ class Distiller:
         c0, c1 = self.comm.classes(self.K)
         if c1 <= c0:
             raise ValueError(f"{self.comm.world} ranks for {self.K} classes: every rank needs at least one class")
-        static, capture, compiled = static_path(cfg, self.device, self.comm.distributed)
+        static, capture, compiled = self.path = static_path(cfg, self.device, self.comm.distributed)
         if static and self.comm.distributed:
             raise ValueError("--cuda-graphs on and --compile on run in one process (the network update's gradients "
                              "are all-reduced per batch under torchrun)")
@@ -104,8 +121,8 @@ class Distiller:
         if udd and self.proxy is not None:
             self.region_state = RegionState(self.syn, self.proxy, cfg.udd, cfg.match.factor, cfg.run.seed, self.mean,
                                             self.std, (c0, c1), self.comm)
-        self.trainer = NetworkTrainer(cfg, data, self.dtype, self.mean, self.std, self.amp, self.comm, static,
-                                      compiled, capture, self.log)
+        self.net_update = NetworkUpdate(cfg, data, self.dtype, self.mean, self.std, self.amp, self.comm, static,
+                                        compiled, capture, self.log)
         parts = (cfg, data, self.syn, self.region_state, self.dtype, self.mean, self.std, self.amp, self.comm,
                  (c0, c1))
         if cfg.match.form == "batched":
@@ -118,7 +135,7 @@ class Distiller:
     # -- the state, as the rest of the package and a checkpoint see it ---------------------------------
     S = property(lambda self: self.syn.S)
     pending = property(lambda self: self.syn.pending, lambda self, v: setattr(self.syn, "pending", v))
-    net_batch = property(lambda self: self.trainer.net_batch)
+    net_batch = property(lambda self: self.net_update.net_batch)
     policy_counts = property(lambda self: self.region_state.policy_counts if self.region_state else
                              {"response": 0, "jitter": 0})
 
@@ -153,7 +170,7 @@ class Distiller:
         self.syn.load(st["S"], st["buf"], st["pending"])
         if self.region_state is not None:
             self.region_state.load(st["region_boxes"], st["policy_counts"])
-        self.trainer.net_batch, self.outer_done = int(st["net_batch"]), int(st["outer_done"])
+        self.net_update.net_batch, self.outer_done = int(st["net_batch"]), int(st["outer_done"])
         self.last_loss = float(st["last_loss"])
 
     # -- pieces ---------------------------------------------------------------------------------------
@@ -187,11 +204,11 @@ class Distiller:
         return self.matcher.step(net, outer, inner)
 
     def network_update(self, net, opt):
-        self.trainer.update(net, opt)
+        self.net_update.update(net, opt)
 
     def start_network(self, outer):
         """The network (and optimizer, plain path) of an outer iteration."""
-        return self.trainer.start(self.new_network(outer))
+        return self.net_update.start(self.new_network(outer))
 
     # -- loop -----------------------------------------------------------------------------------------
     def boundary(self, outer):
@@ -243,19 +260,20 @@ class Distiller:
             c.check_same(torch.stack([p.sum(), p.square().sum()]), "matching networks")
         return float(total)
 
-    def run(self, progress=None, should_stop=None):
-        """All outer iterations from where the run stands; progress(outer, loss, seconds) after each.
-        should_stop() is polled between inner iterations: when true, Stopped is raised and the run
-        stands mid-outer-iteration (a caller that wants to resume keeps a state() of the last boundary)."""
+    def iterate(self, on_outer=None, should_stop=None):
+        """All outer iterations from where the run stands; on_outer(outer, loss, seconds) after each;
+        returns the stored images. should_stop() is polled between inner iterations: when true, Stopped
+        is raised and the run stands mid-outer-iteration (a caller that wants to resume keeps a state()
+        of the last boundary)."""
         t0 = time.time()
         with self.precision():
             for outer in range(self.outer_done, self.cfg.match.iterations):
                 loss = self.outer_step(outer, should_stop)
-                if progress:
-                    progress(outer, loss, time.time() - t0)
-        return self.result()
+                if on_outer:
+                    on_outer(outer, loss, time.time() - t0)
+        return self.stored_images()
 
-    def result(self):
+    def stored_images(self):
         """The distilled set as saved: stored images clamped to [0,1] (a stated deviation from IDC,
         which saves them unclamped; evaluation clamps anyway)."""
         return self.syn.S.detach().clamp(0.0, 1.0).float()
@@ -263,16 +281,25 @@ class Distiller:
     def labels(self):
         return torch.arange(self.K, device=self.device).repeat_interleave(self.cfg.run.ipc)
 
+    def report(self, mue: bool = False) -> Report:
+        """Where the run stands (see Report); its mUE (a forward pass of the proxy) only when asked."""
+        rs = self.region_state
+        static, capture, compiled = self.path
+        loop = (f"{self.cfg.match.form} form, {self.cfg.match.precision}, "
+                + ("static buffers" + (" captured as CUDA graphs" if capture else " (no capture off CUDA)")
+                   if static else "plain path") + (", compiled network update" if compiled else ""))
+        return Report(self.outer_done, self.last_loss, self.stored_images(), self.labels(), self.region_views(),
+                      self.mue(self.S) if mue and rs is not None else None, dict(self.policy_counts),
+                      rs.share() if rs is not None else {"response": 0.0, "jitter": 0.0}, loop)
+
     # -- UDD --------------------------------------------------------------------------------------------
-    def mue(self, images):
+    def mue(self, images) -> float:
+        """mUE of stored images under the proxy (docs/method.md section 2)."""
         return self.region_state.mue(images)
 
-    def policy_share(self):
-        return self.region_state.share()
-
-    def regions(self):
-        """(source stored index [M], box [M, 4]) of the region views in use, or None."""
+    def region_views(self):
+        """The region views in use (RegionViews), or None."""
         rs = self.region_state
         if rs is None or rs.boxes is None:
             return None
-        return self.syn.dec_src.clone(), rs.boxes.clone()
+        return RegionViews(self.syn.dec_src.clone(), rs.boxes.clone())

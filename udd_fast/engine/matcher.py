@@ -1,5 +1,5 @@
 """Gradient matching of the synthetic set against real batches: the keyed draws of an inner
-iteration, the one matching-loss recipe, and the two forms that apply it (method sections 1, 2, 4).
+iteration, the one matching-loss recipe, and the two forms that apply it (docs/method.md sections 1, 2, 4).
 
 - `SequentialMatcher`: IDC's loop, one class at a time, one image step per class.
 - `BatchedMatcher`: all (own) classes in one grouped network pass and one image step; optionally on
@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops, rng
+from ..ops.cfc_loss import class_prototypes
 from ..augment import NUM_PARAMS, Strategy, sample_params
-from ..cfc import prototypes_ref
+from ..logs import quiet
 from ..matching import match_distance
 from ..sampling import class_batch_indices
 from ..train import normalize
@@ -45,7 +46,7 @@ def class_losses(net, weights, x_real, x_syn, labels, dtype, amp, metric: str, c
                     for gr, gs in zip(g_real, g_syn))
     if cfc_weight:
         if protos is None:
-            protos = merge_protos(prototypes_ref(feats_real))
+            protos = merge_protos(class_prototypes(feats_real))
         n = x_syn.shape[1]
         cfc = ops.cfc_loss(feats_syn.flatten(0, 1), labels.repeat_interleave(n), protos, tau, reduction="none",
                            validate=False)
@@ -63,20 +64,20 @@ class Matcher:
     """What both forms share: the keyed draws and the recipe's settings. `step(net, outer, inner)`
     moves the images and returns the inner iteration's summed matching loss (a device scalar)."""
 
-    def __init__(self, cfg, data, syn, regions, dtype, mean, std, amp, comm, classes: tuple, trace=None):
-        self.cfg, self.data, self.syn, self.regions = cfg, data, syn, regions
+    def __init__(self, cfg, data, syn, region_state, dtype, mean, std, amp, comm, classes: tuple, trace=None):
+        self.cfg, self.data, self.syn, self.region_state = cfg, data, syn, region_state
         self.dtype, self.mean, self.std, self.amp, self.comm, self.trace = dtype, mean, std, amp, comm, trace
         self.c0, self.c1 = classes
         self.G = self.c1 - self.c0
         self.device = syn.S.device
         self.own = torch.arange(self.c0, self.c1, device=self.device)  # the labels of this rank's classes
         self.strategy = Strategy.parse(cfg.match.match_aug)
-        n_total = syn.n_dec * (2 if regions is not None and regions.search is not None else 1)
+        n_total = syn.n_dec * (2 if region_state is not None and region_state.search is not None else 1)
         self.n_total, self.n_syn = n_total, min(n_total, cfg.match.batch_syn_max)
-        self.cfc_weight = cfg.udd.cfc_weight if regions is not None else 0.0
+        self.cfc_weight = cfg.udd.cfc_weight if region_state is not None else 0.0
 
     def views(self):
-        return None if self.regions is None else self.regions.boxes
+        return None if self.region_state is None else self.region_state.boxes
 
     # -- the draws of an inner iteration (device work only, keyed by (seed, outer, inner, class)) --
     def params(self, outer, inner):
@@ -135,7 +136,7 @@ class SequentialMatcher(Matcher):
         if self.cfc_weight:
             with torch.no_grad(), self.amp():
                 feats = net.features(x_real.flatten(0, 1)).view(self.G, x_real.shape[1], -1)
-            protos = prototypes_ref(feats.to(self.dtype))
+            protos = class_prototypes(feats.to(self.dtype))
         sub = self.subsample_index(outer, inner)
         total = 0.0
         for c in range(self.syn.K):
@@ -156,7 +157,7 @@ class BatchedMatcher(Matcher):
     by a `Replay` (a CUDA graph with `capture`), reading nothing else but the images, the network's
     parameters and the region boxes, all updated in place."""
 
-    def __init__(self, *args, static=False, capture=False, log=None, **kw):
+    def __init__(self, *args, static=False, capture=False, log=quiet, **kw):
         super().__init__(*args, **kw)
         self.replay = None
         if static:
@@ -165,9 +166,8 @@ class BatchedMatcher(Matcher):
                                 reals=torch.zeros(self.G, b, C, size, size, dtype=self.dtype, device=self.device),
                                 sub=None if self.n_total <= self.n_syn else
                                 torch.zeros(self.G, self.n_syn, dtype=torch.int64, device=self.device))
-            self.net = None  # the static network (the trainer's), whose parameters are updated in place
-            self.replay = Replay(lambda: self.grad(self.net, **self.buffers), "matching step", capture,
-                                 log or (lambda msg: None))
+            self.net = None  # the static network (the network update's), whose parameters are updated in place
+            self.replay = Replay(lambda: self.grad(self.net, **self.buffers), "matching step", capture, log)
 
     def draws(self, outer, inner):
         return dict(params=self.params(outer, inner), reals=self.real_batches(outer, inner),

@@ -1,11 +1,11 @@
-"""UDD's region state in the loop (method section 2): the search on the clamped images at an outer
+"""UDD's region state in the loop (docs/method.md section 2): the search on the clamped images at an outer
 boundary, each formation's chosen window as a box in stored coordinates, the policy counts and mUE."""
 import math
 
 import torch
 
 from .. import ops, rng
-from ..regions import RegionSearch, window_grid
+from ..region_search import RegionSearch, window_grid
 from .synthetic import SyntheticSet, check_boxes
 
 
@@ -49,7 +49,7 @@ class RegionState:
         self.policy_counts["response"] += n_resp
 
     def load(self, boxes, counts):
-        """Restore boxes and counts (Distiller.load_state has checked that boxes come only with a search)."""
+        """Restore boxes and counts (Engine.load_state has checked that boxes come only with a search)."""
         if boxes is None:
             self.boxes = None
         elif self.boxes is None:

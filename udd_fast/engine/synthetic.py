@@ -1,5 +1,5 @@
 """The synthetic set: stored images, their momentum buffer, the decode plan and the image step of each
-form (method sections 1 and 4)."""
+form (docs/method.md sections 1 and 4)."""
 import torch
 
 from .. import ops

@@ -1,5 +1,5 @@
 """cfc_loss, forward and a fused first-order backward: UDD's category-wise feature contrastive loss
-of features against class prototypes (the prototypes are cfc.py's).
+of features against class prototypes (`class_prototypes`, docs/method.md section 2).
 
 Kernels: kernels/cfc_loss.py (Triton), csrc/cfc_loss_cpu.cpp, csrc/cfc_loss_cuda.cu.
 """
@@ -7,6 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from .backend import _check, _load, _needs_grad, resolve
+
+
+def class_prototypes(real_features: torch.Tensor) -> torch.Tensor:
+    """The prototypes cfc_loss compares with: [K, D] L2-normalized mean feature of each class's augmented
+    real batch ([K, B, D]), no gradient."""
+    return F.normalize(real_features.detach().mean(1), dim=1)
 
 
 def cfc_loss_ref(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, tau: float,

@@ -1,4 +1,4 @@
-"""UDD's underutilized regions (method section 2): candidate windows, the response and jitter
+"""UDD's underutilized regions (docs/method.md section 2): candidate windows, the response and jitter
 policies, the `auto` condition, and the boxes of region views. The response map, window scores and
 mUE are `ops.response_map`, the jittered copies `ops.region_mask`.
 

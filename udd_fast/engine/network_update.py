@@ -3,7 +3,7 @@ were seen), in two forms that compute the same:
 
 - plain: `train.train_step` per batch, with torch's SGD; the last batch of an epoch is smaller, as
   IDC's; under torchrun each rank computes its share of every batch and the gradients are summed;
-- static (`StaticNetStep`): every batch padded to the full batch size, the padding masked out of the
+- static (`StaticNetworkStep`): every batch padded to the full batch size, the padding masked out of the
   loss; the draws (indices, augmentation, CutMix's box as a mask, its partners and ratio) copied into
   buffers allocated once; the parameters and the momentum updated in place. Optionally compiled
   (`--compile on`) and captured as a CUDA graph (`--cuda-graphs`).
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .. import ops, rng
 from ..augment import NUM_PARAMS, Strategy
+from ..logs import quiet
 from ..sampling import EpochBatches
 from ..train import augment_params, cutmix_box, cutmix_partners, make_sgd, normalize, train_step
 from .replay import Replay
@@ -27,7 +28,7 @@ def sgd_(params, grads, momentum, lr: float, mom: float, wd: float):
         p.add_(buf, alpha=-lr)
 
 
-class StaticNetStep:
+class StaticNetworkStep:
     """One network-update batch as fixed device work: the same shapes and the same sequence of kernels
     for every batch, whatever its size and draws. `fill(b, n, idx)` writes batch b's draws into the
     buffers; `run()` computes the masked loss, its gradient and the SGD step of `net`, in place."""
@@ -113,12 +114,12 @@ class StaticNetStep:
         return self.replay()
 
 
-class NetworkTrainer:
+class NetworkUpdate:
     """The network update of each inner iteration; `net_batch` counts batches across the run (every
     batch's draws are keyed by its number)."""
 
     def __init__(self, cfg, data, dtype, mean, std, amp, comm, static=False, compile_net=False, capture=False,
-                 log=None):
+                 log=quiet):
         self.bf16 = cfg.match.precision == "bf16"
         self.cfg, self.data, self.dtype, self.mean, self.std, self.amp, self.comm = \
             cfg, data, dtype, mean, std, amp, comm
@@ -127,7 +128,7 @@ class NetworkTrainer:
         self.strategy = Strategy.parse(cfg.net.net_aug)
         self.net_batch = 0
         self.static = None
-        self.static_args = (static, compile_net, capture, log or (lambda msg: None))
+        self.static_args = (static, compile_net, capture, log)
 
     def start(self, fresh):
         """The network and optimizer of an outer iteration from a fresh network: plain, that network and
@@ -136,7 +137,7 @@ class NetworkTrainer:
         if not static:
             return fresh, make_sgd(fresh, self.cfg.net.lr_net, self.cfg.net.mom_net, self.cfg.net.wd_net)
         if self.static is None:
-            self.static = StaticNetStep(fresh, self.data, self.cfg.match.batch_real, self.cfg.net, self.dtype,
+            self.static = StaticNetworkStep(fresh, self.data, self.cfg.match.batch_real, self.cfg.net, self.dtype,
                                         self.mean, self.std, self.amp, compile_net, capture, log)
         self.static.reset(fresh)
         return self.static.net, None

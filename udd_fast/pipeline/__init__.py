@@ -1,0 +1,99 @@
+"""A distillation run in phases, whoever starts it (`python -m udd_fast.distill` builds a Request from
+its flags, `udd_fast.distill_dataset` from its arguments). This file is the table of contents:
+
+    run = prepare(request, comm)      every check (checks.py), the data and the config; nothing is written
+    execute(run)                      claims the run directory (INCOMPLETE) and opens log.txt (runlog.py), then
+        load_proxy(run)               UDD's proxy network, cached or trained, on every rank (driver.py)
+        outcome = drive(run)          the outer iterations, checkpoints, a stop on SIGINT/SIGTERM (driver.py)
+        result = to_result(...)       the Result; distilled.pt and grid.png written (finish.py, result.py)
+        accuracy_fields(run, result)  IDC's evaluation, with and without UDD's region views (finish.py)
+        build_summary(...)            then curves.png, report.html and summary.json, the last artifact;
+                                      the directory is then complete (result.write_run)
+
+execute turns a stop or a failed write into a message naming the last checkpoint and the resume
+command. With several ranks (torchrun) every rank runs the phases; rank 0 alone writes files and
+evaluates. The records handed between the phases are in records.py.
+"""
+import shlex
+from pathlib import Path
+
+from ..artifacts import ArtifactError, WriteError, check_out_dir, claim_run_dir
+from ..checkpoint import check_data
+from ..data import ArrayDataset, DataError, RealData, data_facts, load_dataset, resolve_data_dir
+from ..distributed import Comm
+from ..result import Result, write_run
+from .checks import check_geometry, check_world, run_config
+from .driver import drive, load_proxy
+from .finish import accuracy_fields, build_summary, to_result
+from .records import Interrupted, LoopOutcome, Request, Run
+from .runlog import RunLog, log_start, resume_advice
+
+__all__ = ["Interrupted", "LoopOutcome", "Request", "Run", "execute", "prepare"]
+
+
+def prepare(req: Request, comm: Comm = None) -> Run:
+    """Check the output directory, load the data, make the config and check it against the data and the
+    ranks. Raises UsageError, DataError, ArtifactError or CheckpointError; writes nothing."""
+    comm = comm or Comm()
+    replaced = comm.from_main(lambda: check_out_dir(req.out, req.force, req.resume is not None), (ArtifactError,))
+    if isinstance(req.dataset, ArrayDataset):
+        data_dir, ds = None, req.dataset
+    else:
+        data_dir = resolve_data_dir(req.data_dir) if req.dataset.kind == "builtin" else None
+        # each node's local rank 0 first: it downloads what the node's other ranks then read
+        ds = comm.everywhere(lambda: load_dataset(req.dataset, data_dir, download=req.download), (DataError,),
+                             local_first=True)
+    data = RealData(ds, comm.device if comm.distributed else req.settings["device"])
+    facts = data_facts(data)
+    if comm.distributed:
+        comm.same_everywhere(facts, "training data", DataError)
+    if req.resume is not None:
+        check_data(req.resume, facts)
+    cfg = run_config(req.settings, ds.info, resumed=req.resume is not None, distributed=comm.distributed)
+    if cfg.udd.proxy_cache:  # a relative cache would move with the working directory of a resume
+        cfg.udd.proxy_cache = str(Path(cfg.udd.proxy_cache).expanduser().absolute())
+    check_geometry(cfg, data)
+    check_world(cfg, comm, ds.info.num_classes)
+    return Run(req, cfg, data, facts, data_dir, comm, replaced)
+
+
+def execute(run: Run) -> Result:
+    """Claim the run directory and run the phases; returns the Result (None on ranks other than 0).
+    A stop (KeyboardInterrupt) or a failed write is logged and raised again as Interrupted or WriteError
+    with a message naming the last checkpoint and the resume command."""
+    comm, out = run.comm, run.out
+    note = f"Once it has written checkpoint.pt, continue it with: {run.launcher} --resume {shlex.quote(str(out))}\n"
+    stale = comm.from_main(lambda: claim_run_dir(out, run.replaced, note), (ArtifactError,))
+    log = RunLog(out / "log.txt") if comm.is_main else None  # rank 0 alone writes
+    if log is not None:
+        run.log = log
+    try:
+        if run.replaced:
+            run.log(f"--force: replaced the previous run's files in {out}: {', '.join(run.replaced)}")
+        if stale:
+            run.log(f"removed temporary files a stopped run left in {out}: {', '.join(stale)}")
+        log_start(run)
+        if run.cfg.run.method == "udd":
+            load_proxy(run)
+        outcome = drive(run)
+        if not comm.is_main:
+            return None  # rank 0 saves and evaluates
+        result = to_result(run, outcome)
+        write_run(out, result, ("set",))  # the set first: it survives a failed evaluation
+        result.summary = build_summary(run, outcome, accuracy_fields(run, result))
+        write_run(out, result, ("outcome",))  # summary.json last: the run is complete once it is there
+        run.log(f"saved {out}/distilled.pt, grid.png, curves.png, report.html, summary.json, log.txt")
+        return result
+    except (WriteError, KeyboardInterrupt) as e:
+        if isinstance(e, Interrupted) or not comm.is_main:
+            raise
+        msg = f"{e}; {resume_advice(out, run.launcher)}" if isinstance(e, WriteError) else \
+            f"stopped before the run completed; {resume_advice(out, run.launcher)}"
+        try:
+            run.log(msg)
+        except WriteError:
+            pass  # the disk is full: the message still reaches stderr
+        raise (WriteError if isinstance(e, WriteError) else Interrupted)(msg) from None
+    finally:
+        if log is not None:
+            log.close()

@@ -1,0 +1,72 @@
+"""The checks of a run's settings against its data and its ranks, and the config they make; all run
+before anything is written (the settings on their own: config.check_settings)."""
+import math
+
+from ..config import Config, UsageError, build_config
+from ..decode import factor_problem
+from ..distributed import Comm
+from ..region_search import window_grid
+
+
+def run_config(settings: dict, info, resumed: bool, distributed: bool = False) -> Config:
+    """A resumed run's config as given; a new one's from the dataset, the preset and the settings given
+    (a distributed run's form is the batched one unless given)."""
+    if resumed:
+        return Config.from_flat(settings)
+    values = dict(settings)
+    if distributed and not values.get("form"):
+        values["form"] = "batched"
+    ipc, preset, factor = values.pop("ipc"), values.pop("preset"), values.pop("factor")
+    if values["method"] == "random":  # real images, stored whole
+        factor = 1
+    return build_config(info.name, ipc, preset, info.size, info.size_base, factor=factor, **values)
+
+
+def check_world(cfg: Config, comm: Comm, num_classes: int):
+    """What a distributed run cannot do, said before any work starts."""
+    if not comm.distributed:
+        return
+    if cfg.run.method == "random":
+        raise UsageError(f"--method random has nothing to distribute: run it in one process (not {comm.world})")
+    if cfg.match.form != "batched":
+        raise UsageError(f"--form {cfg.match.form} is one process's loop; a distributed run ({comm.world} ranks) "
+                         f"uses the batched form")
+    if cfg.eval.eval_every:  # rank 0 alone evaluates: the others would wait past --dist-timeout
+        raise UsageError(f"--eval-every is one process's: a distributed run ({comm.world} ranks) evaluates at the end")
+    if cfg.match.cuda_graphs == "on" or cfg.match.compile == "on":  # auto means off under torchrun
+        flag = "--cuda-graphs on" if cfg.match.cuda_graphs == "on" else "--compile on"
+        raise UsageError(f"{flag} runs in one process: a distributed run ({comm.world} ranks) all-reduces the "
+                         f"network update's gradients per batch, on the plain path")
+    if comm.world > num_classes:
+        raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
+                         f"start at most {num_classes} processes")
+
+
+def _check_class_sizes(data, need_per_class, what, fix):
+    counts = data.class_counts.cpu()
+    small = int(counts.argmin())
+    if int(counts[small]) < need_per_class:
+        raise UsageError(f"{what} needs {need_per_class} training images per class, but class {small} "
+                         f"({data.info.class_names[small]}) has {int(counts[small])}: {fix}")
+
+
+def check_geometry(cfg: Config, data):
+    """The settings against the data: tile and window sizes, images per class. Before any work."""
+    size, ipc, factor = data.info.size, cfg.run.ipc, cfg.match.factor
+    if cfg.run.method == "random":
+        _check_class_sizes(data, ipc, f"--method random with IPC {ipc}", "lower --ipc")
+        return
+    problem = factor_problem(size, factor)
+    if problem:
+        raise UsageError(f"--factor {factor} {problem}")
+    if cfg.run.method == "udd" and cfg.udd.policy != "none":
+        tile = math.ceil(size / factor)
+        try:
+            window_grid(tile, cfg.udd.region_size)
+        except ValueError as e:
+            raise UsageError(f"--region-size {cfg.udd.region_size}: {e} ({size}-pixel images, factor {factor}); "
+                             f"use at least {0.5 / tile:.3g}") from None
+    _check_class_sizes(data, ipc * factor ** 2, f"the mix initialization (IPC {ipc} x factor^2 {factor ** 2})",
+                       "lower --ipc or --factor")
+    batch = cfg.match.batch_real
+    _check_class_sizes(data, batch, f"a real batch of {batch} per class", "lower --batch-real")

@@ -1,0 +1,66 @@
+"""The end of a run: the Result made from the loop's outcome, its evaluation (with and without UDD's
+region views) and summary.json's fields."""
+import datetime
+
+import torch
+
+from ..protocol import accuracy_of
+from ..result import Result
+from ..version import __version__
+from .records import LoopOutcome, Run
+
+
+def to_result(run: Run, outcome: LoopOutcome) -> Result:
+    """The Result of a run (on the CPU): the set, its config and the data's identity."""
+    views = None if outcome.region_views is None else type(outcome.region_views)(
+        *(t.cpu() for t in outcome.region_views))
+    return Result(outcome.images.detach().float().cpu(), outcome.labels.cpu(), run.cfg.match.factor, views,
+                  run.data.info, run.cfg, {"history": outcome.history}, run.facts,
+                  None if run.data_dir is None else str(run.data_dir))
+
+
+def accuracy_fields(run: Run, result: Result) -> dict:
+    """The summary's evaluation fields ({} with --eval-runs 0). With UDD's region views both readings
+    are reported: with them and without (views raise the decoded count)."""
+    if not run.cfg.eval.eval_runs:
+        return {}
+    use_views = result.region_views is not None and run.cfg.eval.eval_region_views
+    res = _accuracy(run, result, use_views)
+    out = {k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean", "best_runs",
+                               "eval_seconds", "num_train")}
+    out["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
+                                       "num_test", "region_views")}
+    if result.region_views is not None:
+        other = _accuracy(run, result, not use_views)
+        key = "without_region_views" if use_views else "with_region_views"
+        out[key] = {k: other[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "num_train")}
+        out["eval_seconds"] += other["eval_seconds"]
+    return out
+
+
+def _accuracy(run: Run, result: Result, with_views: bool):
+    ev, views = run.cfg.eval, ("with region views" if with_views else "formations only")
+    run.log(f"evaluating ({views}): {ev.eval_arch}, {ev.eval_epochs} epochs x {ev.eval_runs} runs")
+    res = accuracy_of(result, run.data, ev, run.cfg.run.seed, run.progress, with_region_views=with_views)
+    run.log(f"accuracy ({ev.eval_arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- "
+            f"{res['accuracy_std']:.2f} % over {ev.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
+            f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
+    return res
+
+
+def build_summary(run: Run, outcome: LoopOutcome, evaluation: dict) -> dict:
+    """summary.json: the run's settings, the set, timings, what the phases noted, and the evaluation."""
+    cfg = run.cfg
+    summary = {
+        "dataset": run.data.info.name, "ipc": cfg.run.ipc, "method": cfg.run.method, "preset": cfg.run.preset,
+        "device": cfg.run.device, "seed": cfg.run.seed, "factor": cfg.match.factor, "iterations": outcome.iterations,
+        "inner_loop": cfg.match.inner_loop, "form": cfg.match.form, "world_size": run.comm.world,
+        "final_matching_loss": outcome.final_loss, "distill_seconds": outcome.seconds,
+        "loop_seconds": outcome.loop_seconds, "num_stored": int(outcome.images.shape[0]), "version": __version__,
+        "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
+        "history": outcome.history,
+    }
+    summary.update(run.notes)
+    summary.update(evaluation)
+    return summary
