@@ -18,7 +18,7 @@ skipped, saying so, and each stage's subprocess is stopped at its cap. session.m
 table, stage by stage) and session.json are rewritten after every stage, so a killed session
 still leaves what it did. Exit status 0 when every stage that ran passed.
 
---dry-run runs every stage on the CPU with tiny sizes (CI runs it: tests/test_gpu_session.py):
+--dry-run runs every stage on the CPU with tiny sizes (CI runs it: tests/repo/test_gpu_session.py):
 the build stage checks the installed extensions instead of compiling, the tests stage collects
 the subset instead of running it, the others run their tiny CPU variants. The caps and the default
 budget are the GPU's: a dry run keeps to a --budget only when one is given, and its stages have no
@@ -38,10 +38,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-# the CUDA test subset: every op test, and the engine-level tests' cuda cases
-OP_TESTS = ["tests/test_backends.py"] + sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_ops_*.py"))
-ENGINE_TESTS = ["tests/test_equivalence.py", "tests/test_engine.py", "tests/test_udd.py", "tests/test_precision.py",
-                "tests/test_cli.py", "tests/test_resume.py", "tests/test_fast_loop.py"]
+# the CUDA test subset: every op test (each backend on CUDA tensors), and the engine-level tests' cases
+# that need a GPU (marked gpu)
+OP_TESTS = ["tests/ops/test_backends.py"] + sorted(str(p.relative_to(REPO))
+                                                   for p in (REPO / "tests" / "ops").glob("test_ops_*.py"))
+ENGINE_TESTS = ["tests/engine/test_equivalence.py", "tests/engine/test_engine.py", "tests/engine/test_udd.py",
+                "tests/engine/test_precision.py", "tests/cli/test_cli.py", "tests/cli/test_resume.py",
+                "tests/engine/test_fast_loop.py"]
 
 
 @dataclass
@@ -69,13 +72,13 @@ def stages(args):
         build = [[PY, "setup.py", "--version"],
                  [PY, "-c", "from udd_fast import ops; print(ops.available_backends(reasons=True))"]]
         tests = [[PY, "-m", "pytest", "--collect-only", "-q", *OP_TESTS],
-                 [PY, "-m", "pytest", "--collect-only", "-q", "-k", "cuda", *ENGINE_TESTS]]
+                 [PY, "-m", "pytest", "--collect-only", "-q", "-m", "gpu and not slow", *ENGINE_TESTS]]
     else:
         build = [[PY, "setup.py", "build_ext", "--inplace"],
                  [PY, "-c", "from udd_fast import ops; r = ops.available_backends(reasons=True); print(r); "
                             "import sys; sys.exit(0 if r['cuda'][0] and r['triton'][0] else 1)"]]
         tests = [[PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *OP_TESTS],
-                 [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda", *ENGINE_TESTS]]
+                 [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu and not slow", *ENGINE_TESTS]]
     check = [PY, "bench/gpu_check.py", "--device", dev] + (["--tiny"] if dry else [])  # tables go to its log
     loop = [PY, "bench/loop_timing.py", "--device", dev, "--profile"] + (["--tiny"] if dry else ["--ipc", "1", "10"])
     return [Stage("build", 90, 240, "build.log", build),

@@ -12,7 +12,7 @@
 
 namespace udd_fast {
 
-// diff_augment's parameter layout, as udd_fast/augment.py defines it (tests/test_backends.py checks
+// diff_augment's parameter layout, as udd_fast/augment.py defines it (tests/ops/test_backends.py checks
 // this header and each extension's aug_layout() against it): the column of each parameter in a row,
 constexpr int64_t FLIP = 0, BRIGHT = 1, SAT = 2, CONTRAST = 3, TX = 4, TY = 5, CUT_X = 6, CUT_Y = 7,
                   SCALE_X = 8, SCALE_Y = 9, ROT = 10, OP = 11, NUM_PARAMS = 12;

@@ -1,15 +1,18 @@
+"""The tests' fixtures and hooks; the plain functions they share are in helpers.py."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
+if not torch.cuda.is_available():
+    # No GPU: the Triton kernels run on CPU tensors in Triton's interpreter. Set before anything
+    # imports triton (its jit decorator reads it); an explicit TRITON_INTERPRET is kept.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("UDD_FAST_SHARED_DATA", REPO.parent / "shared" / "data"))
+from helpers import DEVICES, OPS_BACKENDS, REPO, require_dataset, shared_data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,12 +34,6 @@ def real_data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def require_dataset(data_dir: Path, folder: str):
-    """Skip, naming what is missing, when the shared data lacks a dataset (CI has them all)."""
-    if not (Path(data_dir) / folder).exists():
-        pytest.skip(f"{folder} is not in the shared data at {shared_data_dir()} (env UDD_FAST_SHARED_DATA)")
-
-
 @pytest.fixture(scope="session")
 def mnist_arrays(real_data_dir):
     from udd_fast.data import load_dataset
@@ -52,14 +49,7 @@ def mnist_data(mnist_arrays):
     return RealData(mnist_arrays, "cpu")
 
 
-# --- the devices engine-level tests run on ----------------------------------------------------------
-# Reproducibility, as the README states it: bitwise on the CPU for the same build and thread count;
-# on CUDA within a stated tolerance (atomics in the backward passes and cuDNN's algorithm choice
-# reorder float sums from run to run).
-DEVICES = ("cpu", "cuda")
-
-
-@pytest.fixture(params=DEVICES)
+@pytest.fixture(params=[d if d == "cpu" else pytest.param(d, marks=pytest.mark.gpu) for d in DEVICES])
 def device(request):
     """Each device in turn; CUDA is skipped, with the reason, where there is none."""
     if request.param == "cuda" and not torch.cuda.is_available():
@@ -82,46 +72,7 @@ def mnist_dev(mnist_data, mnist_arrays, device):
     return _on_device[device]
 
 
-def run_scale(events):
-    """The largest pixel magnitude a traced run reaches (events of Engine's trace)."""
-    return max(float(e[4].abs().max()) for e in events)
-
-
-def close_at_run_scale(a, b, scale):
-    """Equal up to float64 round-off relative to the run's largest value: the batched and sequential
-    forms sum the same terms in another order (and on CUDA atomics reorder them), and an error made
-    at |S| ~ 1e2 between clamps survives the clamp. Measured on the CPU: at most 1.4e-13 at a
-    boundary, 1.0e-12 at a gradient point, <= 5e-15 of the run's scale. A wrong step (momentum, step
-    size, the clamp split) moves pixels by lr * grad, many orders above this."""
-    return torch.allclose(a, b, rtol=0, atol=1e-13 * scale)
-
-
-def assert_same_run(a, b, device, cuda_tol):
-    """Two runs of the same computation: bitwise equal on the CPU (same thread count and build),
-    within cuda_tol (max abs difference) on CUDA."""
-    if device == "cpu":
-        assert torch.equal(a, b), f"max difference {float((a - b).abs().max()):.3g}"
-    else:
-        diff = float((a.double() - b.double()).abs().max())
-        assert diff <= cuda_tol, f"max difference {diff:.3g} > {cuda_tol:.3g} on {device}"
-
-
-# --- udd_fast.ops backends (tests/test_ops_*.py, tests/test_backends.py) -------------------------
-import torch  # noqa: E402
-
-if not torch.cuda.is_available():
-    # No GPU: the Triton kernels run on CPU tensors in Triton's interpreter. Set before anything
-    # imports triton (its jit decorator reads it); an explicit TRITON_INTERPRET is kept.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-OPS_BACKENDS = ("torch", "cpp", pytest.param("triton", marks=pytest.mark.triton), "cuda")
-
-
-def ops_device(backend: str) -> torch.device:
-    """Where a backend's tests run: the GPU when there is one, except for the CPU-only C++ backend."""
-    return torch.device("cuda" if torch.cuda.is_available() and backend != "cpp" else "cpu")
-
-
+# --- udd_fast.ops backends (tests/ops/) -----------------------------------------------------------------
 @pytest.fixture(params=OPS_BACKENDS)
 def ops_backend(request):
     """Each udd_fast.ops backend in turn (skipped, with the reason, when not live here)."""
@@ -146,7 +97,17 @@ def fresh_backends(monkeypatch):
 
 # What .ci/run installs in its second step, and the marker that selects the tests needing it there: a
 # test skipped for want of one must carry its marker, or CI would never run it.
-NEEDS = {"triton": "triton", "browser": "browser"}  # marker: word in the skip reason
+# The same holds for what no CI step has (a GPU, IDC's code): their tests are selected by marker where
+# they are (bench/gpu_session.py runs -m gpu on a GPU machine).
+NEEDS = {"triton": "triton", "browser": "browser", "gpu": "cuda device", "idc": "idc's code"}  # marker: words in the skip reason
+
+
+def pytest_collection_modifyitems(items):
+    """A test that reads IDC's own code (through the idc_src fixture, tests/engine/test_compat.py) is
+    marked idc."""
+    for item in items:
+        if "idc_src" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.idc)
 
 
 @pytest.hookimpl(wrapper=True)

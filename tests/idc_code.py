@@ -1,5 +1,5 @@
 """IDC's own functions, loaded from IDC's code for checking udd_fast.compat against them
-(tests/test_compat.py, bench/test_bench_compat.py). Nothing of IDC's ships with udd_fast.
+(tests/engine/test_compat.py, bench/test_bench_compat.py). Nothing of IDC's ships with udd_fast.
 
 Where IDC's code is: env UDD_FAST_IDC_SRC, an IDC checkout or its git directory (no default path;
 the checks skip, naming the variable, without it).

@@ -16,7 +16,7 @@ from . import rng
 
 # The parameter layout, defined here once: the columns of a parameter row, and the codes of the
 # strategy's ops. ops/diff_augment.py and kernels/diff_augment.py import it, csrc/common.h spells
-# it for C++ and CUDA; tests/test_backends.py holds every backend to it.
+# it for C++ and CUDA; tests/ops/test_backends.py holds every backend to it.
 FLIP, BRIGHT, SAT, CONTRAST, TX, TY, CUT_X, CUT_Y, SCALE_X, SCALE_Y, ROT, OP = range(12)
 NUM_PARAMS = 12
 CROP, SCALE, ROTATE = range(3)

@@ -2,7 +2,7 @@
 matching step + network update), over the engine's parts.
 
 One inner iteration is device work only: its draws are keyed on the host and made on the device and
-nothing is read back (tests/test_fast_loop.py). On the static path (--cuda-graphs, --compile) its
+nothing is read back (tests/engine/test_fast_loop.py). On the static path (--cuda-graphs, --compile) its
 shapes are fixed as well: network batches are padded to the full batch and masked; how many batches an
 inner iteration trains (IDC: until n_data images were seen, so one more when an epoch's smaller last
 batch falls inside) is counted on the host from the batch number, so a captured step is replayed that

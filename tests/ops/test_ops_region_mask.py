@@ -5,7 +5,7 @@ per-channel and single-value mean/std (also as [1,C,1,1] like the engine's), non
 import pytest
 import torch
 
-from conftest import ops_device
+from helpers import OTHER_DTYPES, dtype_device, ops_device
 from udd_fast import ops
 from udd_fast.ops.region_mask import region_mask_ref
 from udd_fast.region_search import window_grid, window_pixel_masks
@@ -47,13 +47,9 @@ def test_region_mask_matches_reference(ops_backend, seed):
         check(*case, torch.float32, device)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", OTHER_DTYPES)
 def test_region_mask_other_dtypes(ops_backend, dtype):
-    device = ops_device(ops_backend)
-    if dtype != torch.float64 and device.type != "cuda":
-        pytest.skip(f"{dtype} is checked on a GPU only (no CUDA device here)")
-    if ops_backend == "cpp" and dtype != torch.float64:
-        pytest.skip("the C++ backend is float32/float64")
+    device = dtype_device(ops_backend, dtype)
     for case in cases(7)[2:]:
         check(*case, dtype, device)
 

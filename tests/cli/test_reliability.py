@@ -25,7 +25,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from test_data import cifar_batch, dump, write_tiny_cifar10, write_tiny_mnist
+from helpers import REPO, cifar_batch, dump, write_tiny_cifar10, write_tiny_mnist
 from udd_fast import artifacts
 from udd_fast import data as data_mod
 from udd_fast.data import cifar, download, user
@@ -35,7 +35,6 @@ from udd_fast.config import build_config
 from udd_fast.distill import main as distill_main
 from udd_fast.evaluate import main as evaluate_main
 
-REPO = Path(__file__).resolve().parents[1]
 K, PER_CLASS, SIZE = 3, 20, 16  # the tiny dataset: 3 classes x 20 training images of 16 x 16, 6 test images
 SMOKE = ("--preset", "smoke", "--inner-loop", "1", "--no-progress")
 REAL_ATOMIC = artifacts._atomic
@@ -571,6 +570,7 @@ def test_disk_full_before_the_summary(ctx, capsys):
                                                      "log.txt", "report.html", "summary.json"]
 
 
+@pytest.mark.integration
 def test_file_size_limit_in_a_real_process(ctx):
     """A real failed write (RLIMIT_FSIZE: EFBIG past 16 KiB) through torch's serializer: a clear
     message naming checkpoint.pt, exit 2, no traceback, no temporary file left, marked incomplete."""
@@ -695,6 +695,7 @@ def test_evaluate_accepts_an_older_set_with_a_warning(ctx, capsys):
 
 # -- weak points: signals, file modes, temporaries, the test count -------------------------------------
 
+@pytest.mark.integration
 def test_first_sigint_is_acknowledged_at_once(ctx):
     out = ctx.tmp / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(ctx.tmp / "home"))

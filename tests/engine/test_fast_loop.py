@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from conftest import close_at_run_scale, run_scale
+from helpers import close_at_run_scale, run_scale
 from host_guard import no_host_reads
 from udd_fast import rng
 from udd_fast.config import UsageError, build_config
@@ -46,7 +46,7 @@ GUARDED = [("idc", {}), ("udd", dict(policy="response", cfc_weight=0.5)),
 @pytest.mark.parametrize("method,over", GUARDED, ids=["idc", "udd-response-cfc", "udd-jitter-cfc-subsample"])
 def test_inner_iterations_read_nothing_back(mnist_dev, method, over, static):
     """Whole inner iterations of the batched form, the last one (split step) included, with CutMix on
-    and region views in the synthetic batch, under the guard of tests/host_guard.py; the boundary
+    and region views in the synthetic batch, under the guard of tests/engine/host_guard.py; the boundary
     before them reads the device (the region search) outside it."""
     _fused_backend(str(mnist_dev.device))
     proxy = new_proxy(mnist_dev.info, 0).eval() if method == "udd" else None

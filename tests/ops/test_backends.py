@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import REPO, ops_device
+from helpers import REPO, ops_device
 from udd_fast import augment, ops
 from udd_fast.ops import backend
 from udd_fast.ops.crop_resize import crop_resize_ref
@@ -83,7 +83,7 @@ def test_the_c_headers_spell_the_python_layout():
     assert sorted(bound) == sorted((n, n) for n in LAYOUT)
 
 
-@pytest.mark.parametrize("name", ["cpp", "cuda"])
+@pytest.mark.parametrize("name", ["cpp", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_each_extension_uses_the_python_layout(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an extension that is not built is reported as a warning
@@ -173,6 +173,7 @@ def test_set_backend_none_rereads_the_env(monkeypatch):
         ops.set_backend(before)
 
 
+@pytest.mark.integration
 def test_env_var_is_read_at_import():
     code = "from udd_fast import ops; print(ops.get_backend())"
     env = dict(os.environ, UDD_FAST_BACKEND="torch", PYTHONPATH=str(REPO))
@@ -190,6 +191,7 @@ def test_auto_picks_cpp_on_cpu_tensors_else_torch():
         assert ops.resolve(torch.zeros(1, dtype=torch.float16)) == "torch"  # C++ is float32/float64
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_auto_on_cuda_prefers_triton_then_cuda():
     live = ops.available_backends()
@@ -280,6 +282,7 @@ def test_kernels_package_is_importable():
     assert callable(mod.crop_resize_forward) and callable(mod.diff_augment_backward)
 
 
+@pytest.mark.integration
 def test_ops_does_not_import_the_rest_of_the_package():
     """udd_fast.ops depends on backend.py, its op modules and augment's layout only: no cycle through
     regions.py (which calls the ops) or cfc.py/decode.py."""

@@ -6,7 +6,7 @@ only (with grad it runs the references)."""
 import pytest
 import torch
 
-from conftest import ops_device
+from helpers import OTHER_DTYPES, dtype_device, ops_device
 from udd_fast import ops
 from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref
 from udd_fast.region_search import window_grid
@@ -73,13 +73,9 @@ def test_response_map_small_and_odd_maps(ops_backend, h, w):
         check(fmap, head, torch.randint(0, k, (n,), generator=g), 11, window_grid(11, 0.5)[:nw], torch.float32, device)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", OTHER_DTYPES)
 def test_response_map_other_dtypes(ops_backend, dtype):
-    device = ops_device(ops_backend)
-    if dtype != torch.float64 and device.type != "cuda":
-        pytest.skip(f"{dtype} is checked on a GPU only (no CUDA device here)")
-    if ops_backend == "cpp" and dtype != torch.float64:
-        pytest.skip("the C++ backend is float32/float64")
+    device = dtype_device(ops_backend, dtype)
     for case in cases(7)[1:3]:
         check(*case, dtype, device)
 

@@ -1,7 +1,6 @@
 """grid.png, curves.png and report.html on real images: every image where the layout says, upscaled
 pixel for pixel; UDD's boxes drawn; the curves' panels; the report opened in a real headless browser
 (Debian's chromium) that must render a non-blank page without console errors."""
-import io
 import os
 import shutil
 import subprocess
@@ -11,53 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import check_grid, png_pixels
 from udd_fast import pictures
-from udd_fast.decode import RegionViews, decode_all
+from udd_fast.decode import RegionViews
 from udd_fast.report import report_html
-
-
-def _png(data: bytes) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
-def _upscaled(img: torch.Tensor, s: int) -> np.ndarray:
-    a = (img.float().clamp(0, 1) * 255).round().to(torch.uint8).repeat_interleave(s, 1).repeat_interleave(s, 2)
-    return a.expand(3, -1, -1).permute(1, 2, 0).numpy()
-
-
-def check_grid(png: np.ndarray, images, factor, class_names, region_views=None):
-    """Every drawn stored image and formation is in `png` where grid_layout puts it, upscaled pixel for
-    pixel (outside UDD's box outlines), at least MIN_PX wide; each drawn row has its class name."""
-    n, c, size, _ = images.shape
-    k = len(class_names)
-    ipc = n // k
-    s, cols, cell, rows, per, (height, width) = pictures.grid_layout(k, ipc, size, factor)
-    assert png.shape == (height, width, 3) and cell >= pictures.MIN_PX
-    formations = decode_all(images, torch.zeros(n, dtype=torch.long), factor)[0]  # what evaluation trains on
-    for r in range(rows):
-        y = pictures.TITLE_H + pictures.PAD + r * (cell + pictures.PAD)
-        name = png[y:y + cell, :pictures.LABEL_W - 4]
-        assert (name.min(axis=2) < 128).sum() > 10, f"no class name drawn on row {r}"
-        for j in range(per):
-            m = r * ipc + j
-            x = pictures.LABEL_W + j * (cols * (cell + pictures.PAD) + pictures.GAP)
-            drawn = png[y:y + cell, x:x + cell]
-            want = _upscaled(images[m], s)
-            keep = np.ones((cell, cell), bool)
-            if region_views is not None:  # the outline covers 2 px inside each box's border
-                src, boxes = region_views
-                for y0, x0, y1, x1 in boxes[src == m].tolist():
-                    ring = np.zeros_like(keep)
-                    ring[y0 * s:y1 * s, x0 * s:x1 * s] = True
-                    ring[y0 * s + 2:y1 * s - 2, x0 * s + 2:x1 * s - 2] = False
-                    assert (drawn[ring] == pictures.BOX_COLOR).all(axis=1).mean() > 0.95
-                    keep &= ~ring
-            assert np.array_equal(drawn[keep], want[keep]), f"stored image {m}"
-            for t in range(cols - 1):
-                xt = x + (t + 1) * (cell + pictures.PAD)
-                assert np.array_equal(png[y:y + cell, xt:xt + cell], _upscaled(formations[t * n + m], s)), \
-                    f"formation {t} of stored image {m}"
-    return rows, per
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
@@ -65,7 +21,7 @@ def test_grid_draws_every_image_and_formation_upscaled(name, mnist_arrays, reque
     if name == "mnist":
         ds = mnist_arrays
     else:
-        from conftest import require_dataset
+        from helpers import require_dataset
         from udd_fast.data import load_dataset
 
         data_dir = request.getfixturevalue("real_data_dir")
@@ -76,7 +32,7 @@ def test_grid_draws_every_image_and_formation_upscaled(name, mnist_arrays, reque
     images = torch.from_numpy(ds.train_images[idx]).float() / 255
     labels = torch.from_numpy(ds.train_labels[idx])
     for factor in (1, 2):
-        png = _png(pictures.grid_png(images, labels, factor, ds.info.class_names))
+        png = png_pixels(pictures.grid_png(images, labels, factor, ds.info.class_names))
         assert check_grid(png, images, factor, ds.info.class_names) == (ds.info.num_classes, ipc)
 
 
@@ -86,22 +42,22 @@ def test_grid_draws_udd_boxes_and_says_what_it_leaves_out(mnist_arrays):
     names = [f"class {i}" for i in range(k)]
     views = RegionViews(torch.tensor([0, 0, 3, 8]), torch.tensor([[0, 0, 7, 7], [14, 2, 21, 9], [4, 4, 14, 14],
                                                           [7, 0, 14, 7]]))
-    png = _png(pictures.grid_png(x, torch.arange(k).repeat_interleave(ipc), 2, names, region_views=views))
+    png = png_pixels(pictures.grid_png(x, torch.arange(k).repeat_interleave(ipc), 2, names, region_views=views))
     rows, per = check_grid(png, x, 2, names, views)
     assert (rows, per) == (pictures.MAX_CLASSES, pictures.MAX_STORED)
     note = png[-pictures.TITLE_H:]
     assert (note.min(axis=2) < 200).sum() > 20, "the caption saying what is not drawn is missing"
-    plain = _png(pictures.grid_png(x, torch.arange(k).repeat_interleave(ipc), 2, names))
+    plain = png_pixels(pictures.grid_png(x, torch.arange(k).repeat_interleave(ipc), 2, names))
     assert not np.array_equal(plain, png)  # control: the boxes are what differs
     assert not (plain == pictures.BOX_COLOR).all(axis=2).any()
 
 
 def test_curves_have_a_panel_per_series():
     loss = [[i, 100.0 / i] for i in range(1, 11)]
-    one = _png(pictures.curves_png({"loss": loss}))
-    three = _png(pictures.curves_png({"loss": loss, "mue": [[i, 0.8 + i * 1e-5] for i in range(11)],
+    one = png_pixels(pictures.curves_png({"loss": loss}))
+    three = png_pixels(pictures.curves_png({"loss": loss, "mue": [[i, 0.8 + i * 1e-5] for i in range(11)],
                                       "accuracy": [[5, 20.0], [10, 25.0]]}))
-    empty = _png(pictures.curves_png({}))
+    empty = png_pixels(pictures.curves_png({}))
     assert one.shape[1] == three.shape[1] and three.shape[0] > 2.5 * one.shape[0]
     assert empty.shape == one.shape
     for img in (one, three):  # a line is drawn: pixels of matplotlib's first colour (#1f77b4)
@@ -148,6 +104,7 @@ def _black(shot) -> float:
     return float((shot.max(axis=2) < 30).mean())
 
 
+@pytest.mark.integration
 @pytest.mark.browser
 def test_report_renders_in_a_headless_browser(tmp_path, mnist_arrays):
     ds = mnist_arrays

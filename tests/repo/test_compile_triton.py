@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, pytest.mark.integration]
 ARCHS = ("sm_90", "sm_80")
 
 

@@ -8,7 +8,9 @@ import re
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
+
+pytestmark = pytest.mark.integration  # every test here starts processes
 
 _spec = importlib.util.spec_from_file_location("compile_report", REPO / "bench" / "compile_report.py")
 compile_report = importlib.util.module_from_spec(_spec)

@@ -6,10 +6,14 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+
+from helpers import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import loop_timing  # noqa: E402
+
+pytestmark = pytest.mark.integration  # every test here starts processes
 
 SESSION = [sys.executable, str(REPO / "bench" / "gpu_session.py")]
 

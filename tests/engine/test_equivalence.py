@@ -2,7 +2,7 @@
 gradient point and every outer boundary, with the clamp active."""
 import torch
 
-from conftest import close_at_run_scale as _close, run_scale as _scale
+from helpers import close_at_run_scale as _close, run_scale as _scale
 from udd_fast.config import build_config
 from udd_fast.engine import Engine
 

@@ -24,9 +24,8 @@ from udd_fast.config import build_config
 from udd_fast.distributed import Comm, partition
 from udd_fast.engine import Engine
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import dist_worker  # noqa: E402
+import dist_worker  # the worker beside this file, also run by torchrun as a script
+from helpers import REPO
 
 # The one difference between N ranks and one process: a network-update gradient is the sum of the
 # ranks' partial sums (all-reduced) instead of one sum over the batch. In float64 that reorders
@@ -91,10 +90,11 @@ def _scale_close(a, b):
 
 
 # 3 ranks: uneven shares (classes 3/3/4, network batches of 8 split 2/3/3)
+@pytest.mark.integration
 @pytest.mark.parametrize("method,world", [("idc", 2), ("udd", 2), ("udd", 3)])
 def test_ranks_compute_what_one_process_does_float64(single, real_data_dir, tmp_path, method, world):
     d1, grads1, clamped = single[method]
-    procs = _launch([sys.executable, str(REPO / "tests" / "dist_worker.py"), str(real_data_dir), method,
+    procs = _launch([sys.executable, str(Path(dist_worker.__file__)), str(real_data_dir), method,
                      str(tmp_path)], world)
     for rc, out, err in _wait_all(procs):
         assert rc == 0, err[-3000:]
@@ -170,6 +170,7 @@ def _images(out):
     return torch.load(out / "distilled.pt", weights_only=True)
 
 
+@pytest.mark.integration
 def test_torchrun_two_processes_match_one_and_resume(real_data_dir, tmp_path):
     flags = (*SMOKE, "--data-dir", str(real_data_dir), "--method", "udd", "--proxy-cache", str(tmp_path / "proxy"))
     one = subprocess.run([sys.executable, "-m", "udd_fast.distill", *flags, "--iterations", "4", "--out",
@@ -214,6 +215,7 @@ def _wait_for_checkpoint(out, procs, at_least=1, timeout=300):
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_a_lost_rank_stops_the_run_with_its_state_saved(real_data_dir, tmp_path, how):
     out = tmp_path / "run"
@@ -247,6 +249,7 @@ def test_a_lost_rank_stops_the_run_with_its_state_saved(real_data_dir, tmp_path,
     assert load_checkpoint(out)["state"]["outer_done"] == done + 1
 
 
+@pytest.mark.integration
 def test_torchrun_refuses_the_sequential_form(real_data_dir, tmp_path):
     r = _torchrun(2, *SMOKE, "--data-dir", str(real_data_dir), "--form", "sequential", "--out",
                   str(tmp_path / "x"))
@@ -255,6 +258,7 @@ def test_torchrun_refuses_the_sequential_form(real_data_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration
 def test_sigint_stops_every_rank_at_the_same_point_and_saves(real_data_dir, tmp_path):
     out = tmp_path / "run"
     flags = (*SMOKE, "--data-dir", str(real_data_dir), "--inner-loop", "1", "--iterations", "100000", "--out",
@@ -278,6 +282,7 @@ def test_sigint_stops_every_rank_at_the_same_point_and_saves(real_data_dir, tmp_
     assert torch.isfinite(st["S"]).all()
 
 
+@pytest.mark.integration
 def test_two_nodes_compute_what_one_node_does(real_data_dir, tmp_path):
     """Two torchrun agents (--nnodes 2, c10d rendezvous; each its node's local rank 0, which loads the
     data first) give bitwise the images of one agent with 2 processes."""

@@ -23,6 +23,7 @@ def udd_result(real_data_dir):
                                     data_dir=real_data_dir, **SMOKE)
 
 
+@pytest.mark.integration
 def test_result_holds_the_set_its_training_set_and_the_run(udd_result):
     r = udd_result
     k, n = 10, 10  # IPC 1
@@ -41,6 +42,7 @@ def test_result_holds_the_set_its_training_set_and_the_run(udd_result):
     assert all(0 <= a <= 100 for _, a in h["accuracy"]) and r.summary["eval_every_seconds"] > 0
 
 
+@pytest.mark.integration
 def test_save_writes_a_run_directory_and_load_reads_it_back(udd_result, tmp_path):
     out = udd_result.save(tmp_path / "saved")
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "distilled.pt", "grid.png", "report.html",
@@ -56,6 +58,7 @@ def test_save_writes_a_run_directory_and_load_reads_it_back(udd_result, tmp_path
     udd_result.save(out, force=True)
 
 
+@pytest.mark.integration
 def test_evaluate_a_result_and_its_saved_directory_alike(udd_result, real_data_dir, tmp_path):
     out = udd_result.save(tmp_path / "saved")
     kw = dict(runs=1, epochs=1, progress=False, data_dir=real_data_dir, download=False)
@@ -66,8 +69,9 @@ def test_evaluate_a_result_and_its_saved_directory_alike(udd_result, real_data_d
     assert c["num_train"] == 40 and not c["region_views"]
 
 
+@pytest.mark.integration
 def test_images_in_memory(real_data_dir):
-    from conftest import require_dataset
+    from helpers import require_dataset
     from udd_fast.data import load_dataset
 
     require_dataset(real_data_dir, "cifar-10-batches-py")

@@ -4,7 +4,7 @@ borders and into the 0.5 padding, one-pixel boxes, non-contiguous inputs."""
 import pytest
 import torch
 
-from conftest import ops_device
+from helpers import OTHER_DTYPES, dtype_device, ops_device
 from udd_fast import ops
 from udd_fast.decode import decode_plan
 from udd_fast.ops.crop_resize import crop_resize_ref
@@ -69,13 +69,9 @@ def test_crop_resize_matches_reference(ops_backend, seed):
         check(images, src, boxes, out_size, torch.float32, device)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", OTHER_DTYPES)
 def test_crop_resize_other_dtypes(ops_backend, dtype):
-    device = ops_device(ops_backend)
-    if dtype != torch.float64 and device.type != "cuda":
-        pytest.skip(f"{dtype} is checked on a GPU only (no CUDA device here)")
-    if ops_backend == "cpp" and dtype != torch.float64:
-        pytest.skip("the C++ backend is float32/float64")
+    device = dtype_device(ops_backend, dtype)
     for images, src, boxes, out_size in cases(7)[-2:]:
         check(images, src, boxes, out_size, dtype, device)
 

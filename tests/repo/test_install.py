@@ -22,7 +22,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import REPO, require_dataset
+from helpers import REPO, require_dataset
+
+pytestmark = pytest.mark.integration  # every test here starts processes
 
 CHECK = textwrap.dedent("""
     import json, sys, warnings

@@ -1,7 +1,7 @@
-"""One rank of a distributed float64 distillation, started by tests/test_distributed.py with the
+"""One rank of a distributed float64 distillation, started by tests/engine/test_distributed.py with the
 environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
-Usage: python tests/dist_worker.py DATA_DIR METHOD OUT_DIR
+Usage: python tests/engine/dist_worker.py DATA_DIR METHOD OUT_DIR
 Each rank saves rank<r>.pt: its trace (the images at every gradient point of its classes), the merged
 final state, and the payload bytes it handed to collectives.
 """

@@ -1,5 +1,6 @@
 """--precision: bf16 autocast of the network passes keeps the matching gradient close to fp32's;
 fp32 switches TF32 off; a bf16 smoke run ends with finite images."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -56,6 +57,7 @@ def test_precision_is_a_context_the_run_enters(mnist_data):
     assert build_config("mnist", 1, "smoke", 28, 28, device="cuda").match.precision == "tf32"
 
 
+@pytest.mark.integration
 def test_bf16_smoke_run_gives_finite_images(tmp_path, real_data_dir, device):
     out = tmp_path / "run"
     rc = distill_main(["--dataset", "mnist", "--preset", "smoke", "--precision", "bf16", "--iterations", "1",

@@ -6,7 +6,9 @@ A, at the top or inside a function, absolute or relative (`from . import x` name
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "udd_fast"
+from helpers import REPO
+
+PACKAGE = REPO / "udd_fast"
 
 # A must not depend on B, directly or through other modules, because ...
 FORBIDDEN = [

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_run, require_dataset, shared_data_dir
-from test_pictures import check_grid
+from helpers import assert_same_run, require_dataset, shared_data_dir
+from helpers import check_grid
 from udd_fast import __version__
 from udd_fast.data import download
 from udd_fast.distill import main as distill_main
@@ -56,6 +56,7 @@ def _check_artifacts(out, dataset, ipc, k, channels, size, factor, method="idc",
     return saved, summary
 
 
+@pytest.mark.integration
 def test_smoke_mnist_end_to_end(tmp_path, real_data_dir, device):
     rc, out = _distill(tmp_path, real_data_dir, "--dataset", "mnist", "--ipc", "1", "--seed", "3", "--device", device)
     assert rc == 0
@@ -73,6 +74,7 @@ def test_smoke_mnist_end_to_end(tmp_path, real_data_dir, device):
     assert res["arch"] == "resnet10_in" and len(res["accuracy_runs"]) == 1 and res["num_train"] == 40
 
 
+@pytest.mark.integration
 def test_smoke_cifar10_end_to_end(tmp_path, real_data_dir, device):
     require_dataset(real_data_dir, "cifar-10-batches-py")
     rc, out = _distill(tmp_path, real_data_dir, "--dataset", "cifar10", "--ipc", "2", "--device", device)
@@ -80,6 +82,7 @@ def test_smoke_cifar10_end_to_end(tmp_path, real_data_dir, device):
     _check_artifacts(out, "cifar10", 2, 10, 3, 32, 2, device=device)
 
 
+@pytest.mark.integration
 def test_random_baseline_stores_real_images(tmp_path, real_data_dir, mnist_data):
     rc, out = _distill(tmp_path, real_data_dir, "--dataset", "mnist", "--ipc", "3", "--method", "random")
     assert rc == 0
@@ -92,6 +95,7 @@ def test_random_baseline_stores_real_images(tmp_path, real_data_dir, mnist_data)
     assert len({tuple(v.flatten().tolist()) for v in saved["images"]}) == 30
 
 
+@pytest.mark.integration
 def test_same_seed_same_result(tmp_path, real_data_dir, device):
     args = ("--dataset", "mnist", "--ipc", "1", "--eval-runs", "0", "--device", device, "--seed", "7",
             "--iterations", "1")

@@ -4,7 +4,6 @@ import gzip
 import hashlib
 import io
 import os
-import pickle
 import tarfile
 import urllib.error
 from pathlib import Path
@@ -16,7 +15,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import require_dataset, shared_data_dir
+from helpers import (cifar_batch, dump, idx_bytes, require_dataset, shared_data_dir, write_tiny_cifar10,
+                     write_tiny_mnist)
 from udd_fast.data import (DATASETS, ArrayDataset, DataError, DatasetInfo, RealData, canonical_name,
                            download, load_dataset, real_data, resolve_data_dir, user)
 
@@ -43,62 +43,6 @@ def link_mnist(real_data_dir, tmp_path, name="MNIST", skip=()):
         if stem not in skip:
             (raw / f"{stem}.gz").symlink_to(real_data_dir / name / "raw" / f"{stem}.gz")
     return raw
-
-
-def idx_bytes(arr: np.ndarray) -> bytes:
-    magic = 0x0800 + arr.ndim
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in arr.shape)
-    return header + arr.astype(np.uint8).tobytes()
-
-
-def write_tiny_mnist(raw: Path, n_train=20, n_test=10, gz=True):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10,
-    }
-    raw.mkdir(parents=True, exist_ok=True)
-    for stem, arr in arrays.items():
-        payload = idx_bytes(arr)
-        if gz:
-            (raw / f"{stem}.gz").write_bytes(gzip.compress(payload))
-        else:
-            (raw / stem).write_bytes(payload)
-    return arrays
-
-
-def cifar_batch(images, labels, label_key="labels", as_bytes=False):
-    d = {"batch_label": "tiny", label_key: [int(v) for v in labels],
-         "data": images.reshape(len(images), -1), "filenames": [f"{i}.png" for i in range(len(images))]}
-    if label_key == "fine_labels":
-        d["coarse_labels"] = [int(v) // 5 for v in labels]
-    return {k.encode(): v for k, v in d.items()} if as_bytes else d
-
-
-def dump(path: Path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        pickle.dump(obj, fh, protocol=2)
-
-
-def write_tiny_cifar10(root: Path, batch_bytes=False, meta_bytes=True, per_batch=20):
-    """Tiny CIFAR-10 (labels i % 10); returns the train images in file order."""
-    folder = root / "cifar-10-batches-py"
-    rng = np.random.default_rng(1)
-    all_images = []
-    for k in range(1, 6):
-        imgs = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
-        all_images.append(imgs)
-        dump(folder / f"data_batch_{k}", cifar_batch(imgs, np.arange(per_batch) % 10, as_bytes=batch_bytes))
-    test = rng.integers(0, 256, (10, 3, 32, 32), dtype=np.uint8)
-    dump(folder / "test_batch", cifar_batch(test, np.arange(10)[::-1], as_bytes=batch_bytes))
-    names = [f"class{i}" for i in range(10)]
-    meta = {b"label_names": [n.encode() for n in names], b"num_vis": 3072} if meta_bytes else \
-        {"label_names": names, "num_vis": 3072}
-    dump(folder / "batches.meta", meta)
-    return np.concatenate(all_images), test
 
 
 def write_svhn(folder: Path, fname: str, images_nchw: np.ndarray, y: np.ndarray):

@@ -12,18 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES, assert_same_run
+from helpers import DEVICES, REPO, assert_same_run
 from udd_fast.checkpoint import load_checkpoint
 from udd_fast.distill import main as distill_main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # smoke preset with one inner iteration per outer (every inner step is then an outer boundary's split step)
 SMOKE = ("--preset", "smoke", "--inner-loop", "1", "--ipc", "1", "--eval-runs", "0", "--no-progress",
          "--no-download", "--dataset", "mnist")
 
 
 # Float32 reordering (CUDA atomics and cuDNN; other thread counts on some CPUs) over 4 outer
-# iterations: the same drift as 1 process vs 2 ranks, measured 1.5e-5 (tests/test_distributed.py).
+# iterations: the same drift as 1 process vs 2 ranks, measured 1.5e-5 (tests/engine/test_distributed.py).
 REORDER_TOL = 1e-4
 
 
@@ -41,7 +40,8 @@ def _images(out):
 HISTORY = {}  # (method, device) -> the straight run's curves
 
 
-@pytest.fixture(scope="module", params=[(m, d) for d in DEVICES for m in ("idc", "udd")], ids=lambda p: "-".join(p))
+@pytest.fixture(scope="module", params=[pytest.param((m, d), marks=[pytest.mark.gpu] if d == "cuda" else [])
+                                        for d in DEVICES for m in ("idc", "udd")], ids=lambda p: "-".join(p))
 def straight(request, real_data_dir, tmp_path_factory):
     """(method, device, flags, images of one uninterrupted 4-iteration run)."""
     method, device = request.param
@@ -54,6 +54,7 @@ def straight(request, real_data_dir, tmp_path_factory):
     return method, device, flags, _images(tmp / "run")
 
 
+@pytest.mark.integration
 def test_two_plus_two_equals_four(straight, tmp_path):
     method, device, flags, want = straight
     out = tmp_path / "run"
@@ -77,6 +78,7 @@ def test_two_plus_two_equals_four(straight, tmp_path):
     assert load_checkpoint(out)["state"]["outer_done"] == 4
 
 
+@pytest.mark.integration
 def test_sigint_saves_the_last_boundary_and_resumes(straight, tmp_path):
     method, device, flags, want = straight
     if method != "idc":
@@ -108,6 +110,7 @@ def test_sigint_saves_the_last_boundary_and_resumes(straight, tmp_path):
     assert_same_run(_images(out), want, device, REORDER_TOL)
 
 
+@pytest.mark.integration
 def test_other_thread_count_agrees_within_tolerance(straight, tmp_path):
     """The reproducibility claim across thread counts: within REORDER_TOL, not bitwise (some CPUs,
     e.g. Intel with AVX-512, split reductions by thread count; this AMD machine gave bitwise equality)."""

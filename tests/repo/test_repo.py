@@ -3,9 +3,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from helpers import REPO
 
 
 def _fenced_blocks(text):
@@ -40,10 +41,12 @@ def test_ci_runs_the_readme_test_command():
     assert "make_cifar10.py" in "\n".join(ci)
 
 
+@pytest.mark.integration
 def test_a_skip_for_want_of_what_ci_installs_later_must_carry_its_marker(tmp_path):
     """.ci/run's first step has no Triton and no browser; its second step installs them and runs only
     the tests marked triton or browser. A test that skips for want of one without the marker would
-    never run in CI, so conftest turns that skip into a failure."""
+    never run in CI, so conftest turns that skip into a failure; likewise for a GPU (marker gpu, which
+    the GPU session selects) and IDC's code (marker idc)."""
     (tmp_path / "test_needs.py").write_text(textwrap.dedent('''
         import pytest
         def test_unmarked():
@@ -53,13 +56,16 @@ def test_a_skip_for_want_of_what_ci_installs_later_must_carry_its_marker(tmp_pat
             pytest.skip("Triton is not installed")
         def test_no_browser_unmarked():
             pytest.skip("no headless browser installed")
-        def test_other():
+        def test_no_gpu_unmarked():
             pytest.skip("no CUDA device here")
+        def test_other():
+            pytest.skip("checked once, by design")
     '''))
     env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-p", "conftest",
                         "-c", os.devnull, "--rootdir", str(tmp_path), str(tmp_path / "test_needs.py")],
                        cwd=tmp_path, env=env, capture_output=True, text=True)
     out = p.stdout + p.stderr
-    assert "FAILED test_needs.py::test_unmarked" in out and "FAILED test_needs.py::test_no_browser_unmarked" in out, out
-    assert "2 failed, 2 skipped" in out, out
+    for name in ("test_unmarked", "test_no_browser_unmarked", "test_no_gpu_unmarked"):
+        assert f"FAILED test_needs.py::{name}" in out, out
+    assert "3 failed, 2 skipped" in out, out

@@ -4,7 +4,7 @@ sizes 28, 32 and 29, parameters from sample_params with random keys."""
 import pytest
 import torch
 
-from conftest import ops_device
+from helpers import OTHER_DTYPES, dtype_device, ops_device
 from udd_fast import ops
 from udd_fast.augment import NUM_PARAMS, OP, Strategy, sample_params
 from udd_fast.ops.diff_augment import diff_augment_ref
@@ -83,13 +83,9 @@ def test_diff_augment_every_op_and_out_of_range_choice(ops_backend):
     check(x, params, strategy, None, torch.float32, device)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", OTHER_DTYPES)
 def test_diff_augment_other_dtypes(ops_backend, dtype):
-    device = ops_device(ops_backend)
-    if dtype != torch.float64 and device.type != "cuda":
-        pytest.skip(f"{dtype} is checked on a GPU only (no CUDA device here)")
-    if ops_backend == "cpp" and dtype != torch.float64:
-        pytest.skip("the C++ backend is float32/float64")
+    device = dtype_device(ops_backend, dtype)
     g = torch.Generator().manual_seed(13)
     for name in ("color_crop_cutout", "color_crop_cutout_flip_scale_rotate"):
         strategy = Strategy.parse(name)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ops_device
+from helpers import OTHER_DTYPES, dtype_device, ops_device
 from udd_fast import ops
 from udd_fast.ops.cfc_loss import cfc_loss_ref, class_prototypes
 
@@ -76,13 +76,9 @@ def test_cfc_loss_many_classes(ops_backend):
     check(feats, labels, protos, 0.1, torch.float32, device, "none")
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", OTHER_DTYPES)
 def test_cfc_loss_other_dtypes(ops_backend, dtype):
-    device = ops_device(ops_backend)
-    if dtype != torch.float64 and device.type != "cuda":
-        pytest.skip(f"{dtype} is checked on a GPU only (no CUDA device here)")
-    if ops_backend == "cpp" and dtype != torch.float64:
-        pytest.skip("the C++ backend is float32/float64")
+    device = dtype_device(ops_backend, dtype)
     for case in cases(7)[1:]:
         check(*case, dtype, device, "mean")
 

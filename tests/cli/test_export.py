@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, require_dataset
+from helpers import REPO, require_dataset
 from udd_fast import export
 from udd_fast.artifacts import save_distilled
 from udd_fast.config import build_config
@@ -115,6 +115,7 @@ def test_npz_round_trip(run_dir, tmp_path):
     _check_user_data(ds, _u8(x), y.numpy())
 
 
+@pytest.mark.integration
 def test_pt_round_trip_through_the_command_line(mnist_run, tmp_path):
     x, y, _ = _decoded(mnist_run)
     out = tmp_path / "set.pt"
