@@ -80,7 +80,7 @@ std::vector<at::Tensor> cfc_loss_forward(const at::Tensor& features, const at::T
   auto y = labels.to(at::kLong).contiguous();
   auto mu = protos.to(f.scalar_type()).contiguous();
   const int64_t N = f.size(0), D = f.size(1), K = mu.size(0);
-  TORCH_CHECK(mu.size(1) == D && y.numel() == N, "cfc_loss: shapes do not match");
+  check_cfc_loss(f, y, mu);
   auto loss = at::empty({N}, f.options());
   auto lse = at::empty({N}, f.options());
   auto den = at::empty({N}, f.options());

@@ -144,7 +144,7 @@ std::vector<at::Tensor> cfc_loss_forward(const at::Tensor& features, const at::T
   auto y = labels.to(at::kLong).contiguous();
   auto mu = protos.to(f.scalar_type()).contiguous();
   const int64_t N = f.size(0), D = f.size(1), K = mu.size(0);
-  TORCH_CHECK(mu.size(1) == D && y.numel() == N, "cfc_loss: shapes do not match");
+  check_cfc_loss(f, y, mu);
   const auto opts = f.options().dtype(acc_type(f.scalar_type()));
   auto loss = at::empty({N}, opts);
   auto lse = at::empty({N}, opts);

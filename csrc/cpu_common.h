@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include "common.h"
+#include "host_checks.h"
 #include "ops.h"
 
 namespace udd_fast {

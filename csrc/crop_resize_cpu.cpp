@@ -7,34 +7,44 @@
 namespace udd_fast {
 namespace {
 
+// Every output pixel k (row-major in OH x OW) of box b (y0, x0, y1, x1) resized to OH x OW with its
+// bilinear taps, f(k, r0, r1, c0, c1, ly, lx): rows r0, r1 and columns c0, c1 of the image, upper
+// weights ly, lx. The forward gathers and the backward scatters over the same taps.
+template <typename scalar_t, typename F>
+void for_each_tap(const int64_t* b, int64_t OH, int64_t OW, F f) {
+  const int64_t y0 = b[0], x0 = b[1], bh = b[2] - b[0], bw = b[3] - b[1];
+  const scalar_t sh = static_cast<scalar_t>(bh) / OH, sw = static_cast<scalar_t>(bw) / OW;
+  for (int64_t oy = 0; oy < OH; ++oy) {
+    int64_t iy0, iy1;
+    scalar_t ly;
+    source_index(oy, bh, sh, iy0, iy1, ly);
+    for (int64_t ox = 0; ox < OW; ++ox) {
+      int64_t ix0, ix1;
+      scalar_t lx;
+      source_index(ox, bw, sw, ix0, ix1, lx);
+      f(oy * OW + ox, y0 + iy0, y0 + iy1, x0 + ix0, x0 + ix1, ly, lx);
+    }
+  }
+}
+
 template <typename scalar_t>
 void crop_resize_fwd_impl(const scalar_t* img, const int64_t* src, const int64_t* boxes, scalar_t* out,
                           int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW) {
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t n = nc / C, c = nc % C;
-      const int64_t* b = boxes + 4 * n;
-      const int64_t y0 = b[0], x0 = b[1], bh = b[2] - b[0], bw = b[3] - b[1];
       const scalar_t* plane = img + (src[n] * C + c) * H * W;
       // Pixels past the image are the 0.5 padding.
       auto pix = [&](int64_t y, int64_t x) -> scalar_t {
         return (y < H && x < W) ? plane[y * W + x] : scalar_t(0.5);
       };
-      const scalar_t sh = static_cast<scalar_t>(bh) / OH, sw = static_cast<scalar_t>(bw) / OW;
       scalar_t* o = out + nc * OH * OW;
-      for (int64_t oy = 0; oy < OH; ++oy) {
-        int64_t iy0, iy1;
-        scalar_t ly;
-        source_index(oy, bh, sh, iy0, iy1, ly);
-        for (int64_t ox = 0; ox < OW; ++ox) {
-          int64_t ix0, ix1;
-          scalar_t lx;
-          source_index(ox, bw, sw, ix0, ix1, lx);
-          const scalar_t top = (1 - lx) * pix(y0 + iy0, x0 + ix0) + lx * pix(y0 + iy0, x0 + ix1);
-          const scalar_t bot = (1 - lx) * pix(y0 + iy1, x0 + ix0) + lx * pix(y0 + iy1, x0 + ix1);
-          o[oy * OW + ox] = (1 - ly) * top + ly * bot;
-        }
-      }
+      for_each_tap<scalar_t>(boxes + 4 * n, OH, OW, [&](int64_t k, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                                         scalar_t ly, scalar_t lx) {
+        const scalar_t top = (1 - lx) * pix(r0, c0) + lx * pix(r0, c1);
+        const scalar_t bot = (1 - lx) * pix(r1, c0) + lx * pix(r1, c1);
+        o[k] = (1 - ly) * top + ly * bot;
+      });
     }
   });
 }
@@ -59,25 +69,15 @@ void crop_resize_bwd_impl(const scalar_t* gout, const int64_t* src, const int64_
       };
       for (int64_t k = start[m]; k < start[m + 1]; ++k) {
         const int64_t n = order[k];
-        const int64_t* b = boxes + 4 * n;
-        const int64_t y0 = b[0], x0 = b[1], bh = b[2] - b[0], bw = b[3] - b[1];
-        const scalar_t sh = static_cast<scalar_t>(bh) / OH, sw = static_cast<scalar_t>(bw) / OW;
         const scalar_t* g = gout + (n * C + c) * OH * OW;
-        for (int64_t oy = 0; oy < OH; ++oy) {
-          int64_t iy0, iy1;
-          scalar_t ly;
-          source_index(oy, bh, sh, iy0, iy1, ly);
-          for (int64_t ox = 0; ox < OW; ++ox) {
-            int64_t ix0, ix1;
-            scalar_t lx;
-            source_index(ox, bw, sw, ix0, ix1, lx);
-            const scalar_t v = g[oy * OW + ox];
-            add(y0 + iy0, x0 + ix0, (1 - ly) * (1 - lx) * v);
-            add(y0 + iy0, x0 + ix1, (1 - ly) * lx * v);
-            add(y0 + iy1, x0 + ix0, ly * (1 - lx) * v);
-            add(y0 + iy1, x0 + ix1, ly * lx * v);
-          }
-        }
+        for_each_tap<scalar_t>(boxes + 4 * n, OH, OW, [&](int64_t e, int64_t r0, int64_t r1, int64_t c0, int64_t c1,
+                                                           scalar_t ly, scalar_t lx) {
+          const scalar_t v = g[e];
+          add(r0, c0, (1 - ly) * (1 - lx) * v);
+          add(r0, c1, (1 - ly) * lx * v);
+          add(r1, c0, ly * (1 - lx) * v);
+          add(r1, c1, ly * lx * v);
+        });
       }
     }
   });

@@ -51,6 +51,7 @@ void instantiate(Kernels...) {}  // naming a kernel template's address instantia
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "host_checks.h"
 #include "ops.h"
 
 namespace udd_fast {

@@ -17,56 +17,13 @@ struct Spec {
   int64_t cut_h, cut_w;
 };
 
-// Taps of output pixel (i, j) of sample with parameter row p, in x coordinates (flip applied):
-// returns how many (0 when cut out or the op choice is out of range).
+// Taps of output pixel (i, j) of the sample with parameter row p (common.h's augment_taps, none where
+// cut out): returns how many.
 template <typename acc_t>
-__device__ __forceinline__ int augment_taps(const Spec& s, const acc_t* p, int64_t i, int64_t j, int64_t H, int64_t W,
-                                            int64_t* ty, int64_t* tx, acc_t* tw) {
-  if (s.cutout) {
-    const int64_t r0 = static_cast<int64_t>(p[CUT_X]) - s.cut_h / 2, c0 = static_cast<int64_t>(p[CUT_Y]) - s.cut_w / 2;
-    if (i >= r0 && i < r0 + s.cut_h && j >= c0 && j < c0 + s.cut_w) return 0;
-  }
-  int64_t kind = IDENTITY;
-  if (s.nops == 1) {
-    kind = s.ops[0];
-  } else if (s.nops > 1) {
-    const int64_t op = static_cast<int64_t>(p[OP]);
-    if (op < 0 || op >= s.nops) return 0;
-    kind = s.ops[op];
-  }
-  const bool flip = s.flip && p[FLIP] > acc_t(0.5);
-  int k = 0;
-  if (kind == IDENTITY || kind == CROP) {
-    int64_t y = i, x = j;
-    if (kind == CROP) { y += static_cast<int64_t>(p[TX]); x += static_cast<int64_t>(p[TY]); }
-    if (y < 0 || y >= H || x < 0 || x >= W) return 0;
-    ty[0] = y; tx[0] = flip ? W - 1 - x : x; tw[0] = 1;
-    return 1;
-  }
-  const acc_t xb = static_cast<acc_t>(2 * j + 1) / W - 1, yb = static_cast<acc_t>(2 * i + 1) / H - 1;
-  acc_t gx, gy;
-  if (kind == SCALE) {
-    gx = p[SCALE_X] * xb;
-    gy = p[SCALE_Y] * yb;
-  } else {
-    const acc_t co = cos(p[ROT]), si = sin(p[ROT]);
-    gx = co * xb - si * yb;
-    gy = si * xb + co * yb;
-  }
-  const acc_t fx = ((gx + 1) * W - 1) / 2, fy = ((gy + 1) * H - 1) / 2;
-  const acc_t x0f = floor(fx), y0f = floor(fy);
-  const acc_t ax = fx - x0f, ay = fy - y0f;
-  const int64_t x0 = static_cast<int64_t>(x0f), y0 = static_cast<int64_t>(y0f);
-  for (int dy = 0; dy < 2; ++dy) {
-    for (int dx = 0; dx < 2; ++dx) {
-      const int64_t y = y0 + dy, x = x0 + dx;
-      if (y < 0 || y >= H || x < 0 || x >= W) continue;
-      ty[k] = y; tx[k] = flip ? W - 1 - x : x;
-      tw[k] = (dy ? ay : 1 - ay) * (dx ? ax : 1 - ax);
-      ++k;
-    }
-  }
-  return k;
+__device__ __forceinline__ int pixel_taps(const Spec& s, const acc_t* p, int64_t i, int64_t j, int64_t H, int64_t W,
+                                          int64_t* ty, int64_t* tx, acc_t* tw) {
+  if (s.cutout && in_cutout(p, i, j, s.cut_h, s.cut_w)) return 0;
+  return augment_taps(augment_kind(s.ops, s.nops, p), augment_flip(s.flip, p), p, i, j, H, W, ty, tx, tw);
 }
 
 // One thread per output pixel (n, i, j), all channels.
@@ -82,7 +39,7 @@ __global__ void diff_augment_fwd_kernel(const scalar_t* __restrict__ x, const ac
   const scalar_t* xn = x + n * C * HW;
   int64_t ty[4], tx[4];
   acc_t tw[4], tbar[4];
-  const int nk = augment_taps<acc_t>(s, p, i, j, H, W, ty, tx, tw);
+  const int nk = pixel_taps<acc_t>(s, p, i, j, H, W, ty, tx, tw);
   acc_t b = 0, sat = 1, con = 1, mx = 0;
   if (s.color) {
     b = p[BRIGHT]; sat = p[SAT]; con = p[CONTRAST]; mx = mean[n];
@@ -96,8 +53,7 @@ __global__ void diff_augment_fwd_kernel(const scalar_t* __restrict__ x, const ac
     acc_t acc = 0;
     for (int k = 0; k < nk; ++k) {
       acc_t v = static_cast<acc_t>(xn[c * HW + ty[k] * W + tx[k]]);
-      // brightness, saturation, contrast with the image mean of (x + b) = mean(x) + b
-      if (s.color) v = con * ((v - tbar[k]) * sat + tbar[k] - mx) + mx + b;
+      if (s.color) v = augment_color(v, tbar[k], b, sat, con, mx);
       acc += tw[k] * v;
     }
     out[n * C * HW + c * HW + q] = static_cast<scalar_t>(acc);
@@ -114,7 +70,7 @@ __global__ void diff_augment_scatter_kernel(const scalar_t* __restrict__ g, cons
   const acc_t* p = params + NUM_PARAMS * index[n];
   int64_t ty[4], tx[4];
   acc_t tw[4];
-  const int nk = augment_taps<acc_t>(s, p, i, j, H, W, ty, tx, tw);
+  const int nk = pixel_taps<acc_t>(s, p, i, j, H, W, ty, tx, tw);
   for (int64_t c = 0; c < C; ++c) {
     const acc_t v = static_cast<acc_t>(g[n * C * HW + c * HW + q]);
     for (int k = 0; k < nk; ++k) atomicAdd(g2 + n * C * HW + c * HW + ty[k] * W + tx[k], tw[k] * v);
@@ -133,7 +89,7 @@ __global__ void colour_bwd_kernel(const acc_t* __restrict__ g2, const acc_t* __r
   const acc_t sat = p[SAT], con = p[CONTRAST];
   acc_t sum = 0;
   for (int64_t c = 0; c < C; ++c) sum += g2[base + c * HW];
-  const acc_t shared = con * (1 - sat) * sum / C + (1 - con) * gsum[n] / static_cast<acc_t>(C * HW);
+  const acc_t shared = color_grad_shared(sum, gsum[n], sat, con, C, HW);
   for (int64_t c = 0; c < C; ++c) gx[base + c * HW] = static_cast<scalar_t>(con * sat * g2[base + c * HW] + shared);
 }
 

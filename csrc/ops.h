@@ -1,8 +1,8 @@
 // The entry points of both extensions, udd_fast._C (the *_cpu.cpp files) and udd_fast._C_cuda (the
 // *_cuda.cu files): the same names and arguments as the Triton launchers in kernels/, called by
-// udd_fast/ops/<op>.py. The Python side validates the inputs and makes them contiguous. ATen only:
-// the bindings files alone include torch/extension.h (pybind11, Python), which keeps the op files'
-// compiles short.
+// udd_fast/ops/<op>.py, bound by bindings.h. The Python side validates the inputs and makes them
+// contiguous. ATen only: the bindings files alone include torch/extension.h (pybind11, Python), which
+// keeps the op files' compiles short.
 #pragma once
 
 #include <map>

@@ -30,20 +30,12 @@ void region_mask_impl(const scalar_t* x, const uint8_t* masks, const scalar_t* n
 at::Tensor region_mask_forward(const at::Tensor& x, const at::Tensor& masks, const at::Tensor& noise,
                                const at::Tensor& mean, const at::Tensor& stdv) {
   check_floating(x, "x");
-  auto xc = x.contiguous();
-  auto m = masks.to(at::kByte).contiguous();
-  auto z = noise.to(xc.scalar_type()).contiguous();
-  auto mu = mean.to(xc.scalar_type()).contiguous();
-  auto sd = stdv.to(xc.scalar_type()).contiguous();
-  const int64_t N = xc.size(0), C = xc.size(1), HW = xc.size(2) * xc.size(3);
-  TORCH_CHECK(z.dim() == 6 && z.size(0) == N && z.size(3) == C && z.size(4) * z.size(5) == HW &&
-                  m.size(0) == z.size(1) && m.numel() == z.size(1) * HW && mu.numel() == C && sd.numel() == C,
-              "region_mask: shapes do not match");
-  auto out = at::empty_like(z);
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "region_mask_forward", [&] {
-    region_mask_impl<scalar_t>(xc.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), z.data_ptr<scalar_t>(),
-                               mu.data_ptr<scalar_t>(), sd.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N,
-                               z.size(1), z.size(2), C, HW);
+  const RegionMaskArgs a = region_mask_args(x, masks, noise, mean, stdv);
+  auto out = at::empty_like(a.noise);
+  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "region_mask_forward", [&] {
+    region_mask_impl<scalar_t>(a.x.data_ptr<scalar_t>(), a.masks.data_ptr<uint8_t>(), a.noise.data_ptr<scalar_t>(),
+                               a.mean.data_ptr<scalar_t>(), a.stdv.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                               a.N, a.noise.size(1), a.noise.size(2), a.C, a.HW);
   });
   return out;
 }

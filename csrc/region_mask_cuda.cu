@@ -28,24 +28,17 @@ at::Tensor region_mask_forward(const at::Tensor& x, const at::Tensor& masks, con
                                const at::Tensor& mean, const at::Tensor& stdv) {
   check_cuda({{"x", x}, {"masks", masks}, {"noise", noise}, {"mean", mean}, {"std", stdv}});
   const c10::cuda::CUDAGuard guard(x.device());
-  auto xc = x.contiguous();
-  auto m = masks.to(at::kByte).contiguous();
-  auto z = noise.to(xc.scalar_type()).contiguous();
-  auto mu = mean.to(xc.scalar_type()).contiguous();
-  auto sd = stdv.to(xc.scalar_type()).contiguous();
-  const int64_t N = xc.size(0), C = xc.size(1), HW = xc.size(2) * xc.size(3);
-  TORCH_CHECK(z.dim() == 6 && z.size(0) == N && z.size(3) == C && z.size(4) * z.size(5) == HW &&
-                  m.size(0) == z.size(1) && m.numel() == z.size(1) * HW && mu.numel() == C && sd.numel() == C,
-              "region_mask: shapes do not match");
-  auto out = at::empty_like(z);
+  const RegionMaskArgs a = region_mask_args(x, masks, noise, mean, stdv);
+  auto out = at::empty_like(a.noise);
   const int64_t total = out.numel();
   if (total == 0) return out;
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "region_mask_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.x.scalar_type(), "region_mask_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     region_mask_kernel<scalar_t, acc_t><<<blocks_for(total), THREADS, 0, stream>>>(
-        xc.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), z.data_ptr<scalar_t>(), mu.data_ptr<scalar_t>(),
-        sd.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total, z.size(1), z.size(2), C, HW);
+        a.x.data_ptr<scalar_t>(), a.masks.data_ptr<uint8_t>(), a.noise.data_ptr<scalar_t>(),
+        a.mean.data_ptr<scalar_t>(), a.stdv.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total, a.noise.size(1),
+        a.noise.size(2), a.C, a.HW);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

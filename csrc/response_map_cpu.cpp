@@ -1,7 +1,5 @@
 // response_map on the CPU, forward (references: response_map_ref, window_scores_ref and
 // usage_entropy_ref in udd_fast/ops/response_map.py, which also builds the window weights).
-#include <cmath>
-
 #include "cpu_common.h"
 
 namespace udd_fast {
@@ -12,7 +10,6 @@ namespace {
 template <typename scalar_t>
 void response_map_impl(const scalar_t* f, const scalar_t* head, const int64_t* labels, const scalar_t* wmat,
                        scalar_t* R, scalar_t* scores, scalar_t* ue, int64_t N, int64_t CH, int64_t HW, int64_t NW) {
-  const scalar_t log_hw = std::log(static_cast<scalar_t>(HW));
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
       const scalar_t* fn = f + n * CH * HW;
@@ -26,15 +23,7 @@ void response_map_impl(const scalar_t* f, const scalar_t* head, const int64_t* l
         for (int64_t p = 0; p < HW; ++p) s += r[p] * wmat[p * NW + k];
         scores[n * NW + k] = s;
       }
-      scalar_t total = 0, ent = 0;
-      for (int64_t p = 0; p < HW; ++p) total += r[p] > 0 ? r[p] : scalar_t(0);
-      if (total > 0) {
-        for (int64_t p = 0; p < HW; ++p) {
-          const scalar_t q = (r[p] > 0 ? r[p] : scalar_t(0)) / total;
-          if (q > 0) ent -= q * std::log(q);
-        }
-      }
-      ue[n] = ent / log_hw;
+      ue[n] = usage_entropy<scalar_t>(r, HW);
     }
   });
 }
@@ -49,7 +38,7 @@ std::vector<at::Tensor> response_map_forward(const at::Tensor& fmap, const at::T
   auto y = labels.to(at::kLong).contiguous();
   auto m = wmat.to(f.scalar_type()).contiguous();
   const int64_t N = f.size(0), CH = f.size(1), H = f.size(2), W = f.size(3), NW = m.size(1);
-  TORCH_CHECK(w.size(1) == CH * H * W && m.size(0) == H * W, "response_map: head / window weights do not match");
+  check_response_map(f, w, m);
   auto R = at::empty({N, H, W}, f.options());
   auto scores = at::empty({N, NW}, f.options());
   auto ue = at::empty({N}, f.options());

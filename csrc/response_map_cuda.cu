@@ -32,17 +32,7 @@ __global__ void response_map_kernel(const scalar_t* __restrict__ f, const scalar
     for (int64_t p = 0; p < HW; ++p) s += r[p] * wmat[p * NW + k];
     scores[n * NW + k] = static_cast<scalar_t>(s);
   }
-  if (threadIdx.x == 0) {
-    acc_t total = 0, ent = 0;
-    for (int64_t p = 0; p < HW; ++p) total += r[p] > 0 ? r[p] : acc_t(0);
-    if (total > 0) {
-      for (int64_t p = 0; p < HW; ++p) {
-        const acc_t q = (r[p] > 0 ? r[p] : acc_t(0)) / total;
-        if (q > 0) ent -= q * log(q);
-      }
-    }
-    ue[n] = static_cast<scalar_t>(ent / log(static_cast<acc_t>(HW)));
-  }
+  if (threadIdx.x == 0) ue[n] = static_cast<scalar_t>(usage_entropy<acc_t>(r, HW));
 }
 
 }  // namespace
@@ -60,7 +50,7 @@ std::vector<at::Tensor> response_map_forward(const at::Tensor& fmap, const at::T
   const auto acc = acc_type(f.scalar_type());
   auto m = wmat.to(acc).contiguous();
   const int64_t N = f.size(0), CH = f.size(1), H = f.size(2), W = f.size(3), HW = H * W, NW = m.size(1);
-  TORCH_CHECK(w.size(1) == CH * HW && m.size(0) == HW, "response_map: head / window weights do not match");
+  check_response_map(f, w, m);
   auto R = at::empty({N, H, W}, f.options());
   auto scores = at::empty({N, NW}, f.options());
   auto ue = at::empty({N}, f.options());
