@@ -6,6 +6,9 @@ import gzip
 import io
 import os
 import pickle
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,23 @@ def assert_same_run(a, b, device, cuda_tol):
     else:
         diff = float((a.double() - b.double()).abs().max())
         assert diff <= cuda_tol, f"max difference {diff:.3g} > {cuda_tol:.3g} on {device}"
+
+
+def interrupt_after_a_checkpoint(cmd, out: Path, env: dict, timeout: float, cwd=None):
+    """Start `cmd` (a run writing into `out`), send it SIGINT once out/checkpoint.pt exists, and return
+    (its exit status, its stderr); the process is killed if it outlives the test."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
 
 
 # -- udd_fast.ops backends ---------------------------------------------------------------------------

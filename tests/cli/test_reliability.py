@@ -10,11 +10,9 @@ import os
 import pickle
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +23,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from helpers import REPO, cifar_batch, dump, write_tiny_cifar10, write_tiny_mnist
+from helpers import REPO, cifar_batch, dump, interrupt_after_a_checkpoint, write_tiny_cifar10, write_tiny_mnist
 from udd_fast import artifacts
 from udd_fast import data as data_mod
 from udd_fast.data import cifar, download, user
@@ -699,20 +697,10 @@ def test_evaluate_accepts_an_older_set_with_a_warning(ctx, capsys):
 def test_first_sigint_is_acknowledged_at_once(ctx):
     out = ctx.tmp / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(ctx.tmp / "home"))
-    proc = subprocess.Popen([sys.executable, "-m", "udd_fast.distill", "--dataset", str(ctx.npz), *SMOKE,
-                             "--iterations", "100000", "--eval-runs", "0", "--out", str(out)],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 300
-        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    rc, err = interrupt_after_a_checkpoint([sys.executable, "-m", "udd_fast.distill", "--dataset", str(ctx.npz),
+                                            *SMOKE, "--iterations", "100000", "--eval-runs", "0", "--out", str(out)],
+                                           out, env, 300, cwd=REPO)
+    assert rc == 130, err
     ack = err.find("SIGINT received: stopping at the end of the current inner iteration")
     assert 0 <= ack < err.find("stopped after"), err
     assert (out / INCOMPLETE).exists() and tmp_files(out) == []

@@ -3,16 +3,14 @@ images of one uninterrupted 4-iteration run, for IDC and UDD; SIGINT saves the l
 and exits 130; a corrupt or mismatched checkpoint is refused with exit status 2."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import DEVICES, REPO, assert_same_run
+from helpers import DEVICES, REPO, assert_same_run, interrupt_after_a_checkpoint
 from udd_fast.checkpoint import load_checkpoint
 from udd_fast.distill import main as distill_main
 
@@ -86,20 +84,10 @@ def test_sigint_saves_the_last_boundary_and_resumes(straight, tmp_path):
     out = tmp_path / "run"
     # bitwise equality holds for the same device, build and thread count: the interrupted run in the
     # child uses this process's thread count, like the reference and the resumed part computed here
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen([sys.executable, "-m", "udd_fast.distill", *flags, "--iterations", "30", "--out", str(out)],
-                            env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(torch.get_num_threads()))
+    rc, err = interrupt_after_a_checkpoint([sys.executable, "-m", "udd_fast.distill", *flags, "--iterations", "30",
+                                            "--out", str(out)], out, env, 120)
+    assert rc == 130, err
     assert "checkpoint.pt" in err and "--resume" in err
     done = load_checkpoint(out)["state"]["outer_done"]
     assert 1 <= done < 30
@@ -119,7 +107,7 @@ def test_other_thread_count_agrees_within_tolerance(straight, tmp_path):
         pytest.skip("checked once, for idc on the CPU")
     threads = 1 if torch.get_num_threads() != 1 else 2
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
     r = subprocess.run([sys.executable, "-m", "udd_fast.distill", *flags, "--iterations", "4", "--out", str(out)],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

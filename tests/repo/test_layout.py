@@ -1,4 +1,5 @@
-"""The package's import structure: no import cycles, and the layering rules below.
+"""The package's import structure: no import cycles, every import stays in its layer or goes down
+(the layers of docs/architecture.md), and the rules below.
 
 Every module of udd_fast/ is parsed (nothing is imported); an edge A -> B is any import of B inside
 A, at the top or inside a function, absolute or relative (`from . import x` names module x).
@@ -9,6 +10,22 @@ from pathlib import Path
 from helpers import REPO
 
 PACKAGE = REPO / "udd_fast"
+
+# docs/architecture.md's layers, from the bottom up: a module may import its own layer and those below.
+# A module belongs to the longest prefix that names it.
+LAYERS = [
+    ("foundations", ["udd_fast.version", "udd_fast.fields", "udd_fast.logs", "udd_fast.rng", "udd_fast.models",
+                     "udd_fast.distributed", "udd_fast.matching", "udd_fast.report"]),
+    ("data", ["udd_fast.data"]),
+    ("ops", ["udd_fast.augment", "udd_fast.sampling", "udd_fast.ops"]),
+    ("method pieces", ["udd_fast.decode", "udd_fast.region_search", "udd_fast.train", "udd_fast.compat"]),
+    ("configuration", ["udd_fast.config"]),
+    ("engine", ["udd_fast.engine"]),
+    ("artifacts and caches", ["udd_fast.artifacts", "udd_fast.checkpoint", "udd_fast.pictures", "udd_fast.result",
+                              "udd_fast.protocol", "udd_fast.proxy"]),
+    ("pipeline", ["udd_fast.pipeline"]),
+    ("front doors", ["udd_fast.distill", "udd_fast.evaluate", "udd_fast.export", "udd_fast.api", "udd_fast"]),
+]
 
 # A must not depend on B, directly or through other modules, because ...
 FORBIDDEN = [
@@ -113,3 +130,24 @@ def test_layering_rules():
     for a, b, why in FORBIDDEN:
         path = path_between(graph, a, b)
         assert path is None, f"{' -> '.join(path)}: {a} must not import {b}: {why}"
+
+
+def layer_of(module: str):
+    """(index, name) of the layer that holds `module`, or None."""
+    best = None
+    for i, (name, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[2]):
+                best = (i, name, len(p))
+    return None if best is None else best[:2]
+
+
+def test_every_module_has_a_layer_and_no_import_runs_back_up():
+    graph = import_graph()
+    unplaced = sorted(m for m in graph if layer_of(m) is None)
+    assert not unplaced, f"modules in no layer of docs/architecture.md: {unplaced}"
+    up = [f"{a} ({layer_of(a)[1]}) -> {b} ({layer_of(b)[1]})" for a in sorted(graph) for b in sorted(graph[a])
+          if layer_of(b)[0] > layer_of(a)[0]]
+    assert not up, "imports that run back up a layer: " + "; ".join(up)
+    # positive control: an import from the engine into the pipeline would be caught
+    assert layer_of("udd_fast.pipeline.driver")[0] > layer_of("udd_fast.engine.loop")[0]
