@@ -9,11 +9,13 @@ writes anything else there and removes it only after summary.json, the last arti
 A directory holding another run's files is refused unless the caller says to replace it (--force)
 or to continue it (--resume).
 """
+import datetime
 import errno
 import io
 import json
 import math
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
@@ -113,6 +115,79 @@ def run_files(path) -> list:
                   if p.name in RUN_FILES or (p.name.startswith("eval_") and p.name.endswith(".json")))
 
 
+LOCK = ".udd_fast.lock"  # in a run directory: who holds it (pid, host), flock-ed while held
+
+
+class RunDirLock:
+    """One process's exclusive claim on a run directory, from before it checks anything there until it
+    ends: an flock on DIR/.udd_fast.lock, a file naming the holder (pid, host, since when). The kernel
+    drops the flock when its process ends however it ends, so a lock file that nobody holds is stale:
+    the next process says so and takes it over. A directory the lock had to create is removed again,
+    with the lock file, when nothing else was written there (a refused run leaves nothing)."""
+
+    def __init__(self, path):
+        self.path, self.fd, self.created, self.note = Path(path), None, [], None
+
+    def acquire(self) -> "RunDirLock":
+        import fcntl
+        import socket
+
+        d = self.path
+        missing = []
+        while not d.exists() and d != d.parent:
+            missing.append(d)
+            d = d.parent
+        try:
+            for m in reversed(missing):
+                m.mkdir()
+                self.created.append(m)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            self._remove_created()
+            raise ArtifactError(f"output directory {self.path} is not writable: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.read(fd, 4096).decode(errors="replace").strip() or "an unknown process"
+            os.close(fd)
+            raise ArtifactError(f"output directory {self.path} is in use by another udd_fast process ({owner}); "
+                                f"wait for it to end or choose another --out") from None
+        previous = os.read(fd, 4096).decode(errors="replace").strip()
+        if previous:
+            self.note = (f"took over the stale lock of {self.path} left by {previous} (that process is gone: "
+                         f"nothing holds its lock)")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{datetime.datetime.now().isoformat(timespec='seconds')}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self):
+        if self.fd is None:
+            return
+        try:
+            (self.path / LOCK).unlink(missing_ok=True)  # while still held: no one can take a half-removed lock
+        except OSError:
+            pass  # a lock file left behind is stale once this process ends, and taken over
+        os.close(self.fd)
+        self.fd = None
+        self._remove_created()
+
+    def _remove_created(self):
+        for d in reversed(self.created):  # the innermost first; only while empty
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self.created = []
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
 def check_out_dir(path, force: bool = False, resume: bool = False) -> list:
     """Refuse an output directory we cannot or may not write into; nothing is created. Returns the
     previous run's files that a --force run replaces."""
@@ -128,8 +203,9 @@ def check_out_dir(path, force: bool = False, resume: bool = False) -> list:
         raise ArtifactError(f"output directory {path} is not writable: no permission to write in {up}")
     found = run_files(path)
     if found and not (force or resume):
+        resume_it = f", continue that run with --resume {path}" if "checkpoint.pt" in found else ""
         raise ArtifactError(f"output directory {path} holds another run ({', '.join(found)}); choose another "
-                            f"--out, continue that run with --resume {path}, or replace it with --force")
+                            f"--out{resume_it}, or replace it with --force")
     return found if force else []
 
 
@@ -277,6 +353,19 @@ def _check_distilled(d, path):
         raise bad("data_dir must be a string")
 
 
+def read_tensors(path, what: str, error=ArtifactError):
+    """torch.load of a udd_fast file: tensors and plain containers only, never pickled code. A file that
+    is not one is refused in one line naming it (torch's advice to load it unsafely is never relayed)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise error(f"{path} is not a readable {what}: it holds Python objects, which udd_fast never unpickles "
+                    f"(not a udd_fast artifact)") from None
+    except Exception as e:  # truncated, random bytes, not a torch file
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise error(f"{path} is not a readable {what}: not a udd_fast artifact ({type(e).__name__}: {first})") from None
+
+
 def load_distilled(path) -> dict:
     """Load and check a distilled.pt (a file, or a directory holding one); d["config"] is a Config.
     Result.load is its one caller: everything else reads a set through a Result."""
@@ -285,9 +374,6 @@ def load_distilled(path) -> dict:
         path = path / "distilled.pt"
     if not path.exists():
         raise ArtifactError(f"{path} does not exist (expected a distilled.pt or a run directory holding one)")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or not a torch file
-        raise ArtifactError(f"{path} is not a readable distilled set ({type(e).__name__}: {e})") from None
+    d = read_tensors(path, "distilled set")
     _check_distilled(d, path)
     return d

@@ -7,19 +7,22 @@ by the network-batch counter, so the counters in the state are enough (docs/meth
 proxy is not stored either; it comes back from its own cache (or is retrained, deterministically).
 """
 import math
+import sys
 from pathlib import Path
 
 import torch
 
 from .version import __version__
-from .artifacts import ArtifactError, write_torch
+from .artifacts import ArtifactError, read_tensors, write_torch
 from .config import config_from_dict
 from .data import data_mismatch
 from .fields import boxes_ok, is_int
 
 FILENAME = "checkpoint.pt"
+# every key a checkpoint of this FORMAT holds
+KEYS = ("format", "version", "config", "data", "dataset_arg", "data_dir", "no_download", "state", "history")
 FORMAT = "udd_fast.checkpoint/1"
-_FACT_INTS = ("num_train", "num_test", "num_classes", "channels", "size")
+_FACT_INTS = ("num_train", "num_classes", "channels", "size")  # positive; num_test may be 0 (data without a test split)
 
 
 class CheckpointError(ArtifactError):
@@ -46,12 +49,14 @@ def load_checkpoint(run_dir) -> dict:
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: nothing to resume (expected a run directory holding "
                               f"{FILENAME})")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or not a torch file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    ck = read_tensors(path, "checkpoint", CheckpointError)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a udd_fast checkpoint (format {FORMAT})")
+        found = repr(ck.get("format")) if isinstance(ck, dict) else f"a {type(ck).__name__}, not a dict"
+        raise CheckpointError(f"{path} is not a udd_fast checkpoint of format {FORMAT} (found: {found})")
+    unknown = sorted(set(ck) - set(KEYS))
+    if unknown:  # a newer udd_fast wrote them: said, not silently dropped
+        print(f"warning: {path} holds {', '.join(map(str, unknown))}, which this udd_fast {__version__} does not know "
+              f"(written by udd_fast {ck.get('version')}); resuming without them", file=sys.stderr)
     missing = [k for k in ("version", "config", "data", "dataset_arg", "state") if k not in ck]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
@@ -86,6 +91,8 @@ def _check_fields(ck):
     bad = [k for k in _FACT_INTS if not (is_int(facts.get(k)) and facts[k] >= 1)]
     if bad:
         raise ValueError(f"data facts {', '.join(bad)} must be positive integers")
+    if not (is_int(facts.get("num_test")) and facts["num_test"] >= 0):
+        raise ValueError("data fact num_test must be a non-negative integer")
 
 
 def check_state(st, cfg, facts):

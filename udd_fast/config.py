@@ -83,9 +83,28 @@ def setting(default, help=None, *, flag=None, flag_default=False, flag_choices=N
         at_most=at_most, choices=choices, check=check))
 
 
+def _type_problem(f, value):
+    """Why `value` is not of the type the setting `f` declares (its default's), or None: an int is an int
+    and never a bool; a float setting takes an int as well; a string is a string."""
+    kind = type(f.default)
+    if kind is bool:
+        ok, want = isinstance(value, bool), "on/off (True or False)"
+    elif kind is int:
+        ok, want = is_int(value), "an integer"
+    elif kind is float:
+        ok, want = is_int(value) or (isinstance(value, float)), "a number"
+    else:
+        ok, want = isinstance(value, kind), f"a {kind.__name__}"
+    return None if ok else f"must be {want}, not {type(value).__name__}"
+
+
 def setting_problem(f, value):
-    """Why `value` is not allowed for the setting `f` (a field of a group), or None when it is."""
+    """Why `value` is not allowed for the setting `f` (a field of a group), or None when it is: its type
+    (the one its declaration gives), then its range."""
     m = f.metadata
+    problem = _type_problem(f, value)
+    if problem:
+        return problem
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
     if m["at_least"] is not None and value < m["at_least"]:
@@ -274,7 +293,7 @@ def check_settings(values: dict, given, spell):
         v = values.get(f.name)
         problem = None if v is None else setting_problem(f, v)
         if problem:
-            raise UsageError(f"{spell(f.name)} {problem} (got {v})")
+            raise UsageError(f"{spell(f.name)} {problem} (got {v!r})")
     if values["ipc"] > 50:
         print(f"note: IPC {values['ipc']} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
     udd = [f.name for f in option_settings() if f.metadata["flag"] == UDD and values.get(f.name) is not None]
@@ -298,12 +317,11 @@ def config_from_dict(d, where: str) -> Config:
     for f in settings():
         if f.name not in d:
             continue
-        v, kind = d[f.name], type(f.default)
-        ok = is_int(v) if kind is int else isinstance(v, kind)
-        if kind is float and is_int(v):
-            ok, v = True, float(v)
-        if not ok:
-            raise ValueError(f"{where}: {f.name} is {v!r}, expected a {kind.__name__}")
+        v = d[f.name]
+        if type(f.default) is float and is_int(v):
+            v = float(v)
+        if _type_problem(f, v):
+            raise ValueError(f"{where}: {f.name} is {v!r}: it {_type_problem(f, v)}")
         problem = setting_problem(f, v)
         if problem:
             raise ValueError(f"{where}: {f.name} {problem} (found {v!r})")

@@ -18,9 +18,7 @@ them a Request).
 import argparse
 import math
 import re
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from . import distributed
@@ -30,6 +28,7 @@ from .config import (MAIN, PRESET, PRESETS, UDD, Config, UsageError, check_setti
                      settings)
 from .data import DataError, DataSource
 from .distributed import Comm, RankFailure
+from .logs import sigterm_as_interrupt
 from .pipeline import Interrupted, Request, execute, prepare
 
 
@@ -178,16 +177,14 @@ def from_flags(args, given=frozenset(), comm: Comm = None):
     return execute(prepare(req, comm))
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
-    old = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM stops as SIGINT does
-        old = signal.signal(signal.SIGTERM, _interrupt)
+    with sigterm_as_interrupt():
+        return _main(args, argv)
+
+
+def _main(args, argv):
     comm, where = None, ""
     try:
         comm = distributed.init(args.device, args.dist_timeout)
@@ -206,8 +203,6 @@ def main(argv=None):
         print("interrupted: no artifact was written for the unfinished stage", file=sys.stderr)
         return 130
     finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
         if comm is not None:
             comm.close()
     return 0

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from .artifacts import ArtifactError, RunDirLock, WriteError, write_json
 from .config import UsageError
-from .data import ArrayDataset, DataSource, RealData, load_dataset
+from .data import NO_TEST_IMAGES, ArrayDataset, DataError, DataSource, RealData, load_dataset
+from .logs import sigterm_as_interrupt
 from .models import ARCHS
 from .protocol import accuracy_of
-from .result import Result
+from .result import Result, incomplete_message
 
 
 def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=None, runs=None, epochs=None,
@@ -33,9 +35,10 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} was asked for, but this torch build sees no CUDA device")
     warnings = []
-    result = source if isinstance(source, Result) else Result.load(source)
+    result = source if isinstance(source, Result) else Result.load(source, allow_incomplete=allow_incomplete)
     where = f"the Result of {result.info.name}" if isinstance(source, Result) else str(source)
-    check_complete(result, where, allow_incomplete, warnings)
+    if result.incomplete:  # allowed: said in the result
+        warnings.append(incomplete_message(result.run_dir))
     cfg = result.config
     runs = cfg.eval.eval_runs if runs is None else runs
     if runs < 1:
@@ -50,6 +53,9 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
             raise UsageError(f"{where} was distilled from images in memory: pass them as data "
                              f"(udd_fast.data.from_arrays(images, labels, test_images, test_labels))")
         ds = load_dataset(wanted, data_dir if data_dir is not None else result.data_dir, download=download)
+    if len(ds.test_labels) == 0:
+        raise DataError(NO_TEST_IMAGES.format(name=ds.info.name) + ": there is nothing to evaluate on; pass data "
+                        "with a test split")
     real = RealData(ds, device)
     check_same_data(result, real, where, allow_data_mismatch, warnings)
     for w in warnings:
@@ -84,22 +90,6 @@ def _parser():
     return p
 
 
-def check_complete(result: Result, where: str, allow: bool, warnings: list):
-    """A set inside a run directory marked INCOMPLETE may not match the rest of that run."""
-    from .artifacts import INCOMPLETE, ArtifactError
-
-    if not result.incomplete:
-        return
-    run_dir = Path(where) if Path(where).is_dir() else Path(where).parent
-    msg = (f"{run_dir} is marked incomplete ({run_dir / INCOMPLETE}): its run is still going or stopped before "
-           f"writing all artifacts, so its distilled.pt may be missing, older than its checkpoint or without "
-           f"summary.json")
-    if not allow:
-        raise ArtifactError(f"{msg}; resume the run (python -m udd_fast.distill --resume {run_dir}) or pass "
-                            f"--allow-incomplete")
-    warnings.append(msg)
-
-
 def check_same_data(result: Result, data, path, allow: bool, warnings: list):
     """Refuse data other than the set was distilled on (classes, counts, content), unless allowed."""
     from .artifacts import ArtifactError
@@ -123,10 +113,25 @@ def check_same_data(result: Result, data, path, allow: bool, warnings: list):
 
 
 def main(argv=None):
-    from .artifacts import ArtifactError, WriteError, write_json
-    from .data import DataError
-
     args = _parser().parse_args(argv)
+    out = Path(args.path)
+    out_dir = out if out.is_dir() else out.parent
+    lock = RunDirLock(out_dir)  # it writes eval_<arch>.json there: no other process may be writing the run
+    try:
+        with sigterm_as_interrupt():
+            lock.acquire()
+            return _main(args, out_dir)
+    except (DataError, ArtifactError, UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the evaluation stopped; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        lock.release()
+
+
+def _main(args, out_dir):
     try:
         for name in ("eval_runs", "eval_epochs"):
             v = getattr(args, name)
@@ -145,8 +150,6 @@ def main(argv=None):
         return 2
     res["path"] = str(args.path)
     print(json.dumps(res, indent=2))
-    out = Path(args.path)
-    out_dir = out if out.is_dir() else out.parent
     print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
           f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
     try:

@@ -21,7 +21,10 @@ by os.replace, a folder built in a temporary sibling and renamed), and --force r
 only once the new one is complete. Bad input: a one-line message on stderr, exit status 2.
 """
 import argparse
+import contextlib
+import glob
 import io
+import os
 import re
 import secrets
 import shutil
@@ -31,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import ArtifactError, WriteError, ensure_writable_dir, write_bytes, write_error_message, write_json, write_torch
+from .artifacts import (RUN_FILES, ArtifactError, RunDirLock, WriteError, ensure_writable_dir, run_files, write_bytes,
+                        write_error_message, write_json, write_torch)
+from .logs import sigterm_as_interrupt
 from .result import Result
 from .version import __version__
 
@@ -59,9 +64,35 @@ def class_folders(class_names) -> list:
     return [f"{k:0{width}d}-{re.sub(r'[^A-Za-z0-9._-]+', '_', name)[:64]}" for k, name in enumerate(class_names)]
 
 
-def check_target(out, fmt: str, force: bool = False):
-    """Refuse a PATH we may not or cannot write, before anything is written."""
+NPZ_KEYS = ("images", "labels", "class_names", "factor", "dataset")  # what an npz export holds, exactly
+
+
+def _earlier_export(path: Path, fmt: str) -> bool:
+    """Whether the file at `path` is what an export of format `fmt` writes (read without pickle): an npz
+    of exactly NPZ_KEYS, or a pt of (float images [N, C, H, W], integer labels [N])."""
+    try:
+        if fmt == "npz":
+            with np.load(path, allow_pickle=False) as z:
+                return sorted(z.files) == sorted(NPZ_KEYS)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a zip, not a torch file, a pickle, ...: not ours
+        return False
+    return (isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)
+            and obj[0].dim() == 4 and obj[0].is_floating_point() and obj[1].dim() == 1
+            and not obj[1].is_floating_point() and obj[0].shape[0] == obj[1].shape[0])
+
+
+def check_target(out, fmt: str, force: bool = False, source_dir=None):
+    """Refuse a PATH we may not or cannot write, before anything is written. Whatever --force says, an
+    export never writes over the run directory it reads (`source_dir`) or any file of a run directory;
+    --force replaces only an earlier export of the same format."""
     out = Path(out)
+    where = out.resolve()
+    if source_dir is not None and where in (Path(source_dir).resolve(), Path(source_dir).resolve() / "distilled.pt"):
+        raise ArtifactError(f"--out {out} is the set being exported ({source_dir}): choose another --out")
+    if (where.name in RUN_FILES or re.fullmatch(r"eval_\w+\.json", where.name)) and run_files(where.parent):
+        raise ArtifactError(f"--out {out} is a file of the run directory {where.parent} (it holds "
+                            f"{', '.join(run_files(where.parent))}): an export never replaces one; choose another --out")
     if out.exists() or out.is_symlink():
         if not force:
             raise ArtifactError(f"{out} already exists; pass --force to replace it")
@@ -71,6 +102,9 @@ def check_target(out, fmt: str, force: bool = False):
                                     f"replaces only those: remove it yourself or choose another --out")
         elif out.is_dir():
             raise ArtifactError(f"{out} is a directory; --force replaces only a file with --format {fmt}")
+        elif not _earlier_export(out, fmt):
+            raise ArtifactError(f"{out} is not an earlier {fmt} export (not what --format {fmt} writes); --force "
+                                f"replaces only those: remove it yourself or choose another --out")
     if not out.parent.is_dir():
         raise ArtifactError(f"cannot write {out}: {out.parent} is not an existing directory")
     try:
@@ -86,11 +120,28 @@ def _npz_bytes(x, y, r: Result) -> bytes:
     return buf.getvalue()
 
 
+def _remove_stale_folders(out: Path):
+    """The half-built folders of earlier exports to `out` whose process is gone (killed before its cleanup)."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        m = re.fullmatch(rf"\.{re.escape(out.name)}\.(\d+)-[0-9a-f]+\.tmp", tmp.name)
+        if m is None or not tmp.is_dir():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its export still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _write_folder(out: Path, x, y, r: Result):
     """Build the tree in a temporary sibling, then rename it into place (an old export goes last)."""
     from PIL import Image
 
-    token = secrets.token_hex(4)
+    _remove_stale_folders(out)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"  # the pid tells a later export whether its maker is gone
     tmp, old = out.parent / f".{out.name}.{token}.tmp", None
     done = False
     try:
@@ -128,14 +179,17 @@ def export_set(result, fmt: str, out, force: bool = False) -> dict:
         raise ArtifactError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
     r = result if isinstance(result, Result) else Result.load(result)
     out = Path(out)
-    check_target(out, fmt, force)
-    x, y = decoded_set(r)
-    if fmt == "npz":
-        write_bytes(out, _npz_bytes(x, y, r))
-    elif fmt == "pt":
-        write_torch(out, (x, y))
-    else:
-        _write_folder(out, x, y, r)
+    parent = out.absolute().parent
+    # writing into a run directory: no other process may be writing that run meanwhile
+    with RunDirLock(parent) if run_files(parent) else contextlib.nullcontext():
+        check_target(out, fmt, force, r.run_dir)
+        x, y = decoded_set(r)
+        if fmt == "npz":
+            write_bytes(out, _npz_bytes(x, y, r))
+        elif fmt == "pt":
+            write_torch(out, (x, y))
+        else:
+            _write_folder(out, x, y, r)
     return {"path": str(out), "format": fmt, "num_images": int(x.shape[0]), "shape": list(x.shape[1:]),
             "num_stored": int(r.images.shape[0]), "factor": r.factor,
             "num_region_views": int(x.shape[0]) - int(r.images.shape[0]) * r.factor ** 2,
@@ -148,14 +202,24 @@ def _parser():
     p.add_argument("path", help="a run directory holding distilled.pt, or the file itself")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, help="the file (npz, pt) or folder to write")
-    p.add_argument("--force", action="store_true", help="replace an existing file or earlier folder export")
+    p.add_argument("--force", action="store_true", help="replace an earlier export of the same format (never any "
+                                                         "other file, and never a file of a run directory)")
     return p
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        r = Result.load(args.path)
+        with sigterm_as_interrupt():
+            return _main(args)
+    except KeyboardInterrupt:  # the output is written whole or not at all: nothing half-written is left
+        print(f"interrupted: nothing was written to {args.out}", file=sys.stderr)
+        return 130
+
+
+def _main(args):
+    try:
+        r = Result.load(args.path, allow_incomplete=True)  # whole (written atomically), said to be maybe not the last
         if r.incomplete:  # its distilled.pt is whole (written atomically), maybe not the last
             run_dir = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent
             print(f"warning: {run_dir} is marked incomplete: its distilled.pt may predate the run's last state",

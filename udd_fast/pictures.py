@@ -2,8 +2,9 @@
 went). Pillow draws the grid pixel-exactly (integer upscaling, so a test can find every image in
 it); matplotlib, imported only here and only when plotting, draws the curves.
 
-grid.png: one row per class, its name on the left; each stored image upscaled to at least 64 px
-with UDD's region windows outlined on it, followed by the factor^2 formations it decodes to.
+grid.png: one row per class (the first MAX_CLASSES; the caption says how many more there are), its
+index and name on the left (`row_label`); each stored image upscaled to at least 64 px with UDD's
+region windows outlined on it, followed by the factor^2 formations it decodes to.
 """
 import io
 import math
@@ -21,6 +22,18 @@ BOX_COLOR = (255, 40, 40)
 def upscale(size: int) -> int:
     """The integer factor that draws a size-pixel image at least MIN_PX wide."""
     return max(1, math.ceil(MIN_PX / size))
+
+
+LABEL_CHARS = 18  # what fits LABEL_W at the label's font size
+
+
+def row_label(k: int, name) -> str:
+    """A row's label: the class index, then its name where the picture's font draws it (printable Latin-1;
+    other scripts would come out as boxes, and report.html lists every name). The index keeps two labels
+    distinct however their names are cut."""
+    name = str(name)
+    drawable = all(c.isprintable() and ord(c) < 256 for c in name)
+    return (f"{k} {name}" if drawable and name else str(k))[:LABEL_CHARS]
 
 
 def _font(size):
@@ -74,7 +87,7 @@ def grid_png(images, labels, factor, class_names, title="", region_views=None) -
     label_font = _font(13)
     for r in range(rows):
         y = TITLE_H + PAD + r * (cell + PAD)
-        draw.text((PAD, y + cell // 2 - 8), str(class_names[r])[:18], fill=(0, 0, 0), font=label_font)
+        draw.text((PAD, y + cell // 2 - 8), row_label(r, class_names[r]), fill=(0, 0, 0), font=label_font)
         for j in range(per):
             m = r * ipc + j  # the stored image
             x = LABEL_W + j * (cols * (cell + PAD) + GAP)

@@ -70,8 +70,15 @@ def _udd(summary) -> str:
     return "<h2>UDD</h2>" + _table(["", "value"], rows)
 
 
-def report_html(summary: dict, config: dict, pictures: dict) -> str:
-    """The page. pictures: {caption: PNG bytes}, shown in order."""
+def _classes(class_names) -> str:
+    if not class_names:
+        return ""
+    return "<h2>Classes</h2>" + _table(["index", "name"], [(f"{k}", name) for k, name in enumerate(class_names)])
+
+
+def report_html(summary: dict, config: dict, pictures: dict, class_names=()) -> str:
+    """The page. pictures: {caption: PNG bytes}, shown in order; class_names: every class by its index
+    (grid.png's rows show the index, and the name where its font can draw it)."""
     title = (f"udd_fast: {summary.get('method')} on {summary.get('dataset')}, IPC {summary.get('ipc')}, "
              f"preset {summary.get('preset')}")
     imgs = "".join(f"<h3>{_e(cap)}</h3><img alt='{_e(cap)}' src='data:image/png;base64,"
@@ -81,7 +88,7 @@ def report_html(summary: dict, config: dict, pictures: dict) -> str:
             f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
             f"<h2>Accuracy</h2>{_accuracy(summary)}"
             f"<h2>Timings</h2>{_timings(summary)}{_udd(summary)}"
-            f"<h2>Pictures</h2>{imgs}"
+            f"<h2>Pictures</h2>{imgs}{_classes(class_names)}"
             f"<h2>Settings</h2>{settings}"
             f"<p class='muted'>udd_fast {_e(summary.get('version'))}, torch {_e(summary.get('torch'))}, device "
             f"{_e(summary.get('device'))}, {_e(summary.get('date'))}</p></body></html>\n")

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .artifacts import (INCOMPLETE, ArtifactError, check_out_dir, claim_run_dir, load_distilled, mark_complete,
-                        save_distilled, write_bytes, write_json, write_text)
+from .artifacts import (INCOMPLETE, ArtifactError, RunDirLock, check_out_dir, claim_run_dir, load_distilled,
+                        mark_complete, save_distilled, write_bytes, write_json, write_text)
 from .config import Config
 from .decode import RegionViews, training_set
+
+KEPT_ON_RESAVE = ("checkpoint.pt", "log.txt")  # a run's files a Result saved over its own directory keeps
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Result:
     facts: dict = None  # what identifies the training data (data.data_facts)
     data_dir: str = None  # where the built-in data was read
     incomplete: bool = False  # loaded from a run directory marked INCOMPLETE (a stopped or running run)
+    run_dir: str = None  # the run directory it was loaded from (Result.load), else None
 
     @property
     def class_names(self) -> tuple:
@@ -65,34 +68,66 @@ class Result:
 
     def save(self, out, force: bool = False) -> Path:
         """Write the artifacts into directory `out` (see the module docstring); a directory holding
-        another run is refused unless force. Returns the directory."""
+        another run is refused unless force. Saved over the directory it was loaded from, the run's
+        checkpoint.pt and log.txt stay (they are not the Result's to replace). Returns the directory."""
         out = Path(out)
-        replaced = check_out_dir(out, force)
-        claim_run_dir(out, replaced)
-        write_run(out, self)
+        with RunDirLock(out):  # no other process may be writing there meanwhile
+            replaced = check_out_dir(out, force)
+            if self.run_dir is not None and out.resolve() == Path(self.run_dir).resolve():
+                replaced = [name for name in replaced if name not in KEPT_ON_RESAVE]
+            claim_run_dir(out, replaced)
+            write_run(out, self)
         return out
 
     @classmethod
-    def load(cls, path) -> "Result":
+    def load(cls, path, allow_incomplete: bool = False) -> "Result":
         """The set of a run directory (or of a distilled.pt), with its summary.json when there is one; every
-        field of distilled.pt is checked first (artifacts.load_distilled)."""
+        field of distilled.pt is checked first (artifacts.load_distilled). The summary comes from the
+        directory the set really lies in (a linked distilled.pt brings its own run's). A directory marked
+        INCOMPLETE is refused unless allow_incomplete (then `incomplete` says so)."""
         from .data import DatasetInfo
 
         d = load_distilled(path)
-        run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+        given = Path(path) if Path(path).is_dir() else Path(path).parent
+        run_dir = (given / "distilled.pt").resolve().parent if Path(path).is_dir() else Path(path).resolve().parent
+        incomplete = (run_dir / INCOMPLETE).exists()
+        if incomplete and not allow_incomplete:
+            raise ArtifactError(f"{incomplete_message(run_dir)}; resume the run (python -m udd_fast.distill --resume "
+                                f"{run_dir}) or pass --allow-incomplete")
         summary = {}
         if (run_dir / "summary.json").exists():
-            try:
-                summary = json.loads((run_dir / "summary.json").read_text())
-            except (OSError, ValueError) as e:
-                raise ArtifactError(f"{run_dir / 'summary.json'} is not readable JSON ({e})") from None
+            summary = _read_summary(run_dir / "summary.json")
         info = d["dataset_info"]
         info = DatasetInfo(name=d["dataset"], channels=info["channels"], size=info["size"],
                            num_classes=info["num_classes"], mean=tuple(d["mean"]), std=tuple(d["std"]),
                            class_names=tuple(info["class_names"]), size_base=info.get("size_base", info["size"]))
         views = None if d.get("boxes") is None else RegionViews(d["region_src"], d["boxes"])
         return cls(d["images"], d["labels"].long(), d["factor"], views, info, d["config"], summary, d.get("data"),
-                   d.get("data_dir"), (run_dir / INCOMPLETE).exists())
+                   d.get("data_dir"), incomplete, str(run_dir))
+
+
+SUMMARY_MAX_BYTES = 64 << 20  # a summary.json is kilobytes; more is not one
+
+
+def _read_summary(path: Path) -> dict:
+    """summary.json as a dict: a regular file of bounded size (never a device or a pipe read without end)."""
+    try:
+        if not path.is_file() or path.stat().st_size > SUMMARY_MAX_BYTES:
+            raise ArtifactError(f"{path} is not a udd_fast summary: not a regular file of at most "
+                                f"{SUMMARY_MAX_BYTES >> 20} MiB")
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(summary, dict):
+        raise ArtifactError(f"{path} is not a udd_fast summary: it holds a {type(summary).__name__}, not an object")
+    return summary
+
+
+def incomplete_message(run_dir) -> str:
+    """What a set in a run directory marked INCOMPLETE may be."""
+    return (f"{run_dir} is marked incomplete ({Path(run_dir) / INCOMPLETE}): its run is still going or stopped "
+            f"before writing all artifacts, so its distilled.pt may be missing, older than its checkpoint or without "
+            f"summary.json")
 
 
 def _title(r: Result) -> str:
@@ -125,6 +160,6 @@ def write_run(out: Path, r: Result, parts=RUN_PARTS):
         grid = (out / "grid.png").read_bytes()
         write_text(out / "report.html", report_html(r.summary, r.config.to_dict(),
                                                     {"grid.png: the distilled set": grid,
-                                                     "curves.png: the run": curves}))
+                                                     "curves.png: the run": curves}, r.class_names))
         write_json(out / "summary.json", r.summary)
         mark_complete(out)

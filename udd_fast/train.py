@@ -154,7 +154,9 @@ def make_sgd(model, lr=0.01, momentum=0.9, weight_decay=5e-4):
 
 @torch.no_grad()
 def accuracy(model, images_u8, labels, mean, std, batch=500):
-    """Top-1 accuracy (%) of model (in eval mode) on uint8 images."""
+    """Top-1 accuracy (%) of model (in eval mode) on uint8 images (at least one: no images, no accuracy)."""
+    if images_u8.shape[0] == 0:
+        raise ValueError("no test images: there is no accuracy to measure")
     was_training = model.training
     model.eval()
     correct = 0
@@ -162,4 +164,4 @@ def accuracy(model, images_u8, labels, mean, std, batch=500):
         x = normalize(images_u8[i:i + batch].float() / 255.0, mean, std)
         correct += (model(x).argmax(1) == labels[i:i + batch]).sum().item()
     model.train(was_training)
-    return 100.0 * correct / max(1, images_u8.shape[0])
+    return 100.0 * correct / images_u8.shape[0]

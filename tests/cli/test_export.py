@@ -4,6 +4,7 @@ format and udd_fast's own user-data readers; bad input refused with exit status 
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -214,17 +215,62 @@ def test_existing_path_needs_force(mnist_run, tmp_path, capsys, fmt):
     assert export.main([str(mnist_run), "--format", fmt, "--out", str(out)]) == 0
     if fmt == "folder":
         (out / "stray.txt").write_text("from the old export")
-    else:
-        out.write_bytes(b"old")
+    old = out.read_bytes() if fmt != "folder" else None
+    inode = out.stat().st_ino
     before = _listing(tmp_path)
     _refused(capsys, export.main([str(mnist_run), "--format", fmt, "--out", str(out)]), out, "--force")
-    assert (out / "stray.txt").exists() if fmt == "folder" else out.read_bytes() == b"old"
+    assert (out / "stray.txt").exists() if fmt == "folder" else out.read_bytes() == old
     assert export.main([str(mnist_run), "--format", fmt, "--out", str(out), "--force"]) == 0
     assert _listing(tmp_path) == before  # replaced in place, no temporaries left
+    assert out.stat().st_ino != inode  # a new file or folder took the earlier export's place
     if fmt == "folder":
         assert not (out / "stray.txt").exists() and len(load_dataset(str(out)).train_labels) == 110
     else:
         assert out.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pt"])
+def test_force_never_replaces_a_file_an_export_did_not_write(mnist_run, tmp_path, capsys, fmt):
+    """--force replaces an earlier export of the same format, nothing else: not a file of other bytes,
+    not another format's export, not another npz."""
+    other = tmp_path / "other.npz"
+    np.savez(other, images=np.zeros((1, 1, 2, 2), np.float32))  # an npz, but not an export's keys
+    pt_export = tmp_path / "earlier.pt"
+    assert export.main([str(mnist_run), "--format", "pt", "--out", str(pt_export)]) == 0
+    for victim in (tmp_path / "notes.bin", other, pt_export if fmt == "npz" else None):
+        if victim is None:
+            continue
+        if not victim.exists():
+            victim.write_bytes(b"not an export")
+        before = victim.read_bytes()
+        _refused(capsys, export.main([str(mnist_run), "--format", fmt, "--out", str(victim), "--force"]), victim,
+                 f"not an earlier {fmt} export")
+        assert victim.read_bytes() == before
+
+
+@pytest.mark.integration
+def test_an_export_never_writes_over_a_run_directory(tmp_path, capsys, real_data_dir):
+    """--out naming the set being exported, its run directory or any file of a run directory (the set,
+    the checkpoint, the summary...) is refused, --force or not, and every byte stays."""
+    run = tmp_path / "run"
+    assert distill_main(["--dataset", "mnist", "--preset", "smoke", "--iterations", "1", "--inner-loop", "1",
+                         "--eval-runs", "0", "--data-dir", str(real_data_dir), "--no-download", "--no-progress",
+                         "--out", str(run)]) == 0
+    assert (run / "checkpoint.pt").exists() and (run / "distilled.pt").exists()
+    other = tmp_path / "other-run"
+    shutil.copytree(run, other)
+    before = {p: p.read_bytes() for d in (run, other) for p in d.iterdir()}
+    cases = [(run / "distilled.pt", "npz", "the set being exported"), (run, "folder", "the set being exported"),
+             (run / "checkpoint.pt", "npz", "a file of the run directory"),
+             (run / "summary.json", "pt", "a file of the run directory"),
+             (other / "distilled.pt", "pt", "a file of the run directory"),
+             (other / "checkpoint.pt", "npz", "a file of the run directory")]
+    for target, fmt, why in cases:
+        for force in ([], ["--force"]):
+            rc = export.main([str(run), "--format", fmt, "--out", str(target), *force])
+            err = capsys.readouterr().err
+            assert rc == 2 and why in err and str(target) in err, (target, fmt, err)
+    assert {p: p.read_bytes() for d in (run, other) for p in d.iterdir()} == before
 
 
 def test_force_replaces_only_an_earlier_folder_export(mnist_run, tmp_path, capsys):

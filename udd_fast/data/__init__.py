@@ -23,9 +23,9 @@ from .idx import load_idx
 from .registry import CIFAR_LAYOUT, DATASETS, canonical_name, resolve_data_dir
 from .source import DataSource
 from .svhn import load_svhn
-from .user import from_arrays, load_folder, load_npz
+from .user import NO_TEST_IMAGES, from_arrays, load_folder, load_npz
 
-__all__ = ["ArrayDataset", "DATASETS", "DataError", "DataSource", "DatasetInfo", "RealData", "canonical_name",
+__all__ = ["ArrayDataset", "DATASETS", "DataError", "NO_TEST_IMAGES", "DataSource", "DatasetInfo", "RealData", "canonical_name",
            "data_facts", "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "resolve_data_dir"]
 
 

@@ -1,14 +1,19 @@
 """User data: an .npz file or a folder of class subfolders of images. Without an explicit test split,
 every 10th sample of each class (the 10th, 20th, ... in dataset order) is held out as the test split."""
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .dataset import ArrayDataset, DataError, DatasetInfo
 from .source import DataSource
 from .validate import as_int_labels, contiguous, validate_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# what data without test images is told (it can be distilled, never evaluated)
+NO_TEST_IMAGES = ("{name} has no test images (without a train/test split every 10th training image of each "
+                  "class is held out, and no class has 10)")
 
 
 def _holdout_mask(labels: np.ndarray) -> np.ndarray:
@@ -39,6 +44,11 @@ def _user_dataset(source: DataSource, where: str, train: tuple, test: tuple | No
     train_images, train_labels = train
     if train_labels.size and train_labels.min() < 0:
         raise DataError(f"{where}: labels must be 0..K-1, found {train_labels.min()}")
+    if class_names is None and train_labels.size and int(train_labels.max()) >= len(train_labels):
+        # every class 0..max must hold a training image: a larger label is a broken file, and counting up to
+        # it would ask for memory without bound (a label of 2**40 is 8 TiB of counts)
+        raise DataError(f"{where}: labels reach {int(train_labels.max())} but there are only {len(train_labels)} "
+                        f"training images; labels must be 0..K-1 with every class present")
     num_classes = len(class_names) if class_names is not None else int(train_labels.max(initial=-1)) + 1
     if num_classes == 0:
         raise DataError(f"{where}: no training samples")
@@ -94,6 +104,8 @@ def load_npz(path: Path) -> ArrayDataset:
     """User data in one .npz: 'images', 'labels' (0..K-1, every class present), optional
     'test_images'/'test_labels' and 'class_names'. Without a test split, every 10th
     sample of each class is held out as test."""
+    if not zipfile.is_zipfile(path):  # np.load would call any other file "pickled data"
+        raise DataError(f"{path}: not an .npz file (an .npz is a zip archive of .npy arrays, as numpy.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -118,16 +130,32 @@ def from_arrays(images, labels, test_images=None, test_labels=None, class_names=
 def _arrays_dataset(images, labels, test_images, test_labels, class_names, source: DataSource,
                     where: str) -> ArrayDataset:
     """from_arrays for any source; `where` names it in errors."""
-    def arr(a):
-        return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+    def arr(a, name):
+        """A numpy array of a numpy or torch array: a tensor with no data (meta) is refused, half precision
+        widened to float32 (numpy has no bfloat16)."""
+        if not hasattr(a, "detach"):
+            try:
+                return np.asarray(a)
+            except Exception as e:  # ragged lists and the like
+                raise DataError(f"{where}[{name!r}]: not an array ({type(e).__name__}: {e})") from None
+        if a.device.type == "meta":
+            raise DataError(f"{where}[{name!r}]: a tensor on the meta device holds no data")
+        a = a.detach().cpu()
+        if a.dtype in (torch.float16, torch.bfloat16):
+            a = a.float()
+        try:
+            return a.numpy()
+        except (TypeError, RuntimeError) as e:
+            raise DataError(f"{where}[{name!r}]: a {a.dtype} tensor cannot be read as an array ({e})") from None
 
     if (test_images is None) != (test_labels is None):
         raise DataError(f"{where}: give both 'test_images' and 'test_labels' or neither")
-    train = (_user_images(arr(images), f"{where}['images']"), as_int_labels(arr(labels), f"{where}['labels']"))
+    train = (_user_images(arr(images, "images"), f"{where}['images']"),
+             as_int_labels(arr(labels, "labels"), f"{where}['labels']"))
     test = None
     if test_images is not None:
-        test = (_user_images(arr(test_images), f"{where}['test_images']"),
-                as_int_labels(arr(test_labels), f"{where}['test_labels']"))
+        test = (_user_images(arr(test_images, "test_images"), f"{where}['test_images']"),
+                as_int_labels(arr(test_labels, "test_labels"), f"{where}['test_labels']"))
     names = None if class_names is None else [str(n) for n in class_names]
     return _user_dataset(source, where, train, test, names)
 

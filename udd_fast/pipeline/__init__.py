@@ -1,7 +1,8 @@
 """A distillation run in phases, whoever starts it (`python -m udd_fast.distill` builds a Request from
 its flags, `udd_fast.distill_dataset` from its arguments). This file is the table of contents:
 
-    run = prepare(request, comm)      every check (checks.py), the data and the config; nothing is written
+    run = prepare(request, comm)      the run directory's lock, every check (checks.py), the data and the
+                                      config; nothing else is written
     execute(run)                      claims the run directory (INCOMPLETE) and opens log.txt (runlog.py), then
         load_proxy(run)               UDD's proxy network, cached or trained, on every rank (driver.py)
         outcome = drive(run)          the outer iterations, checkpoints, a stop on SIGINT/SIGTERM (driver.py)
@@ -17,12 +18,13 @@ evaluates. The records handed between the phases are in records.py.
 import shlex
 from pathlib import Path
 
-from ..artifacts import ArtifactError, WriteError, check_out_dir, claim_run_dir
+from ..artifacts import ArtifactError, RunDirLock, WriteError, check_out_dir, claim_run_dir
 from ..checkpoint import check_data
 from ..data import ArrayDataset, DataError, RealData, data_facts, load_dataset, resolve_data_dir
 from ..distributed import Comm
 from ..result import Result, write_run
-from .checks import check_geometry, check_world, run_config
+from .checks import (check_geometry, check_out_beside_data, check_test_split, check_world,
+                     note_network_update_cost, run_config)
 from .driver import drive, load_proxy
 from .finish import accuracy_fields, build_summary, to_result
 from .records import Interrupted, LoopOutcome, Request, Run
@@ -32,9 +34,22 @@ __all__ = ["Interrupted", "LoopOutcome", "Request", "Run", "execute", "prepare"]
 
 
 def prepare(req: Request, comm: Comm = None) -> Run:
-    """Check the output directory, load the data, make the config and check it against the data and the
-    ranks. Raises UsageError, DataError, ArtifactError or CheckpointError; writes nothing."""
+    """Take the output directory's lock (rank 0, which alone writes there; held until execute ends), check
+    the directory, load the data, make the config and check it against the data and the ranks. Raises
+    UsageError, DataError, ArtifactError or CheckpointError, having released the lock and written nothing."""
     comm = comm or Comm()
+    check_out_beside_data(req.out, req.dataset)
+    lock = RunDirLock(req.out) if comm.is_main else None
+    comm.from_main(lambda: lock.acquire() and None, (ArtifactError,))
+    try:
+        return _prepare(req, comm, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _prepare(req: Request, comm: Comm, lock) -> Run:
     replaced = comm.from_main(lambda: check_out_dir(req.out, req.force, req.resume is not None), (ArtifactError,))
     if isinstance(req.dataset, ArrayDataset):
         data_dir, ds = None, req.dataset
@@ -53,14 +68,26 @@ def prepare(req: Request, comm: Comm = None) -> Run:
     if cfg.udd.proxy_cache:  # a relative cache would move with the working directory of a resume
         cfg.udd.proxy_cache = str(Path(cfg.udd.proxy_cache).expanduser().absolute())
     check_geometry(cfg, data)
+    check_test_split(cfg, data)
     check_world(cfg, comm, ds.info.num_classes)
-    return Run(req, cfg, data, facts, data_dir, comm, replaced)
+    if comm.is_main:
+        note_network_update_cost(cfg, data)
+    return Run(req, cfg, data, facts, data_dir, comm, replaced, lock)
 
 
 def execute(run: Run) -> Result:
     """Claim the run directory and run the phases; returns the Result (None on ranks other than 0).
     A stop (KeyboardInterrupt) or a failed write is logged and raised again as Interrupted or WriteError
-    with a message naming the last checkpoint and the resume command."""
+    with a message naming the last checkpoint and the resume command. The run directory's lock (prepare's)
+    is released at the end, however it ends."""
+    try:
+        return _execute(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _execute(run: Run) -> Result:
     comm, out = run.comm, run.out
     note = f"Once it has written checkpoint.pt, continue it with: {run.launcher} --resume {shlex.quote(str(out))}\n"
     stale = comm.from_main(lambda: claim_run_dir(out, run.replaced, note), (ArtifactError,))
@@ -68,6 +95,8 @@ def execute(run: Run) -> Result:
     if log is not None:
         run.log = log
     try:
+        if run.lock is not None and run.lock.note:
+            run.log(f"note: {run.lock.note}")
         if run.replaced:
             run.log(f"--force: replaced the previous run's files in {out}: {', '.join(run.replaced)}")
         if stale:

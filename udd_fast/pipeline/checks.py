@@ -1,11 +1,35 @@
 """The checks of a run's settings against its data and its ranks, and the config they make; all run
 before anything is written (the settings on their own: config.check_settings)."""
 import math
+import sys
+from pathlib import Path
 
 from ..config import Config, UsageError, build_config
+from ..data import NO_TEST_IMAGES
 from ..decode import factor_problem
 from ..distributed import Comm
 from ..region_search import window_grid
+
+
+def check_out_beside_data(out: Path, dataset):
+    """An output directory inside an image-folder dataset would add the run's PNGs to the data (every
+    later read of the folder would fail on them): refused."""
+    source = getattr(dataset, "path", None)  # a DataSource's user data path (None: a built-in, data in memory)
+    if source is not None and dataset.kind == "folder":
+        out, root = Path(out).resolve(), source.resolve()
+        if out == root or root in out.parents:
+            raise UsageError(f"--out {out} lies inside the image-folder dataset {root}: the run's pictures would "
+                             f"become part of the data; choose an --out outside it")
+
+
+def note_network_update_cost(cfg: Config, data):
+    """More network-update images per inner iteration than the data holds is allowed, and its cost said."""
+    n, num_train = cfg.net.n_data, int(data.images.shape[0])
+    if cfg.run.method != "random" and n > num_train:
+        batches = -(-n // cfg.match.batch_real)
+        total = batches * cfg.match.inner_loop * cfg.match.iterations
+        print(f"note: --n-data {n} is {n / num_train:.1f} epochs of the {num_train} training images in every inner "
+              f"iteration: {batches} network batches each, {total} in the run", file=sys.stderr)
 
 
 def run_config(settings: dict, info, resumed: bool, distributed: bool = False) -> Config:
@@ -40,6 +64,15 @@ def check_world(cfg: Config, comm: Comm, num_classes: int):
     if comm.world > num_classes:
         raise UsageError(f"{comm.world} ranks for {num_classes} classes: every rank needs at least one class; "
                          f"start at most {num_classes} processes")
+
+
+def check_test_split(cfg: Config, data):
+    """Data without test images can be distilled but never evaluated: a run that would evaluate it
+    (--eval-runs, --eval-every) is refused before any work."""
+    if int(data.test_images.shape[0]) == 0 and (cfg.eval.eval_runs or cfg.eval.eval_every):
+        raise UsageError(NO_TEST_IMAGES.format(name=data.info.name) + ": an evaluation needs some. Add a test "
+                         "split (a folder's train/ and test/, an .npz's test_images and test_labels), or distill "
+                         "without evaluating: --eval-runs 0 and no --eval-every")
 
 
 def _check_class_sizes(data, need_per_class, what, fix):

@@ -39,8 +39,9 @@ def _main_proxy(run: Run):
     proxy, how = load_or_train_proxy(data, udd.proxy_epochs, cfg.run.seed, cfg.eval.eval_aug, cfg.eval.eval_cutmix,
                                      udd.proxy_cache or None, run.progress, run.log)
     n_test = test_count(data, cfg.eval.eval_test_limit)
-    acc = accuracy(proxy, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std)
-    run.log(f"proxy network ({how}, {udd.proxy_epochs} epochs): test accuracy {acc:.2f} % on {n_test} images")
+    acc = accuracy(proxy, data.test_images[:n_test], data.test_labels[:n_test], data.mean, data.std) if n_test else None
+    run.log(f"proxy network ({how}, {udd.proxy_epochs} epochs): "
+            + (f"test accuracy {acc:.2f} % on {n_test} images" if n_test else "no test images to measure it on"))
     facts = {"proxy": {"epochs": udd.proxy_epochs, "source": how, "test_accuracy": acc,
                        "seconds": time.time() - t},
              "regions": {k: getattr(udd, k) for k in ("policy", "region_size", "region_every", "jitter_sigma",

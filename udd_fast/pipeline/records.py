@@ -48,6 +48,7 @@ class Run:
     data_dir: Path  # where the built-ins were read (None for user data): saved for evaluate and --resume
     comm: Comm
     replaced: list  # another run's files in `out` that --force replaces
+    lock: object = None  # the run directory's RunDirLock (rank 0), released when execute ends
     log: object = quiet  # log(line): stderr and log.txt on rank 0, once execute has claimed the directory
     proxy: torch.nn.Module = None  # UDD's proxy network
     notes: dict = field(default_factory=dict)  # facts for the summary gathered by the phases
