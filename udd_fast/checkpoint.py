@@ -16,11 +16,13 @@ from .version import __version__
 from .artifacts import ArtifactError, read_tensors, write_torch
 from .config import config_from_dict
 from .data import data_mismatch
+from .engine import Engine
 from .fields import boxes_ok, is_int
 
 FILENAME = "checkpoint.pt"
 # every key a checkpoint of this FORMAT holds
 KEYS = ("format", "version", "config", "data", "dataset_arg", "data_dir", "no_download", "state", "history")
+STATE_KEYS = Engine.STATE_KEYS  # what the engine's state holds
 FORMAT = "udd_fast.checkpoint/1"
 _FACT_INTS = ("num_train", "num_classes", "channels", "size")  # positive; num_test may be 0 (data without a test split)
 
@@ -53,9 +55,11 @@ def load_checkpoint(run_dir) -> dict:
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         found = repr(ck.get("format")) if isinstance(ck, dict) else f"a {type(ck).__name__}, not a dict"
         raise CheckpointError(f"{path} is not a udd_fast checkpoint of format {FORMAT} (found: {found})")
-    unknown = sorted(set(ck) - set(KEYS))
+    unknown = sorted(map(str, set(ck) - set(KEYS)))
+    if isinstance(ck.get("state"), dict):
+        unknown += [f"state.{k}" for k in sorted(map(str, set(ck["state"]) - set(STATE_KEYS)))]
     if unknown:  # a newer udd_fast wrote them: said, not silently dropped
-        print(f"warning: {path} holds {', '.join(map(str, unknown))}, which this udd_fast {__version__} does not know "
+        print(f"warning: {path} holds {', '.join(unknown)}, which this udd_fast {__version__} does not know "
               f"(written by udd_fast {ck.get('version')}); resuming without them", file=sys.stderr)
     missing = [k for k in ("version", "config", "data", "dataset_arg", "state") if k not in ck]
     if missing:
@@ -96,11 +100,10 @@ def _check_fields(ck):
 
 
 def check_state(st, cfg, facts):
-    """The Distiller state (engine.Distiller.state()): keys, types, shapes against the config and the
+    """The engine's state (engine.Engine.state()): keys, types, shapes against the config and the
     data facts, finite values, counters in range. Raises ValueError."""
-    keys = ("S", "buf", "pending", "net_batch", "outer_done", "region_boxes", "policy_counts", "last_loss")
-    if not isinstance(st, dict) or any(k not in st for k in keys):
-        raise ValueError(f"state must be a dict with {', '.join(keys)}")
+    if not isinstance(st, dict) or any(k not in st for k in STATE_KEYS):
+        raise ValueError(f"state must be a dict with {', '.join(STATE_KEYS)}")
     shape = (facts["num_classes"] * cfg.run.ipc, facts["channels"], facts["size"], facts["size"])
     for k in ("S", "buf", "pending"):
         t = st[k]
