@@ -67,7 +67,8 @@ def cutout_size(size: int) -> int:
 
 def sample_params(keys: torch.Tensor, strategy: Strategy, size: int, op_key=None) -> torch.Tensor:
     """[G, NUM_PARAMS] float32 rows, one per key. The op choice is drawn from `op_key` when given
-    (IDC draws it once per batch even in per-sample mode), else from each row's own key."""
+    (IDC draws it once per batch even in per-sample mode; an int, or a device key of rng.key_on),
+    else from each row's own key."""
     keys = torch.as_tensor(keys, dtype=torch.int64).reshape(-1)
     u = rng.uniform(keys, NUM_PARAMS, torch.float64)
     p = torch.zeros(keys.shape[0], NUM_PARAMS, dtype=torch.float64, device=keys.device)
@@ -86,7 +87,9 @@ def sample_params(keys: torch.Tensor, strategy: Strategy, size: int, op_key=None
     p[:, SCALE_Y] = u[:, SCALE_Y] * (RATIO_SCALE - 1.0 / RATIO_SCALE) + 1.0 / RATIO_SCALE
     p[:, ROT] = (u[:, ROT] - 0.5) * 2 * RATIO_ROTATE / 180 * math.pi
     n_ops = max(1, len(strategy.ops))
-    if op_key is not None:
+    if isinstance(op_key, torch.Tensor):  # a key made on the device: the same draw, computed there
+        p[:, OP] = torch.floor(rng.uniform(op_key.reshape(1), 1, torch.float64)[0, 0] * n_ops)
+    elif op_key is not None:
         p[:, OP] = math.floor(rng.uniform_host(op_key, 1)[0] * n_ops)  # a host draw: nothing is copied to the device
     else:
         p[:, OP] = torch.floor(u[:, OP] * n_ops)

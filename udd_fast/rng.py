@@ -89,10 +89,26 @@ def uniform_host(k: int, n: int) -> list:
 
 
 def fold(keys: torch.Tensor, ids) -> torch.Tensor:
-    """Fold ids (non-negative ints, broadcasting) into keys: the tensor form of one `key` step."""
+    """Fold ids (non-negative ints or int64 tensors, broadcasting) into keys: the tensor form of one
+    `key` step. A Python int id stays a scalar operand, so nothing is copied from host memory."""
     keys = torch.as_tensor(keys, dtype=torch.int64)
-    ids = torch.as_tensor(ids, dtype=torch.int64, device=keys.device)
+    if not isinstance(ids, int):
+        ids = torch.as_tensor(ids, dtype=torch.int64, device=keys.device)
     return mix((keys ^ ids) + _signed(_GOLDEN))
+
+
+def key_on(k, *parts) -> torch.Tensor:
+    """`key(k, *parts)` computed on the device, for a k and parts that may be int64 tensors (the loop's
+    device counters) as well as ints and purpose strings: bit for bit the same 64-bit key."""
+    h = mix(torch.as_tensor(k, dtype=torch.int64) + _signed(_GOLDEN))
+    return chain(h, *parts)
+
+
+def chain(h: torch.Tensor, *parts) -> torch.Tensor:
+    """Fold parts into keys that `key` (or `key_on`) made: key(seed, a, b) == chain(key(seed, a), b)."""
+    for p in parts:
+        h = fold(h, p if isinstance(p, torch.Tensor) else _purpose_id(p))
+    return h
 
 
 def bits(keys: torch.Tensor, n: int) -> torch.Tensor:

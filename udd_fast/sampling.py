@@ -14,25 +14,24 @@ import torch
 from . import rng
 
 
-def class_batch_indices(class_indices: torch.Tensor, class_counts: torch.Tensor, seed: int, step: int,
-                        batch: int, host_counts=None) -> torch.Tensor:
-    """[K, batch] dataset indices: batch `step` of every class's keyed epoch stream. `host_counts`, a
-    host copy of class_counts (the loop passes RealData's), sizes the draw without reading the device."""
+def class_batch_indices(class_indices: torch.Tensor, class_counts: torch.Tensor, seed: int, step, batch: int,
+                        host_counts=None) -> torch.Tensor:
+    """[K, batch] dataset indices: batch `step` of every class's keyed epoch stream. `step` is an int or
+    an int64 device scalar (the loop's counter); `host_counts`, a host copy of class_counts (the loop
+    passes RealData's), sizes the draw without reading the device. Each class permutes the epochs its
+    batch touches, counted from its own first one: at most `span` of them, a host-known number."""
     k, max_count = class_indices.shape
     dev = class_indices.device
     counts = class_counts.to(dev).view(k, 1)
-    pos = step * batch + torch.arange(batch, device=dev).view(1, batch)  # [1, B]
-    epoch = pos // counts  # [K, B]
     if host_counts is None:
         host_counts = class_counts.tolist()
-    first = min(step * batch // int(c) for c in host_counts)
-    last = max((step * batch + batch - 1) // int(c) for c in host_counts)
-    epochs = torch.arange(first, last + 1, device=dev)  # the epochs this batch touches
+    span = (batch - 1) // max(1, min(int(c) for c in host_counts)) + 2
+    pos = step * batch + torch.arange(batch, device=dev).view(1, batch)  # [1, B]
+    first = (step * batch) // counts  # [K, 1]: each class's first epoch in this batch
+    epochs = first + torch.arange(span, device=dev).view(1, span)  # [K, span]
     base = rng.subkeys(rng.key(seed, "class_epoch"), torch.arange(k, device=dev))  # [K]
-    keys = rng.fold(base.view(k, 1), epochs.view(1, -1))  # [K, E]
-    perms = rng.permutation(keys, max_count, valid=counts)  # [K, E, max_count]
-    offset = pos % counts
-    slot = perms[torch.arange(k, device=dev).view(k, 1), epoch - first, offset]  # [K, B]
+    perms = rng.permutation(rng.fold(base.view(k, 1), epochs), max_count, valid=counts)  # [K, span, max_count]
+    slot = perms[torch.arange(k, device=dev).view(k, 1), pos // counts - first, pos % counts]  # [K, B]
     return torch.gather(class_indices, 1, slot)
 
 
@@ -54,6 +53,27 @@ class EpochBatches:
             keys = rng.key_tensor(rng.fold_int(self.base, epoch), self.device)
             self._perm, self._epoch = rng.permutation(keys, self.n)[0], epoch
         return self._perm[j * self.batch:(j + 1) * self.batch]
+
+    def on_device(self, b0: torch.Tensor, count: int):
+        """Batches b0 .. b0+count-1 drawn on the device from a device batch number b0: ([count, batch]
+        indices, each padded with index 0 past its batch's size; [count] sizes). Bit for bit
+        `indices(b)` and `size(b)`; the epochs they touch are permuted once per call."""
+        span = (count - 1) // self.per_epoch + 2  # epochs that `count` consecutive batches can touch
+        dev = b0.device
+        e0 = b0 // self.per_epoch
+        perms = rng.permutation(rng.fold(rng.key_tensor(self.base, dev), e0 + torch.arange(span, device=dev)),
+                                self.n)  # [span, n]
+        b = b0 + torch.arange(count, device=dev)
+        start = (b % self.per_epoch) * self.batch  # [count]
+        sizes = (self.n - start).clamp(max=self.batch)
+        at = torch.arange(self.batch, device=dev)
+        pos = (start.view(-1, 1) + at).clamp(max=self.n - 1)
+        idx = perms[(b // self.per_epoch - e0).view(-1, 1), pos]
+        return torch.where(at < sizes.view(-1, 1), idx, 0), sizes
+
+    def fewest(self, n_images: int) -> int:
+        """The fewest batches `run_until` takes for n_images, over every starting position in an epoch."""
+        return min(len(self.run_until(j, n_images)[0]) for j in range(self.per_epoch))
 
     def size(self, b: int) -> int:
         """How many images batch b holds (the last of an epoch is smaller), known on the host."""

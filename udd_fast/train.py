@@ -34,6 +34,25 @@ def cutmix_box(key: int, h: int, w: int, p: float = CUTMIX_P):
     return (x1, x2, y1, y2), 1.0 - ((x2 - x1) * (y2 - y1) / (h * w))
 
 
+def cutmix_on_device(key: torch.Tensor, n: torch.Tensor, h: int, w: int, padded: int, dtype, p: float = CUTMIX_P):
+    """`cutmix_box` and `cutmix_partners(..., padded)` computed on the device from a device key and a
+    device batch size n, bit for bit: (box as a [1, 1, h, w] bool mask, empty when the batch does not
+    mix; partners [padded]; kept ratio, a 0-dim `dtype` tensor, 1 when it does not mix)."""
+    u = rng.uniform(key.reshape(1), 4, torch.float64)[0]
+    cut = torch.sqrt(1.0 - u[1])
+    cut_w, cut_h = torch.floor(h * cut).long(), torch.floor(w * cut).long()  # int() of a non-negative float
+    cx, cy = torch.floor(u[2] * h).long(), torch.floor(u[3] * w).long()
+    x1, x2 = (cx - cut_w // 2).clamp(0, h), (cx + cut_w // 2).clamp(0, h)
+    y1, y2 = (cy - cut_h // 2).clamp(0, w), (cy + cut_h // 2).clamp(0, w)
+    mixes = u[0] < p
+    rows = torch.arange(h, device=key.device).view(h, 1)
+    cols = torch.arange(w, device=key.device).view(1, w)
+    mask = (rows >= x1) & (rows < x2) & (cols >= y1) & (cols < y2) & mixes
+    ratio = torch.where(mixes, 1.0 - ((x2 - x1) * (y2 - y1)).double() / (h * w), 1.0).to(dtype)
+    perm = rng.permutation(rng.fold(key.reshape(1), 1), padded, valid=n.reshape(1))[0]
+    return mask.view(1, 1, h, w), perm, ratio
+
+
 def cutmix_partners(key: int, n: int, device, padded: int = None) -> torch.Tensor:
     """CutMix's partner permutation of a batch of n, drawn on the device; `padded` >= n gives it that
     length, the positions from n on mapping to themselves (the first n entries are the same)."""
@@ -62,9 +81,11 @@ def augment_batch(x, strategy: Strategy, key: int, positions=None):
     return ops.diff_augment(x, augment_params(strategy, key, positions, x.shape[-1]), strategy)
 
 
-def augment_params(strategy: Strategy, key: int, positions: torch.Tensor, size: int) -> torch.Tensor:
-    """A batch's per-sample augmentation rows: keyed by the batch's key and each sample's position, the
-    op drawn once per batch (IDC)."""
+def augment_params(strategy: Strategy, key, positions: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch's per-sample augmentation rows: keyed by the batch's key (an int, or a device key of
+    rng.key_on) and each sample's position, the op drawn once per batch (IDC)."""
+    if isinstance(key, torch.Tensor):
+        return sample_params(rng.fold(key.reshape(1), positions), strategy, size, op_key=rng.key_on(key, "op"))
     return sample_params(rng.subkeys(key, positions), strategy, size, op_key=rng.key(key, "op"))
 
 

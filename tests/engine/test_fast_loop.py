@@ -59,8 +59,7 @@ def test_inner_iterations_read_nothing_back(mnist_dev, method, over, static):
             assert d.region_state.boxes is not None and d.matcher.n_total == 16  # views are in the batch
         with no_host_reads(mnist_dev.device) as guard:
             for inner in range(d.cfg.match.inner_loop):
-                loss = d.match(net, 0, inner)
-                d.network_update(net, opt)
+                loss = d.inner_iteration(net, opt, 0, inner)
         assert guard.seen == []
     assert d.pending is not None and torch.isfinite(loss) and not torch.equal(d.S, start)
     # the network update ran CutMix in these batches (a mixing batch and a plain one, as drawn on the host)

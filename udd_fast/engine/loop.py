@@ -1,12 +1,11 @@
 """The distillation loop, top-down: outer iterations of (fresh network, boundary, inner iterations of
 matching step + network update), over the engine's parts.
 
-One inner iteration is device work only: its draws are keyed on the host and made on the device and
-nothing is read back (tests/engine/test_fast_loop.py). On the static path (--cuda-graphs, --compile) its
-shapes are fixed as well: network batches are padded to the full batch and masked; how many batches an
-inner iteration trains (IDC: until n_data images were seen, so one more when an epoch's smaller last
-batch falls inside) is counted on the host from the batch number, so a captured step is replayed that
-many times. The outer boundary reads the device:
+One inner iteration is device work only: its draws are made on the device by the keyed counter RNG
+and nothing is read back (tests/engine/test_fast_loop.py). On the static path (--cuda-graphs,
+--compile) its shapes are fixed as well and its draws are keyed from device counters: the batched form
+runs it as at most two replays (engine/static_inner.py), network batches padded to the full batch and
+masked. The outer boundary reads the device:
 the clamp is followed by UDD's region search (which picks windows and counts policies on the host), the
 matching loss is read for the log, the images are checked for NaN, and a stop request is polled
 between inner iterations from a host flag (a collective under torchrun).
@@ -26,6 +25,7 @@ from ..models import ConvNet
 from .matcher import BatchedMatcher, SequentialMatcher
 from .precision import autocast, precision_scope
 from .region_state import RegionState
+from .static_inner import StaticInner
 from .synthetic import SyntheticSet
 from .network_update import NetworkUpdate
 
@@ -122,13 +122,14 @@ class Engine:
             self.region_state = RegionState(self.syn, self.proxy, cfg.udd, cfg.match.factor, cfg.run.seed, self.mean,
                                             self.std, (c0, c1), self.comm)
         self.net_update = NetworkUpdate(cfg, data, self.dtype, self.mean, self.std, self.amp, self.comm, static,
-                                        compiled, capture, self.log)
+                                        compiled)
         parts = (cfg, data, self.syn, self.region_state, self.dtype, self.mean, self.std, self.amp, self.comm,
                  (c0, c1))
         if cfg.match.form == "batched":
-            self.matcher = BatchedMatcher(*parts, trace=trace, static=static, capture=capture, log=self.log)
+            self.matcher = BatchedMatcher(*parts, trace=trace)
         else:
             self.matcher = SequentialMatcher(*parts, trace=trace)
+        self.static_inner = None  # the static path's inner iteration (made with the static network)
         self.outer_done = 0
         self.last_loss = float("nan")
 
@@ -210,6 +211,20 @@ class Engine:
         """The network (and optimizer, plain path) of an outer iteration."""
         return self.net_update.start(self.new_network(outer))
 
+    def inner_iteration(self, net, opt, outer, inner):
+        """One inner iteration (the matching step, then the network update); returns its summed matching
+        loss. On the static path with the batched form: at most two replays (engine/static_inner.py)."""
+        if self.path[0] and self.cfg.match.form == "batched":
+            if self.static_inner is None:
+                self.static_inner = StaticInner(self.matcher, self.syn, self.net_update, self.cfg.match.inner_loop,
+                                                self.cfg.net.n_data, self.path[1], self.log)
+            if inner == 0:
+                self.static_inner.start(outer)
+            return self.static_inner.run(outer, inner)
+        loss = self.match(net, outer, inner)
+        self.network_update(net, opt)
+        return loss
+
     # -- loop -----------------------------------------------------------------------------------------
     def boundary(self, outer):
         """Start of an outer iteration: clamp S to [0,1] (IDC), (UDD) search regions on the clamped
@@ -229,8 +244,7 @@ class Engine:
         for inner in range(cfg.match.inner_loop):
             if should_stop and self.comm.any(should_stop(), "stop flag"):  # every rank stops at the same point
                 raise Stopped(f"stopped in outer iteration {outer}")
-            loss_sum = loss_sum + self.match(net, outer, inner)
-            self.network_update(net, opt)
+            loss_sum = loss_sum + self.inner_iteration(net, opt, outer, inner)
         if self.comm.distributed:
             loss_sum = self.merge(loss_sum, net)
         self.last_loss = float(loss_sum) / (self.K * cfg.match.inner_loop)  # IDC's logged mean loss

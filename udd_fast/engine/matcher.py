@@ -2,20 +2,18 @@
 iteration, the one matching-loss recipe, and the two forms that apply it (docs/method.md sections 1, 2, 4).
 
 - `SequentialMatcher`: IDC's loop, one class at a time, one image step per class.
-- `BatchedMatcher`: all (own) classes in one grouped network pass and one image step; optionally on
-  static buffers (the draws copied into tensors allocated once), which a CUDA graph can replay.
+- `BatchedMatcher`: all (own) classes in one grouped network pass and one image step; its draws can be
+  keyed from device counters, so that a captured inner iteration makes them itself.
 """
 import torch
 import torch.nn.functional as F
 
 from .. import ops, rng
 from ..ops.cfc_loss import class_prototypes
-from ..augment import NUM_PARAMS, Strategy, sample_params
-from ..logs import quiet
+from ..augment import Strategy, sample_params
 from ..matching import match_distance
 from ..sampling import class_batch_indices
 from ..train import normalize
-from .replay import Replay
 
 
 def class_losses(net, weights, x_real, x_syn, labels, dtype, amp, metric: str, cfc_weight: float, tau: float,
@@ -75,22 +73,30 @@ class Matcher:
         n_total = syn.n_dec * (2 if region_state is not None and region_state.search is not None else 1)
         self.n_total, self.n_syn = n_total, min(n_total, cfg.match.batch_syn_max)
         self.cfc_weight = cfg.udd.cfc_weight if region_state is not None else 0.0
+        self.prefix = {p: rng.key_tensor(rng.key(cfg.run.seed, p), self.device) for p in ("match_aug", "subsample")}
 
     def views(self):
         return None if self.region_state is None else self.region_state.boxes
 
-    # -- the draws of an inner iteration (device work only, keyed by (seed, outer, inner, class)) --
+    # -- the draws of an inner iteration: device work only, keyed by (seed, outer, inner, class), where
+    # outer and inner are ints or the loop's device counters (0-dim int64 tensors): the same numbers --
+    def _keys(self, purpose, outer, inner):
+        """[own classes] keys: key(seed, purpose, outer, inner, c) for each own class c."""
+        if isinstance(outer, torch.Tensor):
+            base = rng.chain(self.prefix[purpose], outer, inner)
+        else:
+            base = rng.key_tensor(rng.key(self.cfg.run.seed, purpose, outer, inner), self.device)
+        return rng.fold(base, self.own)
+
     def params(self, outer, inner):
         """[own classes, P]: each class's siamese augmentation draw."""
-        keys = rng.subkeys(rng.key(self.cfg.run.seed, "match_aug", outer, inner), self.own)
-        return sample_params(keys, self.strategy, self.syn.size)
+        return sample_params(self._keys("match_aug", outer, inner), self.strategy, self.syn.size)
 
     def subsample_index(self, outer, inner):
         """[own classes, n_syn] samples to keep per class (IDC: random subset when more than batch_syn_max)."""
         if self.n_total <= self.n_syn:
             return None
-        keys = rng.subkeys(rng.key(self.cfg.run.seed, "subsample", outer, inner), self.own)
-        return rng.permutation(keys, self.n_total)[:, :self.n_syn]
+        return rng.permutation(self._keys("subsample", outer, inner), self.n_total)[:, :self.n_syn]
 
     def real_batches(self, outer, inner):
         """[own classes, B, C, H, W] normalized real batches, not yet augmented."""
@@ -100,6 +106,10 @@ class Matcher:
                                   self.data.host_counts)[self.c0:self.c1]
         x = self.data.to_float(idx.reshape(-1)).to(self.dtype)
         return normalize(x, self.mean, self.std).view(idx.shape[0], b, C, size, size)
+
+    def draws(self, outer, inner):
+        return dict(params=self.params(outer, inner), reals=self.real_batches(outer, inner),
+                    sub=self.subsample_index(outer, inner))
 
     def augment(self, x, params):
         """x [G, m, C, H, W] under class g's (siamese) draw params[g]: augmenting the real and the
@@ -152,26 +162,9 @@ class SequentialMatcher(Matcher):
 
 
 class BatchedMatcher(Matcher):
-    """All (own) classes at once: one grouped pass for the per-class losses, one image step. With
-    `static`, the draws are copied into buffers allocated once and the loss and gradient are computed
-    by a `Replay` (a CUDA graph with `capture`), reading nothing else but the images, the network's
-    parameters and the region boxes, all updated in place."""
-
-    def __init__(self, *args, static=False, capture=False, log=quiet, **kw):
-        super().__init__(*args, **kw)
-        self.replay = None
-        if static:
-            b, size, C = self.cfg.match.batch_real, self.syn.size, self.syn.C
-            self.buffers = dict(params=torch.zeros(self.G, NUM_PARAMS, device=self.device),
-                                reals=torch.zeros(self.G, b, C, size, size, dtype=self.dtype, device=self.device),
-                                sub=None if self.n_total <= self.n_syn else
-                                torch.zeros(self.G, self.n_syn, dtype=torch.int64, device=self.device))
-            self.net = None  # the static network (the network update's), whose parameters are updated in place
-            self.replay = Replay(lambda: self.grad(self.net, **self.buffers), "matching step", capture, log)
-
-    def draws(self, outer, inner):
-        return dict(params=self.params(outer, inner), reals=self.real_batches(outer, inner),
-                    sub=self.subsample_index(outer, inner))
+    """All (own) classes at once: one grouped pass for the per-class losses, one image step. `grad`
+    reads nothing but its draws, the images, the network's parameters and the region boxes, so the
+    static path (engine/static_inner.py) runs it inside a captured inner iteration."""
 
     def grad(self, net, params, reals, sub):
         """(per-class matching loss [own classes], its gradient w.r.t. S) at the current S."""
@@ -188,19 +181,12 @@ class BatchedMatcher(Matcher):
         (grad,) = torch.autograd.grad(per_class.sum(), S)
         return per_class.detach(), grad
 
-    def step(self, net, outer, inner):
-        if self.replay is None:
-            per_class, grad = self.grad(net, **self.draws(outer, inner))
-        else:
-            if self.net is None:
-                self.net = net
-            elif net is not self.net:
-                raise RuntimeError("the static matching step reads one network, updated in place")
-            for name, value in self.draws(outer, inner).items():
-                if value is not None:
-                    self.buffers[name].copy_(value)
-            per_class, grad = self.replay()
+    def trace_all(self, outer, inner):
         for c in range(self.c0, self.c1):
             self._trace(outer, inner, c)
+
+    def step(self, net, outer, inner):
+        per_class, grad = self.grad(net, **self.draws(outer, inner))
+        self.trace_all(outer, inner)
         self.syn.step_classes(grad, inner == self.cfg.match.inner_loop - 1)
         return per_class.sum()

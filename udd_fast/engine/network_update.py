@@ -4,19 +4,17 @@ were seen), in two forms that compute the same:
 - plain: `train.train_step` per batch, with torch's SGD; the last batch of an epoch is smaller, as
   IDC's; under torchrun each rank computes its share of every batch and the gradients are summed;
 - static (`StaticNetworkStep`): every batch padded to the full batch size, the padding masked out of the
-  loss; the draws (indices, augmentation, CutMix's box as a mask, its partners and ratio) copied into
-  buffers allocated once; the parameters and the momentum updated in place. Optionally compiled
-  (`--compile on`) and captured as a CUDA graph (`--cuda-graphs`).
+  loss; the draws (indices, augmentation, CutMix's box as a mask, its partners and ratio) made on the
+  device from a device batch counter; the parameters and the momentum updated in place. Optionally
+  compiled (`--compile on`); engine/static_inner.py captures it as part of a CUDA graph (`--cuda-graphs`).
 """
 import torch
 import torch.nn.functional as F
 
 from .. import ops, rng
-from ..augment import NUM_PARAMS, Strategy
-from ..logs import quiet
+from ..augment import Strategy
 from ..sampling import EpochBatches
-from ..train import augment_params, cutmix_box, cutmix_partners, make_sgd, normalize, train_step
-from .replay import Replay
+from ..train import augment_params, cutmix_on_device, make_sgd, normalize, train_step
 
 
 def sgd_(params, grads, momentum, lr: float, mom: float, wd: float):
@@ -29,29 +27,24 @@ def sgd_(params, grads, momentum, lr: float, mom: float, wd: float):
 
 
 class StaticNetworkStep:
-    """One network-update batch as fixed device work: the same shapes and the same sequence of kernels
-    for every batch, whatever its size and draws. `fill(b, n, idx)` writes batch b's draws into the
-    buffers; `run()` computes the masked loss, its gradient and the SGD step of `net`, in place."""
+    """Network-update batches as fixed device work: the same shapes and the same sequence of kernels
+    for every batch, whatever its size and draws. `batches(b0, count)` trains batches b0 .. b0+count-1
+    of `net` in place, b0 a device counter that it advances: every draw (the epoch order, the
+    augmentation, CutMix's decision, box, partners and ratio) is computed on the device from it, keyed
+    as train_step keys them, so the first n rows of a padded batch are the ragged batch's."""
 
-    def __init__(self, net, data, batch: int, net_cfg, dtype, mean, std, amp, compile_net: bool, capture: bool,
-                 log):
-        self.net, self.data, self.B, self.dtype, self.mean, self.std, self.amp = \
-            net, data, batch, dtype, mean, std, amp
+    def __init__(self, net, data, batches, seed: int, net_cfg, dtype, mean, std, amp, compile_net: bool):
+        self.net, self.data, self.epochs, self.dtype, self.mean, self.std, self.amp = \
+            net, data, batches, dtype, mean, std, amp
         self.cfg = net_cfg
-        self.size = data.info.size
+        self.B, self.size = batches.batch, data.info.size
         dev = data.images.device
         self.strategy = Strategy.parse(net_cfg.net_aug)
         self.params = list(net.parameters())
         self.momentum = [torch.zeros_like(p) for p in self.params]
-        self.idx = torch.zeros(batch, dtype=torch.int64, device=dev)
-        self.weight = torch.zeros(batch, dtype=dtype, device=dev)  # 1/n on the batch's n images, 0 on padding
-        self.aug = torch.zeros(batch, NUM_PARAMS, device=dev)
-        self.mask = torch.zeros(1, 1, self.size, self.size, dtype=torch.bool, device=dev)  # CutMix's box
-        self.perm = torch.arange(batch, device=dev)  # CutMix's partners
-        self.ratio = torch.ones((), dtype=dtype, device=dev)  # CutMix's kept share (1: no mix)
-        self.positions = torch.arange(batch, device=dev)
+        self.prefix = rng.key_tensor(rng.key(seed, "net_update"), dev)  # key(seed, "net_update", b) = chain(prefix, b)
+        self.positions = torch.arange(self.B, device=dev)
         self.loss_fn = torch.compile(self._loss, dynamic=False) if compile_net else self._loss
-        self.replay = Replay(self._step, "network step", capture, log, restore=self.params + self.momentum)
 
     def reset(self, fresh):
         """Start an outer iteration from `fresh` (a new network): its parameters into the static ones,
@@ -62,28 +55,13 @@ class StaticNetworkStep:
             for buf in self.momentum:
                 buf.zero_()
 
-    @torch.no_grad()
-    def fill(self, key: int, n: int, idx: torch.Tensor):
-        """Batch draws into the buffers: n = the batch's size (host-known), idx [n] its images. Keyed as
-        train_step keys them, so the first n rows are the ragged batch's."""
-        B = self.B
-        self.idx[:n].copy_(idx)
-        self.idx[n:].zero_()
-        self.weight.zero_()
-        self.weight[:n].fill_(1.0 / n)
-        if self.strategy != Strategy():
-            self.aug.copy_(augment_params(self.strategy, rng.key(key, "aug"), self.positions, self.size))
-        if self.cfg.net_cutmix:
-            mix_key = rng.key(key, "cutmix")
-            box = cutmix_box(mix_key, self.size, self.size)
-            self.mask.zero_()
-            if box is None:
-                self.ratio.fill_(1.0)
-            else:
-                (x1, x2, y1, y2), ratio = box
-                self.mask[:, :, x1:x2, y1:y2] = True
-                self.perm.copy_(cutmix_partners(mix_key, n, self.idx.device, padded=B))
-                self.ratio.fill_(ratio)
+    def batches(self, b0: torch.Tensor, count: int):
+        """Train `count` batches from device batch number b0 (a 0-dim int64 tensor), then advance it."""
+        idx, sizes = self.epochs.on_device(b0, count)
+        for j in range(count):
+            self._step(rng.chain(self.prefix, b0 + j), idx[j], sizes[j])
+        with torch.no_grad():
+            b0.add_(count)
 
     def _loss(self, x, y, y_b, ratio, weight):
         with self.amp():
@@ -94,64 +72,80 @@ class StaticNetworkStep:
             ce = ce * ratio + F.cross_entropy(out, y_b, reduction="none") * (1.0 - ratio)
         return (ce * weight).sum()
 
-    def _step(self):
-        x = normalize(self.data.to_float(self.idx).to(self.dtype), self.mean, self.std)
-        y = self.data.labels[self.idx]
+    def _step(self, key, idx, n):
+        """One padded batch: idx [B] (0 past n), n its size (device scalars), key its key."""
         with torch.no_grad():
+            weight = torch.where(self.positions < n, 1.0 / n.double(), 0.0).to(self.dtype)  # 1/n, 0 on padding
+            x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
+            y = self.data.labels[idx]
             if self.strategy != Strategy():
-                x = ops.diff_augment(x, self.aug, self.strategy)
-            y_b = None
+                x = ops.diff_augment(x, augment_params(self.strategy, rng.key_on(key, "aug"), self.positions,
+                                                       self.size), self.strategy)
+            y_b, ratio = None, None
             if self.cfg.net_cutmix:  # by mask: the same kernels whether this batch mixes or not
-                x = torch.where(self.mask, x[self.perm], x)
-                y_b = y[self.perm]
-        loss = self.loss_fn(x, y, y_b, self.ratio, self.weight)
+                mask, perm, ratio = cutmix_on_device(rng.key_on(key, "cutmix"), n, self.size, self.size, self.B,
+                                                     self.dtype)
+                x = torch.where(mask, x[perm], x)
+                y_b = y[perm]
+        loss = self.loss_fn(x, y, y_b, ratio, weight)
         grads = torch.autograd.grad(loss, self.params)
         with torch.no_grad():
             sgd_(self.params, grads, self.momentum, self.cfg.lr_net, self.cfg.mom_net, self.cfg.wd_net)
-        return loss.detach()
-
-    def run(self):
-        return self.replay()
 
 
 class NetworkUpdate:
     """The network update of each inner iteration; `net_batch` counts batches across the run (every
-    batch's draws are keyed by its number)."""
+    batch's draws are keyed by its number). The static path keeps the same number on the device
+    (`counter`, advanced by its steps); setting `net_batch` sets both."""
 
-    def __init__(self, cfg, data, dtype, mean, std, amp, comm, static=False, compile_net=False, capture=False,
-                 log=quiet):
+    def __init__(self, cfg, data, dtype, mean, std, amp, comm, static=False, compile_net=False):
         self.bf16 = cfg.match.precision == "bf16"
         self.cfg, self.data, self.dtype, self.mean, self.std, self.amp, self.comm = \
             cfg, data, dtype, mean, std, amp, comm
         self.batches = EpochBatches(data.images.shape[0], cfg.match.batch_real, cfg.run.seed, "net_batches",
                                     data.images.device)
         self.strategy = Strategy.parse(cfg.net.net_aug)
-        self.net_batch = 0
+        self.counter = torch.zeros((), dtype=torch.int64, device=data.images.device)
+        self._net_batch = 0
         self.static = None
-        self.static_args = (static, compile_net, capture, log)
+        self.static_args = (static, compile_net)
+
+    @property
+    def net_batch(self) -> int:
+        return self._net_batch
+
+    @net_batch.setter
+    def net_batch(self, b: int):
+        self._net_batch = int(b)
+        self.counter.fill_(self._net_batch)
 
     def start(self, fresh):
         """The network and optimizer of an outer iteration from a fresh network: plain, that network and
         a new SGD; static, the static network (made from the first fresh one) reset to it."""
-        static, compile_net, capture, log = self.static_args
+        static, compile_net = self.static_args
         if not static:
             return fresh, make_sgd(fresh, self.cfg.net.lr_net, self.cfg.net.mom_net, self.cfg.net.wd_net)
         if self.static is None:
-            self.static = StaticNetworkStep(fresh, self.data, self.cfg.match.batch_real, self.cfg.net, self.dtype,
-                                        self.mean, self.std, self.amp, compile_net, capture, log)
+            self.static = StaticNetworkStep(fresh, self.data, self.batches, self.cfg.run.seed, self.cfg.net,
+                                            self.dtype, self.mean, self.std, self.amp, compile_net)
         self.static.reset(fresh)
         return self.static.net, None
 
+    def advance(self, n_images: int) -> int:
+        """Count, on the host, the batches until n_images were seen from net_batch on, and move net_batch
+        past them (the device counter is the steps' to move). Returns the count."""
+        numbers, self._net_batch = self.batches.run_until(self._net_batch, n_images)
+        return len(numbers)
+
     def update(self, net, opt):
         """Train `net` on the next batches until n_data images were seen (the count is known on the host)."""
-        numbers, self.net_batch = self.batches.run_until(self.net_batch, self.cfg.net.n_data)
+        if self.static is not None:
+            self.static.batches(self.counter, self.advance(self.cfg.net.n_data))
+            return
+        numbers, self._net_batch = self.batches.run_until(self._net_batch, self.cfg.net.n_data)
         for b in numbers:
             key = rng.key(self.cfg.run.seed, "net_update", b)
             idx = self.batches.indices(b)
-            if self.static is not None:
-                self.static.fill(key, self.batches.size(b), idx)
-                self.static.run()
-                continue
 
             def load(pos, idx=idx):
                 i = idx[pos]

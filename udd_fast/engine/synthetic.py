@@ -28,6 +28,7 @@ class SyntheticSet:
         self.S = images
         self.buf = torch.zeros_like(images)
         self.pending = None
+        self.split = None  # step_classes_on's remainder buffer
         self.K, self.ipc = num_classes, ipc
         self.C, self.size = images.shape[1], images.shape[-1]
         dev, dtype = images.device, images.dtype
@@ -74,6 +75,18 @@ class SyntheticSet:
             self.pending[self.rows] = self.rest * buf
         else:
             S.sub_(self.lr * self.L * buf)
+
+    @torch.no_grad()
+    def step_classes_on(self, grad, last: torch.Tensor):
+        """`step_classes` with `last` a device flag (0-dim bool), for a captured inner iteration that is
+        the same work whether it is the last or not: the remainder goes to `split` (allocated once, zero
+        unless last), which the host, knowing which inner iteration is the last, makes `pending`."""
+        if self.split is None:
+            self.split = torch.zeros_like(self.S)
+        S, buf = self.S[self.rows], self.buf[self.rows]
+        buf.mul_(self.m).add_(grad[self.rows])
+        S.sub_(torch.where(last, self.first_part, self.lr * self.L) * buf)
+        self.split[self.rows] = torch.where(last, self.rest * buf, 0.0)
 
     @torch.no_grad()
     def clamp(self):
