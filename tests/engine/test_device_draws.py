@@ -179,5 +179,5 @@ def test_static_inner_iteration_dispatches_at_most_16_ops_outside_its_replays(ci
     per_inner = len(count.outside) / cfg.match.inner_loop
     assert per_inner <= 16, count.outside
     assert count.inside > 1000  # the work itself ran, inside the replays
-    assert d.pending is d.syn.split and torch.isfinite(loss) and not torch.equal(d.S, start)
+    assert d.pending is not None and torch.equal(d.pending, d.syn.split[1]) and torch.isfinite(loss) and not torch.equal(d.S, start)
     assert d.net_batch == int(d.net_update.counter) == 3 * 3  # 48 images of 16 per inner iteration

@@ -27,8 +27,7 @@ class StaticInner:
         self.inner_t = torch.zeros((), dtype=torch.int64, device=dev)
         self.fewest = net_update.batches.fewest(n_data)
         step = net_update.static
-        self.syn.step_classes_on(torch.zeros_like(syn.S), self.inner_t < 0)  # allocates the split buffer
-        changed = [syn.S, syn.buf, syn.split, *step.params, *step.momentum, net_update.counter]
+        changed = [syn.S, syn.buf, syn.split_buffer(), *step.params, *step.momentum, net_update.counter]
         self.a = Replay(self._a, "inner iteration", capture, log, restore=changed + [self.inner_t])
         self.b = Replay(self._b, "network batch", capture, log, restore=[*step.params, *step.momentum,
                                                                           net_update.counter])
@@ -40,7 +39,7 @@ class StaticInner:
     def _a(self):
         m, step = self.matcher, self.net_update.static
         per_class, grad = m.grad(step.net, **m.draws(self.outer_t, self.inner_t))
-        self.syn.step_classes_on(grad, self.inner_t == self.inner_loop - 1)
+        self.syn.step_classes(grad, self.inner_t == self.inner_loop - 1)
         step.batches(self.net_update.counter, self.fewest)
         with torch.no_grad():
             self.inner_t.add_(1)
@@ -56,5 +55,5 @@ class StaticInner:
         for _ in range(count - self.fewest):
             self.b()
         if inner == self.inner_loop - 1:
-            self.syn.pending = self.syn.split
+            self.syn.pending = self.syn.split[1]
         return loss

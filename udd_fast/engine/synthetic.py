@@ -16,19 +16,21 @@ def check_boxes(boxes: torch.Tensor, src: torch.Tensor, n_images: int, what: str
 
 class SyntheticSet:
     """The stored images S [K*ipc, C, H, W] (unclamped between outer boundaries, as IDC), the momentum
-    buffer, and `pending`: the part of a split step that comes after the clamp (batched form).
+    buffer, and `pending`: the part of a split step that comes after the clamp (batched form), a view of
+    a buffer allocated at the first split step and overwritten by every later one.
 
     Decoding is class-major: row c*n_dec + j of the plan decodes stored image c*ipc + src[j]. The
     image steps: `step_class` is IDC's momentum SGD on the whole tensor after one class's gradient;
     `step_classes` does the K per-class steps of one inner iteration at once (momentum mu**K, step
     multiplier (1 - mu**K) / (1 - mu)), splitting the last inner iteration's step at the clamp as
-    section 4 prescribes. Their coefficients are computed once, here."""
+    section 4 prescribes. Their coefficients are computed once, here. Each step is at most 4 kernels:
+    the momentum's 2 and the image's 2, with the same roundings as the plain formulas."""
 
     def __init__(self, images, num_classes: int, ipc: int, factor: int, mom: float, lr: float, classes: tuple):
         self.S = images
         self.buf = torch.zeros_like(images)
         self.pending = None
-        self.split = None  # step_classes_on's remainder buffer
+        self.split = None  # [2, *S.shape]: a split step's part before the clamp (own rows), and `pending`
         self.K, self.ipc = num_classes, ipc
         self.C, self.size = images.shape[1], images.shape[-1]
         dev, dtype = images.device, images.dtype
@@ -46,7 +48,8 @@ class SyntheticSet:
         # up to the clamp, class c has had its own step and those of classes c+1..K-1
         w = torch.tensor([(1 - mom ** (K - c)) / (1 - mom) for c in range(c0, c1)], dtype=dtype,
                          device=dev).repeat_interleave(ipc).view(-1, 1, 1, 1)
-        self.first_part, self.rest = lr * w, lr * (self.L - w)
+        self.parts = torch.stack([lr * w, lr * (self.L - w)])  # [2, own rows, 1, 1, 1]: before, after the clamp
+        self.whole = torch.stack([torch.full_like(w, lr * self.L), torch.zeros_like(w)])  # a step not split
 
     def decode(self, S, classes: slice, views=None):
         """[classes, n, C, H, W] (differentiable in S): each class's formations, then, given `views`
@@ -62,31 +65,34 @@ class SyntheticSet:
     @torch.no_grad()
     def step_class(self, grad):
         self.buf.mul_(self.mu).add_(grad)
+        # the product rounded on its own, as IDC's S - lr * buf: add_(buf, alpha=-lr) may fuse it (FMA)
         self.S.sub_(self.lr * self.buf)
 
-    @torch.no_grad()
-    def step_classes(self, grad, last: bool):
-        """The steps of all (own) classes; the other ranks' rows are theirs to move (zero gradient here)."""
-        S, buf = self.S[self.rows], self.buf[self.rows]
-        buf.mul_(self.m).add_(grad[self.rows])
-        if last:
-            S.sub_(self.first_part * buf)
-            self.pending = torch.zeros_like(self.S)
-            self.pending[self.rows] = self.rest * buf
-        else:
-            S.sub_(self.lr * self.L * buf)
+    def split_buffer(self):
+        """The split step's buffer, allocated at its first use (the sequential form never needs it)."""
+        if self.split is None:
+            self.split = torch.zeros((2, *self.S.shape), dtype=self.S.dtype, device=self.S.device)
+        return self.split
 
     @torch.no_grad()
-    def step_classes_on(self, grad, last: torch.Tensor):
-        """`step_classes` with `last` a device flag (0-dim bool), for a captured inner iteration that is
-        the same work whether it is the last or not: the remainder goes to `split` (allocated once, zero
-        unless last), which the host, knowing which inner iteration is the last, makes `pending`."""
-        if self.split is None:
-            self.split = torch.zeros_like(self.S)
+    def step_classes(self, grad, last):
+        """The steps of all (own) classes; the other ranks' rows are theirs to move (zero gradient here).
+        `last` is a bool, or a device flag (0-dim bool) for a captured inner iteration, which is the same
+        work whether it is the last or not: one more kernel then picks the coefficients, the remainder
+        (`split[1]`) is zero unless last, and the host, which knows, makes it `pending`."""
         S, buf = self.S[self.rows], self.buf[self.rows]
         buf.mul_(self.m).add_(grad[self.rows])
-        S.sub_(torch.where(last, self.first_part, self.lr * self.L) * buf)
-        self.split[self.rows] = torch.where(last, self.rest * buf, 0.0)
+        if isinstance(last, torch.Tensor) or last:
+            # both parts in one product (each element rounded as by its own); the other ranks' rows of
+            # the remainder are never written, so they stay zero
+            parts = self.split_buffer()[:, self.rows]
+            coef = torch.where(last, self.parts, self.whole) if isinstance(last, torch.Tensor) else self.parts
+            torch.mul(coef, buf, out=parts)
+            S.sub_(parts[0])
+            if last is True:
+                self.pending = self.split[1]
+        else:
+            S.sub_(self.lr * self.L * buf)
 
     @torch.no_grad()
     def clamp(self):
