@@ -26,9 +26,10 @@ EPS = 1e-12  # F.normalize's eps
 
 @functools.lru_cache(maxsize=64)
 def _consts(tau, acc_t, device):
-    # tau and eps as a tensor: a Python float argument would be float32 in the kernel. Made once per
-    # (tau, dtype, device): each new one is a copy from host memory, which a loop must not wait on.
-    return torch.tensor([tau, EPS], dtype=acc_t, device=device)
+    # tau and eps as a tensor: a Python float argument would be float32 in the kernel. Filled on the
+    # device, not copied from host memory (the loop's first call makes it); made once per (tau, dtype,
+    # device).
+    return torch.stack([torch.full((), v, dtype=acc_t, device=device) for v in (tau, EPS)])
 
 
 def _block_k(k):
