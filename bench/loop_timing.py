@@ -6,6 +6,7 @@ own loop (bench/idc_loop.py) is timed in the same run, side by side.
     python bench/loop_timing.py --device cpu --ipc 1 10 [--out loop.md]
     python bench/loop_timing.py --device cuda --ipc 1 10 50
     python bench/loop_timing.py --device cpu --tiny          # what gpu_session.py --dry-run runs
+    python bench/loop_timing.py --host --ipc 1 10 50        # the host's work per inner iteration (meta device)
 
 One inner iteration = the matching step (all classes) + the network update; each is timed apart
 (synchronized), after one warm-up inner iteration (which also compiles and captures), median over
@@ -14,6 +15,7 @@ the FLOPs of one inner iteration (torch's FlopCounterMode: convolutions and matm
 run at, against a float32 matmul measured in the same run; --profile adds where one inner iteration
 goes, by kernel family (torch.profiler)."""
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,25 +75,90 @@ def _distiller(data, ipc, form, precision, graphs, compile_net, device, **over):
 
 def our_steps(data, ipc, mode, device, **over):
     """Our loop in `mode` as a generator: each next() runs one inner iteration and yields (ms of the
-    matching step, ms of the network update), synchronized."""
+    matching step, ms of the network update), synchronized. The static path of the batched form runs an
+    inner iteration as one piece (replays of captured work): it yields (ms of the whole, None)."""
     _, form, precision, graphs, compile_net = mode
     d = _distiller(data, ipc, form, precision, graphs, compile_net, device, **over)
+    whole = graphs == "on" and form == "batched"
     with d.precision():
         net, opt = d.start_network(0)
         d.boundary(0)
     i = 0
     while True:
+        inner = i % d.cfg.match.inner_loop
         with d.precision():
             _sync(device)
             t0 = time.perf_counter()
-            d.match(net, 0, i % d.cfg.match.inner_loop)
+            if whole:
+                d.inner_iteration(net, opt, 0, inner)
+            else:
+                d.match(net, 0, inner)
             _sync(device)
             t1 = time.perf_counter()
-            d.network_update(net, opt)
+            if not whole:
+                d.network_update(net, opt)
             _sync(device)
             t2 = time.perf_counter()
         i += 1
-        yield (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        yield (t1 - t0) * 1e3, None if whole else (t2 - t1) * 1e3
+
+
+class _HostWork(TorchDispatchMode):
+    """Counts the aten ops dispatched outside Replay's calls (what the host launches itself, one by one)
+    and the replays, and times the replays, so that the host time outside them can be told apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.replays, self.inside_s, self.depth = 0, 0, 0.0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.depth:
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def watching(self, replay_cls):
+        real = replay_cls.__call__
+
+        def counted(replay):
+            self.replays += 1
+            self.depth += 1
+            t0 = time.perf_counter()
+            try:
+                return real(replay)
+            finally:
+                self.inside_s += time.perf_counter() - t0
+                self.depth -= 1
+        replay_cls.__call__ = counted
+        try:
+            with self:
+                yield self
+        finally:
+            replay_cls.__call__ = real
+
+
+def host_floor(ipc, inner=3):
+    """(ops the host dispatches outside the replays, replays, host ms outside the replays) per inner
+    iteration of the static path (--cuda-graphs on, batched form, compile off) at CIFAR-10's shapes and
+    the paper's settings, on the meta device: shapes only, no device work, so what is timed is the host's.
+    Meta kernels are partly Python (shape functions), so the time outside the replays is an upper bound
+    of what the host spends launching there; the op count is exact."""
+    from udd_fast.engine.replay import Replay
+    data = RealData(random_cifar10(50000), "meta")
+    d = _distiller(data, ipc, "batched", "fp32", "on", "off", "cpu")
+    step = getattr(d, "inner_iteration", None) or (lambda net, opt, o, i: (d.match(net, o, i),
+                                                                          d.network_update(net, opt)))
+    with d.precision():
+        net, opt = d.start_network(0)
+        d.boundary(0)
+        step(net, opt, 0, 0)  # warm-up
+        work = _HostWork()
+        with work.watching(Replay):
+            t0 = time.perf_counter()
+            for i in range(1, inner + 1):
+                step(net, opt, 0, i)
+            total = time.perf_counter() - t0
+    return work.ops / inner, work.replays / inner, (total - work.inside_s) / inner * 1e3
 
 
 def interleaved(runners, inner):
@@ -103,7 +171,7 @@ def interleaved(runners, inner):
     for _ in range(inner):
         for name, steps in runners.items():
             times[name].append(next(steps))
-    return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+    return {name: (statistics.median(t[0] for t in ts), None if ts[0][1] is None else statistics.median(t[1] for t in ts))
             for name, ts in times.items()}
 
 
@@ -191,8 +259,25 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="16 px, 3 classes, IPC 1, small batches (a CPU dry run)")
     p.add_argument("--profile", action="store_true", help="also break one inner iteration of the device's first "
                                                            "batched mode down by kernel family (torch.profiler)")
+    p.add_argument("--host", action="store_true", help="instead: what the host does per inner iteration of the "
+                                                        "static path on the meta device (ops outside the replays, "
+                                                        "replays, host ms outside them), no device work")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
+    if args.host:
+        lines = ["## The host's work per inner iteration, static path, CIFAR-10 paper shapes, meta device", "",
+                 "| IPC | ops dispatched outside the replays | replays | host ms outside the replays (meta) |",
+                 "|---|---|---|---|"]
+        for ipc in args.ipc:
+            ops, replays, ms = host_floor(ipc)
+            lines.append(f"| {ipc} | {ops:.0f} | {replays:.1f} | {ms:.2f} |")
+            print(lines[-1], flush=True)
+        lines += ["", f"torch {torch.__version__}; meta kernels are partly Python: the ms are an upper bound."]
+        text = "\n".join(lines)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("loop_timing.py --device cuda needs a CUDA device")
     if args.tiny:
@@ -209,10 +294,11 @@ def main(argv=None):
              "GFLOP | GFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
 
     def row(ipc, label, precision, m, u, flops):
-        total = m + u
+        total = m + (u or 0.0)
         gflop = (flops[0] + flops[1]) / 1e9 if flops else float("nan")
-        lines.append(f"| {ipc} | {label} | {precision} | {m:.1f} | {u:.1f} | {total:.1f} | {m / total:.0%} | "
-                     f"{gflop:.1f} | {gflop / total * 1e3:.0f} |")
+        parts = f"{m:.1f} | {u:.1f} | {total:.1f} | {m / total:.0%}" if u is not None else \
+            f"(one piece) | (one piece) | {total:.1f} | -"
+        lines.append(f"| {ipc} | {label} | {precision} | {parts} | {gflop:.1f} | {gflop / total * 1e3:.0f} |")
         print(lines[-1], flush=True)
 
     for ipc in ipcs:

@@ -176,6 +176,9 @@ class MatchConfig(_Group):
                 "buffers, captured as CUDA graphs and replayed on a GPU (on the CPU, --cuda-graphs on runs the "
                 "static path without capture)", flag=MAIN, flag_default=True, distill_only=True,
         choices=("auto", "on", "off"))
+    match_memory: float = setting(
+        0.5, "the share of the device's memory the batched form's matching step may take: its classes are split "
+             "into groups that fit", flag=MAIN, flag_default=True, metavar="SHARE", above=0.0, at_most=1.0)
     compile: str = setting(
         "auto", "auto (default: on for a CPU run of at least 2000 network-update batches, where the compile's half "
                 "minute pays off; off on CUDA until measured there), on or off: run the network update through "

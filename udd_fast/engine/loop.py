@@ -126,7 +126,7 @@ class Engine:
         parts = (cfg, data, self.syn, self.region_state, self.dtype, self.mean, self.std, self.amp, self.comm,
                  (c0, c1))
         if cfg.match.form == "batched":
-            self.matcher = BatchedMatcher(*parts, trace=trace)
+            self.matcher = BatchedMatcher(*parts, trace=trace, log=self.log)
         else:
             self.matcher = SequentialMatcher(*parts, trace=trace)
         self.static_inner = None  # the static path's inner iteration (made with the static network)

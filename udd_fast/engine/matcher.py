@@ -10,10 +10,12 @@ import torch.nn.functional as F
 
 from .. import ops, rng
 from ..ops.cfc_loss import class_prototypes
+from ..logs import quiet
 from ..augment import Strategy, sample_params
 from ..matching import match_distance
 from ..sampling import class_batch_indices
 from ..train import normalize
+from .memory import class_groups, device_memory
 
 
 def class_losses(net, weights, x_real, x_syn, labels, dtype, amp, metric: str, cfc_weight: float, tau: float,
@@ -162,24 +164,60 @@ class SequentialMatcher(Matcher):
 
 
 class BatchedMatcher(Matcher):
-    """All (own) classes at once: one grouped pass for the per-class losses, one image step. `grad`
-    reads nothing but its draws, the images, the network's parameters and the region boxes, so the
-    static path (engine/static_inner.py) runs it inside a captured inner iteration."""
+    """All (own) classes at once: grouped network passes for the per-class losses (one, unless memory
+    splits the classes into groups: engine/memory.py), one image step. `grad` reads nothing but its
+    draws, the images, the network's parameters and the region boxes, so the static path
+    (engine/static_inner.py) runs it inside a captured inner iteration."""
+
+    def __init__(self, *args, log=quiet, **kw):
+        super().__init__(*args, **kw)
+        share = self.cfg.match.match_memory
+        total = device_memory(self.device)
+        self.plan(None if total is None else share * total)
+        if len(self.groups) > 1:
+            of = f" of {share:g} x {total / 2 ** 30:.1f} GiB, --match-memory" if total else ""
+            log(f"batched matching: {self.G} classes in {len(self.groups)} groups of at most "
+                f"{max(g.stop - g.start for g in self.groups)} (modelled peak {self.peak / 2 ** 30:.1f} GiB{of})")
+
+    def plan(self, budget):
+        """Split the own classes into groups whose grouped pass fits `budget` bytes (None: none)."""
+        m = self.cfg.match
+        self.groups, self.peak = class_groups(self.G, m.batch_real, self.n_syn, self.cfg.net.net_width,
+                                              self.syn.size, self.syn.S.element_size(), budget)
+
+    def prototypes(self, net, reals, params):
+        """CFC's class prototypes of all classes from the real batches, made before any group's loss
+        when the classes are split (a group's loss compares against every class's prototype)."""
+        own = []
+        with torch.no_grad():
+            for g in self.groups:
+                x = self.augment(reals[g], params[g])
+                with self.amp():
+                    feats = net.features_grouped(x, grouped_weights(net, g.stop - g.start))
+                own.append(class_prototypes(feats.to(self.dtype)))
+        return self.merge_protos(torch.cat(own))
+
+    def merge_protos(self, own):
+        protos = torch.zeros(self.syn.K, own.shape[-1], dtype=own.dtype, device=self.device)
+        protos[self.c0:self.c1] = own
+        return self.comm.merge_rows(protos, self.c0, self.c1, "cfc prototypes")
 
     def grad(self, net, params, reals, sub):
-        """(per-class matching loss [own classes], its gradient w.r.t. S) at the current S."""
+        """(per-class matching loss [own classes], its gradient w.r.t. S) at the current S. Each group's
+        gradient touches its own classes' rows of S only, so their sum is each one's, exactly."""
         S = self.syn.S.detach().requires_grad_(True)
-        x_real = self.augment(reals, params)
-        x_syn = self.augment(self.synthetic(S, slice(self.c0, self.c1), sub), params)
-
-        def merge_protos(own):
-            protos = torch.zeros(self.syn.K, own.shape[-1], dtype=own.dtype, device=self.device)
-            protos[self.c0:self.c1] = own
-            return self.comm.merge_rows(protos, self.c0, self.c1, "cfc prototypes")
-        per_class = self.recipe(net, grouped_weights(net, self.G), x_real, x_syn, self.own,
-                                merge_protos=merge_protos)
-        (grad,) = torch.autograd.grad(per_class.sum(), S)
-        return per_class.detach(), grad
+        protos = self.prototypes(net, reals, params) if self.cfc_weight and len(self.groups) > 1 else None
+        losses, grad = [], None
+        for g in self.groups:
+            x_real = self.augment(reals[g], params[g])
+            x_syn = self.augment(self.synthetic(S, slice(self.c0 + g.start, self.c0 + g.stop),
+                                                None if sub is None else sub[g]), params[g])
+            per_class = self.recipe(net, grouped_weights(net, g.stop - g.start), x_real, x_syn, self.own[g],
+                                    protos=protos, merge_protos=self.merge_protos)
+            (part,) = torch.autograd.grad(per_class.sum(), S)
+            losses.append(per_class.detach())
+            grad = part if grad is None else grad + part
+        return torch.cat(losses) if len(losses) > 1 else losses[0], grad
 
     def trace_all(self, outer, inner):
         for c in range(self.c0, self.c1):
