@@ -1,22 +1,27 @@
-"""The whole GPU check as one command, for a lent GPU machine (one H100/H200, at most 8 minutes):
+"""The whole GPU check as one command, for a lent GPU machine (one H100/H200, at most 7 minutes; the
+loop's figures come first, so that a session cut short still has them):
 
-    python bench/gpu_session.py --out DIR --data-dir MNIST_ROOT        # on the GPU machine
+    python bench/gpu_session.py --out DIR --data-dir MNIST_ROOT --quick     # on the GPU machine, first
+    python bench/gpu_session.py --out DIR --data-dir MNIST_ROOT             # then the whole session
     python bench/gpu_session.py --out DIR --data-dir MNIST_ROOT --dry-run   # the same on the CPU, tiny
 
 Stages, in order, each logged under DIR (at most 8 files, so the device tool brings all back):
   (first)    versions, GPU, nvcc                                   -> session.md, session.json
   build      the C++/CUDA extension built in place (sm_90 only, to save time; CI compiles sm_80 too)
                                                                    -> build.log
-  tests      the CUDA test subset: every op test (triton and cuda backends on the GPU, half precision)
-             and every engine-level test on the cuda device        -> tests.log
+  loop       bench/loop_timing.py: time per inner iteration at CIFAR-10 shapes, IPC 1 and 10, eager,
+             CUDA graphs, bf16 and compiled; a torch.profiler record of one inner iteration (wall ms
+             against GPU-busy ms, kernel launches, by kernel family); the host's work per inner
+             iteration (--host)                                     -> loop.log
   gpu_check  bench/gpu_check.py: correctness, time vs eager, bytes vs a copy -> gpu_check.log
   engine     `--preset smoke` distill + evaluate of MNIST on CUDA, idc and udd -> engine.log
-  loop       bench/loop_timing.py: time per inner iteration at CIFAR-10 shapes, IPC 1 and 10, eager,
-             CUDA graphs, bf16 and compiled; a torch.profiler breakdown by kernel family -> loop.log
-The session keeps to --budget seconds (default 480): a stage whose estimate no longer fits is
-skipped, saying so, and each stage's subprocess is stopped at its cap. session.md (the summary
-table, stage by stage) and session.json are rewritten after every stage, so a killed session
-still leaves what it did. Exit status 0 when every stage that ran passed.
+  tests      the CUDA test subset: every op test (triton and cuda backends on the GPU, half precision)
+             and every engine-level test on the cuda device        -> tests.log
+--quick runs the loop stage alone (at most 3 minutes; its build of the extension is skipped: the loop
+runs on Triton and the references). The session keeps to --budget seconds (default 420, --quick 180):
+a stage whose estimate no longer fits is skipped, saying so, and each stage's subprocess is stopped at
+its cap. session.md (the summary table, stage by stage) and session.json are rewritten after every
+stage, so a killed session still leaves what it did. Exit status 0 when every stage that ran passed.
 
 --dry-run runs every stage on the CPU with tiny sizes (CI runs it: tests/repo/test_gpu_session.py):
 the build stage checks the installed extensions instead of compiling, the tests stage collects
@@ -80,12 +85,15 @@ def stages(args):
         tests = [[PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *OP_TESTS],
                  [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu and not slow", *ENGINE_TESTS]]
     check = [PY, "bench/gpu_check.py", "--device", dev] + (["--tiny"] if dry else [])  # tables go to its log
-    loop = [PY, "bench/loop_timing.py", "--device", dev, "--profile"] + (["--tiny"] if dry else ["--ipc", "1", "10"])
-    return [Stage("build", 90, 240, "build.log", build),
-            Stage("tests", 150, 200, "tests.log", tests),
-            Stage("gpu_check", 60, 120, "gpu_check.log", [check]),
-            Stage("engine", 60, 120, "engine.log", engine),
-            Stage("loop", 90, 180, "loop.log", [loop])]
+    loop = [[PY, "bench/loop_timing.py", "--device", dev, "--profile"] + (["--tiny"] if dry else ["--ipc", "1", "10"]),
+            [PY, "bench/loop_timing.py", "--host", "--ipc", "1"] + ([] if dry else ["10", "50"])]
+    if args.quick:
+        return [Stage("loop", 90, 170, "loop.log", loop)]
+    return [Stage("build", 90, 150, "build.log", build),
+            Stage("loop", 90, 150, "loop.log", loop),
+            Stage("gpu_check", 40, 60, "gpu_check.log", [check]),
+            Stage("engine", 40, 60, "engine.log", engine),
+            Stage("tests", 60, 120, "tests.log", tests)]
 
 
 def environment(dry):
@@ -141,12 +149,13 @@ def main(argv=None):
     p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"),
                    help="a data directory holding MNIST/raw/*.gz (default ../shared/data)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds for the whole session (default 480 on a GPU; none for --dry-run)")
+                   help="seconds for the whole session (default 420 on a GPU, 180 with --quick; none for --dry-run)")
     p.add_argument("--work", default=None, help="scratch directory for the engine runs (default: under /tmp)")
     p.add_argument("--dry-run", action="store_true", help="on the CPU with tiny sizes (CI)")
+    p.add_argument("--quick", action="store_true", help="the loop stage alone (the figures first; at most 3 minutes)")
     args = p.parse_args(argv)
     if args.budget is None:
-        args.budget = float("inf") if args.dry_run else 480.0
+        args.budget = float("inf") if args.dry_run else 180.0 if args.quick else 420.0
     t_start = time.time()
     out = Path(args.out)
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -170,7 +179,7 @@ def main(argv=None):
     else:
         env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # the machine's own arch: half the build time
         env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": args.dry_run,
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "dry_run": args.dry_run, "quick": args.quick,
             "budget_s": args.budget if args.budget != float("inf") else None,
             "environment": environment(args.dry_run)}
     results = []

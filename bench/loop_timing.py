@@ -206,22 +206,31 @@ def family(name: str) -> str:
 
 
 def profile_breakdown(data, ipc, mode, device, **over):
-    """Markdown lines: where one inner iteration of `mode` spends its time, by kernel family (CUDA
-    kernels' device time on a GPU; operators' self CPU time on the CPU), from torch.profiler."""
+    """Markdown lines: one inner iteration of `mode` under torch.profiler: its wall ms against the busy ms
+    (the CUDA kernels' device time on a GPU, the operators' self CPU time on the CPU) and the kernel
+    launches (CUDA kernels; on the CPU, aten operators): host-bound time is wall minus busy. Then where
+    the busy time goes, by kernel family."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
+    cuda = device == "cuda"
     steps = our_steps(data, ipc, mode, device, **over)
     next(steps)  # warm-up: compiles and captures
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
-        next(steps)
-    totals = {}
+        m, u = next(steps)
+    totals, launches = {}, 0
     for e in prof.key_averages():
-        t = e.self_device_time_total if device == "cuda" else e.self_cpu_time_total
+        t = e.self_device_time_total if cuda else e.self_cpu_time_total
         if t > 0:
             totals[family(e.key)] = totals.get(family(e.key), 0.0) + t / 1e3
-    total = sum(totals.values()) or 1.0
-    lines = [f"### Where one inner iteration goes: IPC {ipc}, {mode[0]}, {mode[2]} "
-             f"({'CUDA kernels' if device == 'cuda' else 'CPU operators, self time'}; torch.profiler)", "",
+        if (e.device_type == DeviceType.CUDA) if cuda else e.key.startswith("aten::"):
+            launches += e.count
+    busy = sum(totals.values())
+    total = busy or 1.0
+    what = "CUDA kernels" if cuda else "CPU operators, self time"
+    lines = [f"### One inner iteration under the profiler: IPC {ipc}, {mode[0]}, {mode[2]} ({what}; torch.profiler)",
+             "", f"wall {m + (u or 0.0):.1f} ms, busy {busy:.1f} ms, {launches} kernel launches "
+             f"({'CUDA kernels' if cuda else 'aten operators'})", "",
              "| kernel family | ms | share |", "|---|---|---|"]
     lines += [f"| {f} | {ms:.2f} | {ms / total:.0%} |" for f, ms in sorted(totals.items(), key=lambda kv: -kv[1])]
     return lines

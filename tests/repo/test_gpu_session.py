@@ -28,7 +28,7 @@ def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
     assert r.returncode == 0, r.stdout + r.stderr
     meta = json.loads((out / "session.json").read_text())
     assert meta["dry_run"] is True
-    assert [s["stage"] for s in meta["stages"]] == ["build", "tests", "gpu_check", "engine", "loop"]
+    assert [s["stage"] for s in meta["stages"]] == ["build", "loop", "gpu_check", "engine", "tests"]  # figures first
     assert all(s["status"] == "ok" for s in meta["stages"]), meta["stages"]
     files = list(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() for f in files), files
@@ -39,9 +39,20 @@ def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
     loop = (out / "loop.log").read_text()
     for label, _, precision, _, _ in loop_timing.modes("cpu", tiny=True):
         assert f"| 1 | {label} | {precision} |" in loop
+    assert re.search(r"wall \d+\.\d+ ms, busy \d+\.\d+ ms, \d+ kernel launches", loop), loop
+    assert re.search(r"^\| 1 \| \d+ \| \d\.\d \| \d+\.\d+ \|$", loop, re.M), loop  # the host's work (--host)
     engine = (out / "engine.log").read_text()
     assert engine.count("distillation done") == 2 and "mUE" in engine
     assert "| loop | ok |" in (out / "session.md").read_text()
+
+
+def test_quick_runs_the_loop_alone(tmp_path, real_data_dir):
+    out = tmp_path / "session"
+    r = subprocess.run([*SESSION, "--dry-run", "--quick", "--out", str(out), "--data-dir", str(real_data_dir),
+                        "--work", str(tmp_path / "work")], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = json.loads((out / "session.json").read_text())
+    assert meta["quick"] is True and [(s["stage"], s["status"]) for s in meta["stages"]] == [("loop", "ok")]
 
 
 def test_a_small_budget_skips_what_would_overrun(tmp_path, real_data_dir):
