@@ -172,9 +172,9 @@ class MatchConfig(_Group):
             "forward passes under bf16 autocast; images and losses stay float32)", flag=MAIN,
         flag_choices=PRECISIONS, fixed_on_resume=True, distill_only=True, choices=("", *PRECISIONS))
     cuda_graphs: str = setting(
-        "auto", "auto (on with CUDA; default), on or off: run the matching step and the network update on static "
-                "buffers, captured as CUDA graphs and replayed on a GPU (on the CPU, --cuda-graphs on runs the "
-                "static path without capture)", flag=MAIN, flag_default=True, distill_only=True,
+        "auto", "auto (on with CUDA; default), on or off: run each inner iteration as fixed device work whose draws "
+                "are keyed from device counters, captured as a CUDA graph and replayed on a GPU (on the CPU, "
+                "--cuda-graphs on runs the static path without capture)", flag=MAIN, flag_default=True, distill_only=True,
         choices=("auto", "on", "off"))
     match_memory: float = setting(
         0.5, "the share of the device's memory the batched form's matching step may take: its classes are split "
