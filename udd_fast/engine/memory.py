@@ -7,7 +7,7 @@ fit a budget (a share of the device's memory, --match-memory), and no tensor pas
 The peak model: REAL_FACTOR x (real images) + SYN_FACTOR x (synthetic images) first-layer activations
 per class. Measured on the CPU (the process's peak resident memory over one matching step, 2026-12-07,
 CIFAR-10 shapes at width 128, 4 classes): 4.3-4.4 activations per real image, up to 9.5 per synthetic
-image (tests/engine/test_memory.py checks that the model stays above what a step takes). Not yet
+image, the rise of VmHWM over the step (tests/engine/test_memory.py checks that the model stays above it). Not yet
 measured on CUDA."""
 import math
 import os
