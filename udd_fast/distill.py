@@ -190,6 +190,7 @@ def _main(args, argv):
         comm = distributed.init(args.device, args.dist_timeout)
         where = f"rank {comm.rank}: " if comm.distributed else ""
         from_flags(args, _explicit_flags(argv), comm)
+        comm.close(barrier=True)
     except (UsageError, DataError, ArtifactError, FloatingPointError) as e:  # WriteError is an ArtifactError
         print(f"error: {where}{e}", file=sys.stderr)
         return 2

@@ -167,8 +167,13 @@ class Comm:
         if bad:
             raise error(f"the {what} differ between ranks: rank 0 has {got[0]!r}, rank {bad[0]} has {got[bad[0]]!r}")
 
-    def close(self):
+    def close(self, barrier: bool = False):
+        """Leave the process group. `barrier` (a run that ended well): first wait until every rank is done,
+        so that none tears gloo down while a peer's last collective is still in flight (seen once as
+        'terminate called without an active exception', a rank aborting at exit)."""
         if self.distributed and dist.is_initialized():
+            if barrier:
+                self._call("end of run", dist.barrier)
             dist.destroy_process_group()
 
 

@@ -45,7 +45,7 @@ def main(data_dir, method, out_dir):
     torch.save({"events": events, "state": d.state(), "bytes": dict(comm.bytes_by_purpose),
                 "calls": dict(comm.calls_by_purpose), "classes": comm.classes(d.K), "world": comm.world},
                f"{out_dir}/rank{comm.rank}.pt")
-    comm.close()
+    comm.close(barrier=True)
 
 
 if __name__ == "__main__":
