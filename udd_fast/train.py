@@ -49,17 +49,19 @@ def cutmix_on_device(key: torch.Tensor, n: torch.Tensor, h: int, w: int, padded:
     cols = torch.arange(w, device=key.device).view(1, w)
     mask = (rows >= x1) & (rows < x2) & (cols >= y1) & (cols < y2) & mixes
     ratio = torch.where(mixes, 1.0 - ((x2 - x1) * (y2 - y1)).double() / (h * w), 1.0).to(dtype)
-    perm = rng.permutation(rng.fold(key.reshape(1), 1), padded, valid=n.reshape(1))[0]
-    return mask.view(1, 1, h, w), perm, ratio
+    return mask.view(1, 1, h, w), cutmix_partners(key, n, key.device, padded), ratio
 
 
-def cutmix_partners(key: int, n: int, device, padded: int = None) -> torch.Tensor:
+def cutmix_partners(key, n, device, padded: int = None) -> torch.Tensor:
     """CutMix's partner permutation of a batch of n, drawn on the device; `padded` >= n gives it that
-    length, the positions from n on mapping to themselves (the first n entries are the same)."""
-    keys = rng.key_tensor(rng.fold_int(key, 1), device)
+    length, the positions from n on mapping to themselves (the first n entries are the same). `key` and
+    `n` are ints, or (the static path) a device key and a device batch size: the same permutation."""
+    on_device = isinstance(key, torch.Tensor)
+    keys = rng.fold(key.reshape(1), 1) if on_device else rng.key_tensor(rng.fold_int(key, 1), device)
     if padded is None:
         return rng.permutation(keys, n)[0]
-    return rng.permutation(keys, padded, valid=torch.full((1,), n, dtype=torch.int64, device=device))[0]
+    valid = n.reshape(1) if on_device else torch.full((1,), n, dtype=torch.int64, device=device)
+    return rng.permutation(keys, padded, valid=valid)[0]
 
 
 def cutmix_draw(key: int, n: int, h: int, w: int, device, p: float = CUTMIX_P):
