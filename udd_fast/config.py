@@ -64,6 +64,12 @@ def _strategy_problem(value):
     return None
 
 
+def _trajectory_batch_problem(value):
+    if value == "auto" or (value.isdigit() and value == str(int(value)) and int(value) >= 1):
+        return None
+    return "must be auto or a whole number >= 1"
+
+
 def setting(default, help=None, *, flag=None, flag_default=False, flag_choices=None, metavar=None,
             fixed_on_resume=False, distill_only=False, at_least=None, above=None, at_most=None, choices=None,
             check=None):
@@ -179,6 +185,11 @@ class MatchConfig(_Group):
     match_memory: float = setting(
         0.5, "the share of the device's memory the batched form's matching step may take: its classes are split "
              "into groups that fit", flag=MAIN, flag_default=True, metavar="SHARE", above=0.0, at_most=1.0)
+    trajectory_batch: str = setting(
+        "auto", "auto (default: 1 on the CPU, where it was measured slower; on CUDA, up to 4 within memory) or N: "
+                "train the matching networks of N outer iterations ahead, together as one grouped model "
+                "(1 = interleaved with matching, IDC's order; N x inner_loop parameter snapshots are kept)",
+        flag=MAIN, flag_default=True, metavar="auto|N", distill_only=True, check=_trajectory_batch_problem)
     compile: str = setting(
         "auto", "auto (default: on for a CPU run of at least 2000 network-update batches, where the compile's half "
                 "minute pays off; off on CUDA until measured there), on or off: run the network update through "

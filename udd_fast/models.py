@@ -5,6 +5,7 @@ Every model exposes `features(x)` (the penultimate vector) and `classifier` (the
 """
 import math
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -52,11 +53,30 @@ class ConvNet(nn.Module):
 
     def features_grouped(self, x, conv_weights):
         """Features [K, n, D] of forward_grouped."""
+        k = x.shape[0]
+        return self._features_per_group(x, conv_weights, [c.bias.repeat(k) for c in self.convs],
+                                        [m.weight.repeat(k) for m in self.norms], [m.bias.repeat(k) for m in self.norms])
+
+    def forward_stacked(self, x, stacked):
+        """Logits [K, n, classes] of K networks of this shape at once, network k on x[k] (x [K, n, C, H, W])
+        with parameters stacked[i][k], stacked listing [K, ...] tensors in the order of parameters().
+        The same grouped convolutions as forward_grouped, every parameter per group."""
+        d = self.depth
+        weights, biases = stacked[0:2 * d:2], stacked[1:2 * d:2]
+        norm_w, norm_b = stacked[2 * d:4 * d:2], stacked[2 * d + 1:4 * d:2]
+        feats = self._features_per_group(x, weights, [b.reshape(-1) for b in biases],
+                                         [w.reshape(-1) for w in norm_w], [b.reshape(-1) for b in norm_b])
+        fc_w, fc_b = stacked[4 * d:]
+        return torch.baddbmm(fc_b.unsqueeze(1), feats, fc_w.transpose(1, 2))
+
+    def _features_per_group(self, x, weights, biases, norm_w, norm_b):
+        """Features [K, n, D]: group k's inputs through conv weights weights[d][k] (biases and norm
+        parameters flat, [K * width]), as one grouped convolution per layer."""
         k, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, k * x.shape[2], *x.shape[3:])
-        for conv, norm, w in zip(self.convs, self.norms, conv_weights):
-            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), conv.bias.repeat(k), padding=conv.padding, groups=k)
-            h = F.group_norm(h, h.shape[1], norm.weight.repeat(k), norm.bias.repeat(k), norm.eps)
+        for conv, norm, w, b, nw, nb in zip(self.convs, self.norms, weights, biases, norm_w, norm_b):
+            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), b, padding=conv.padding, groups=k)
+            h = F.group_norm(h, h.shape[1], nw, nb, norm.eps)
             h = F.avg_pool2d(F.relu(h), 2)
         return h.reshape(n, k, -1).transpose(0, 1)
 

@@ -146,6 +146,32 @@ def test_ranks_compute_what_one_process_does_float64(single, real_data_dir, tmp_
             assert "cfc prototypes" not in b
 
 
+@pytest.mark.integration
+def test_ranks_with_networks_trained_ahead_compute_what_one_process_does(single, real_data_dir, tmp_path):
+    """--trajectory-batch 3 (the 3 outer iterations as one group) under 2 ranks, UDD: the class-parallel
+    matching is unchanged (every gradient point, the merged state, the region boxes as one interleaved
+    process has them); each rank trains the whole trajectories itself, so no network gradient is sent."""
+    d1, grads1, _ = single["udd"]
+    procs = _launch([sys.executable, str(Path(dist_worker.__file__)), str(real_data_dir), "udd", str(tmp_path), "3"],
+                    2)
+    for rc, out, err in _wait_all(procs):
+        assert rc == 0, err[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    grads = {e[1:4]: e[4] for got in ranks for e in got["events"] if e[0] == "grad"}
+    assert grads.keys() == grads1.keys()
+    worst = max(float((grads[k] - grads1[k]).abs().max()) for k in grads)
+    print(f"worst gradient-point difference {worst:.3g}")
+    assert all(_scale_close(grads1[k], grads[k]) for k in grads), worst
+    want = d1.state()
+    for got in ranks:
+        st = got["state"]
+        for k in ("S", "buf", "pending"):
+            assert _scale_close(want[k], st[k]), (k, float((want[k] - st[k]).abs().max()))
+        assert st["net_batch"] == want["net_batch"] and torch.equal(st["region_boxes"], want["region_boxes"])
+        assert "network gradients" not in got["bytes"] and got["bytes"]["cfc prototypes"] > 0
+    assert torch.equal(ranks[1]["state"]["S"], ranks[0]["state"]["S"])
+
+
 def test_impossible_layouts_are_refused(mnist_data):
     cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8, form="batched")
     with pytest.raises(ValueError, match="at least one class"):

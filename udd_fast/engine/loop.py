@@ -28,6 +28,7 @@ from .region_state import RegionState
 from .static_inner import StaticInner
 from .synthetic import SyntheticSet
 from .network_update import NetworkUpdate
+from .trajectory import Trajectories, snapshot_bytes
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -57,6 +58,23 @@ def static_path(cfg: Config, device: torch.device, distributed: bool = False):
     compiled = cfg.match.compile == "on" or (cfg.match.compile == "auto" and not cuda and not distributed
                                              and network_batches(cfg) >= COMPILE_MIN_BATCHES)
     return graphs or compiled, graphs and cuda, compiled
+
+
+TRAJECTORY_AUTO_MAX = 4  # --trajectory-batch auto on CUDA: at most this many networks ahead
+TRAJECTORY_MEMORY = 0.125  # ... whose snapshots take at most this share of the device's memory
+
+
+def trajectory_batch(cfg: Config, device: torch.device, snapshot: int, distributed: bool = False) -> int:
+    """How many outer iterations' networks are trained ahead together (--trajectory-batch), the one
+    place this is decided; `snapshot` is one outer iteration's snapshot bytes. auto: 1 on the CPU and
+    under torchrun (measured on a 2-core CPU: grouped training is no faster there, bench/RESULTS.md); on
+    CUDA the most, up to TRAJECTORY_AUTO_MAX, whose snapshots fit TRAJECTORY_MEMORY of the device."""
+    if cfg.match.trajectory_batch != "auto":
+        return int(cfg.match.trajectory_batch)
+    if device.type != "cuda" or distributed:
+        return 1
+    free = torch.cuda.get_device_properties(device).total_memory * TRAJECTORY_MEMORY
+    return max(1, min(TRAJECTORY_AUTO_MAX, cfg.match.iterations, int(free // max(1, snapshot))))
 
 
 @dataclass
@@ -130,6 +148,11 @@ class Engine:
         else:
             self.matcher = SequentialMatcher(*parts, trace=trace)
         self.static_inner = None  # the static path's inner iteration (made with the static network)
+        self.n_ahead = trajectory_batch(cfg, self.device, snapshot_bytes(self.new_network(0), cfg.match.inner_loop),
+                                        self.comm.distributed)
+        self.trajectories = None  # the networks trained ahead (n_ahead > 1), made with the first group
+        self.group = range(0)  # the outer iterations whose networks the trajectories hold
+        self.reader = None  # the network matching reads, loaded from the trajectories' snapshots
         self.outer_done = 0
         self.last_loss = float("nan")
 
@@ -208,19 +231,56 @@ class Engine:
         self.net_update.update(net, opt)
 
     def start_network(self, outer):
-        """The network (and optimizer, plain path) of an outer iteration."""
-        return self.net_update.start(self.new_network(outer))
+        """The network (and optimizer, plain path) of an outer iteration. With networks trained ahead:
+        the network matching reads, loaded from the snapshots per inner iteration, and no optimizer."""
+        if self.n_ahead == 1:
+            return self.net_update.start(self.new_network(outer))
+        if outer not in self.group:
+            self.start_group(outer)
+        return self.reader, None
+
+    def start_group(self, outer):
+        """Trajectories of outer iterations outer .. outer+n_ahead-1 (as many as the run has), from where
+        the network update stands now (net_batch at outer's start): each network's first batch number
+        and its batches per inner iteration, counted on the host as the interleaved loop counts them."""
+        cfg, nu = self.cfg, self.net_update
+        self.group = range(outer, min(outer + self.n_ahead, cfg.match.iterations))
+        nets = [self.new_network(o) for o in self.group]
+        if self.trajectories is None:
+            static, capture, compiled = self.path
+            self.reader = self.new_network(outer)
+            self.trajectories = Trajectories(self.reader, nu.padded(), self.n_ahead, cfg.match.inner_loop,
+                                             cfg.net.n_data, self.amp, compiled, capture, self.log)
+        firsts, counts, b = [], [], nu.net_batch
+        for _ in self.group:
+            firsts.append(b)
+            counts.append([])
+            for _ in range(cfg.match.inner_loop):
+                numbers, b = nu.batches.run_until(b, cfg.net.n_data)
+                counts[-1].append(len(numbers))
+        self.trajectories.start(nets, firsts, counts)
 
     def inner_iteration(self, net, opt, outer, inner):
         """One inner iteration (the matching step, then the network update); returns its summed matching
-        loss. On the static path with the batched form: at most two replays (engine/static_inner.py)."""
+        loss. On the static path with the batched form: at most two replays (engine/static_inner.py).
+        With networks trained ahead: in a group's first outer iteration the group's update is trained
+        (on CUDA, on its own stream), and matching reads this outer iteration's snapshot."""
+        ahead = self.trajectories
+        if ahead is not None and outer == self.group.start:
+            ahead.record(inner)
+            ahead.train(inner)
         if self.path[0] and self.cfg.match.form == "batched":
             if self.static_inner is None:
                 self.static_inner = StaticInner(self.matcher, self.syn, self.net_update, self.cfg.match.inner_loop,
-                                                self.cfg.net.n_data, self.path[1], self.log)
+                                                self.cfg.net.n_data, self.path[1], self.log, ahead, self.reader)
             if inner == 0:
-                self.static_inner.start(outer)
+                self.static_inner.start(outer, outer - self.group.start)
             return self.static_inner.run(outer, inner)
+        if ahead is not None:
+            ahead.load(list(net.parameters()), outer - self.group.start, inner)
+            loss = self.match(net, outer, inner)
+            self.net_update.advance(self.cfg.net.n_data)
+            return loss
         loss = self.match(net, outer, inner)
         self.network_update(net, opt)
         return loss
@@ -301,7 +361,8 @@ class Engine:
         static, capture, compiled = self.path
         loop = (f"{self.cfg.match.form} form, {self.cfg.match.precision}, "
                 + ("static buffers" + (" captured as CUDA graphs" if capture else " (no capture off CUDA)")
-                   if static else "plain path") + (", compiled network update" if compiled else ""))
+                   if static else "plain path") + (", compiled network update" if compiled else "")
+                + (f", networks trained {self.n_ahead} outer iterations ahead" if self.n_ahead > 1 else ""))
         return Report(self.outer_done, self.last_loss, self.stored_images(), self.labels(), self.region_views(),
                       self.mue(self.S) if mue and rs is not None else None, dict(self.policy_counts),
                       rs.share() if rs is not None else {"response": 0.0, "jitter": 0.0}, loop)

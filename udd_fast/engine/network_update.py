@@ -17,35 +17,84 @@ from ..sampling import EpochBatches
 from ..train import augment_params, cutmix_on_device, make_sgd, normalize, train_step
 
 
-def sgd_(params, grads, momentum, lr: float, mom: float, wd: float):
+def sgd_(params, grads, momentum, lr: float, mom: float, wd: float, active=None):
     """torch.optim.SGD's step (weight decay, momentum without dampening), in place, as its foreach form
     computes it: at most 4 kernels for all the parameters, whatever their number. A zero momentum buffer
     gives the first step exactly as torch's clone of the first gradient does (mom * 0 + d == d). No host
-    reads: the step may be captured as a CUDA graph."""
+    reads: the step may be captured as a CUDA graph. `active` [N] (bool, on the device), for parameters
+    stacked over N networks: network k steps where active[k], else keeps its parameters and momentum
+    (the same arithmetic, out of place, then kept where active)."""
     d = torch._foreach_add(grads, params, alpha=wd) if wd else grads
-    torch._foreach_mul_(momentum, mom)
-    torch._foreach_add_(momentum, d)
-    torch._foreach_add_(params, momentum, alpha=-lr)
+    if active is None:
+        torch._foreach_mul_(momentum, mom)
+        torch._foreach_add_(momentum, d)
+        torch._foreach_add_(params, momentum, alpha=-lr)
+        return
+    new_mom = torch._foreach_mul(momentum, mom)
+    torch._foreach_add_(new_mom, d)
+    new = torch._foreach_add(params, new_mom, alpha=-lr)
+    for p, m, q, n in zip(params, momentum, new, new_mom):
+        a = active.view(-1, *([1] * (p.dim() - 1)))
+        m.copy_(torch.where(a, n, m))
+        p.copy_(torch.where(a, q, p))
+
+
+class PaddedBatches:
+    """The inputs of network-update batches padded to the full batch size, drawn on the device: for
+    batch number b (a device scalar), its indices, size, augmentation and CutMix, keyed as train_step
+    keys them, so the first n rows of a padded batch are the ragged batch's. Shared by the static step
+    and the trajectories trained ahead (engine/trajectory.py)."""
+
+    def __init__(self, data, epochs, seed: int, net_cfg, dtype, mean, std):
+        self.data, self.epochs, self.cfg, self.dtype, self.mean, self.std = data, epochs, net_cfg, dtype, mean, std
+        self.B, self.size = epochs.batch, data.info.size
+        dev = data.images.device
+        self.strategy = Strategy.parse(net_cfg.net_aug)
+        self.prefix = rng.key_tensor(rng.key(seed, "net_update"), dev)  # key(seed, "net_update", b) = chain(prefix, b)
+        self.positions = torch.arange(self.B, device=dev)
+
+    def key(self, b):
+        return rng.chain(self.prefix, b)
+
+    @torch.no_grad()
+    def inputs(self, key, idx, n):
+        """(x [B, C, H, W] augmented and mixed, labels y, CutMix partners' labels y_b or None, kept ratio
+        or None, row weights [B]: 1/n, 0 on padding) of the batch keyed `key` with indices idx [B] (0 past
+        n) and size n (device scalars)."""
+        weight = torch.where(self.positions < n, 1.0 / n.double(), 0.0).to(self.dtype)
+        x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
+        y = self.data.labels[idx]
+        if self.strategy != Strategy():
+            x = ops.diff_augment(x, augment_params(self.strategy, rng.key_on(key, "aug"), self.positions,
+                                                   self.size), self.strategy)
+        y_b, ratio = None, None
+        if self.cfg.net_cutmix:  # by mask: the same kernels whether this batch mixes or not
+            mask, perm, ratio = cutmix_on_device(rng.key_on(key, "cutmix"), n, self.size, self.size, self.B,
+                                                 self.dtype)
+            x = torch.where(mask, x[perm], x)
+            y_b = y[perm]
+        return x, y, y_b, ratio, weight
+
+
+def mixed_ce(out, y, y_b, ratio):
+    """Per-row cross-entropy, CutMix's mix of the two labels' where y_b is given (IDC's loss)."""
+    ce = F.cross_entropy(out, y, reduction="none")
+    if y_b is not None:
+        ce = ce * ratio + F.cross_entropy(out, y_b, reduction="none") * (1.0 - ratio)
+    return ce
 
 
 class StaticNetworkStep:
     """Network-update batches as fixed device work: the same shapes and the same sequence of kernels
     for every batch, whatever its size and draws. `batches(b0, count)` trains batches b0 .. b0+count-1
-    of `net` in place, b0 a device counter that it advances: every draw (the epoch order, the
-    augmentation, CutMix's decision, box, partners and ratio) is computed on the device from it, keyed
-    as train_step keys them, so the first n rows of a padded batch are the ragged batch's."""
+    of `net` in place, b0 a device counter that it advances: every draw is computed on the device from
+    it (PaddedBatches)."""
 
-    def __init__(self, net, data, batches, seed: int, net_cfg, dtype, mean, std, amp, compile_net: bool):
-        self.net, self.data, self.epochs, self.dtype, self.mean, self.std, self.amp = \
-            net, data, batches, dtype, mean, std, amp
-        self.cfg = net_cfg
-        self.B, self.size = batches.batch, data.info.size
-        dev = data.images.device
-        self.strategy = Strategy.parse(net_cfg.net_aug)
+    def __init__(self, net, draws: PaddedBatches, amp, compile_net: bool):
+        self.net, self.draws, self.amp = net, draws, amp
+        self.cfg, self.dtype = draws.cfg, draws.dtype
         self.params = list(net.parameters())
         self.momentum = [torch.zeros_like(p) for p in self.params]
-        self.prefix = rng.key_tensor(rng.key(seed, "net_update"), dev)  # key(seed, "net_update", b) = chain(prefix, b)
-        self.positions = torch.arange(self.B, device=dev)
         self.loss_fn = torch.compile(self._loss, dynamic=False) if compile_net else self._loss
 
     def reset(self, fresh):
@@ -59,37 +108,20 @@ class StaticNetworkStep:
 
     def batches(self, b0: torch.Tensor, count: int):
         """Train `count` batches from device batch number b0 (a 0-dim int64 tensor), then advance it."""
-        idx, sizes = self.epochs.on_device(b0, count)
+        idx, sizes = self.draws.epochs.on_device(b0, count)
         for j in range(count):
-            self._step(rng.chain(self.prefix, b0 + j), idx[j], sizes[j])
+            self._step(self.draws.key(b0 + j), idx[j], sizes[j])
         with torch.no_grad():
             b0.add_(count)
 
     def _loss(self, x, y, y_b, ratio, weight):
         with self.amp():
             out = self.net(x)
-        out = out.to(self.dtype)
-        ce = F.cross_entropy(out, y, reduction="none")
-        if y_b is not None:
-            ce = ce * ratio + F.cross_entropy(out, y_b, reduction="none") * (1.0 - ratio)
-        return (ce * weight).sum()
+        return (mixed_ce(out.to(self.dtype), y, y_b, ratio) * weight).sum()
 
     def _step(self, key, idx, n):
         """One padded batch: idx [B] (0 past n), n its size (device scalars), key its key."""
-        with torch.no_grad():
-            weight = torch.where(self.positions < n, 1.0 / n.double(), 0.0).to(self.dtype)  # 1/n, 0 on padding
-            x = normalize(self.data.to_float(idx).to(self.dtype), self.mean, self.std)
-            y = self.data.labels[idx]
-            if self.strategy != Strategy():
-                x = ops.diff_augment(x, augment_params(self.strategy, rng.key_on(key, "aug"), self.positions,
-                                                       self.size), self.strategy)
-            y_b, ratio = None, None
-            if self.cfg.net_cutmix:  # by mask: the same kernels whether this batch mixes or not
-                mask, perm, ratio = cutmix_on_device(rng.key_on(key, "cutmix"), n, self.size, self.size, self.B,
-                                                     self.dtype)
-                x = torch.where(mask, x[perm], x)
-                y_b = y[perm]
-        loss = self.loss_fn(x, y, y_b, ratio, weight)
+        loss = self.loss_fn(*self.draws.inputs(key, idx, n))
         grads = torch.autograd.grad(loss, self.params)
         with torch.no_grad():
             sgd_(self.params, grads, self.momentum, self.cfg.lr_net, self.cfg.mom_net, self.cfg.wd_net)
@@ -128,10 +160,13 @@ class NetworkUpdate:
         if not static:
             return fresh, make_sgd(fresh, self.cfg.net.lr_net, self.cfg.net.mom_net, self.cfg.net.wd_net)
         if self.static is None:
-            self.static = StaticNetworkStep(fresh, self.data, self.batches, self.cfg.run.seed, self.cfg.net,
-                                            self.dtype, self.mean, self.std, self.amp, compile_net)
+            self.static = StaticNetworkStep(fresh, self.padded(), self.amp, compile_net)
         self.static.reset(fresh)
         return self.static.net, None
+
+    def padded(self):
+        """The padded, device-drawn form of this run's batches (PaddedBatches)."""
+        return PaddedBatches(self.data, self.batches, self.cfg.run.seed, self.cfg.net, self.dtype, self.mean, self.std)
 
     def advance(self, n_images: int) -> int:
         """Count, on the host, the batches until n_images were seen from net_batch on, and move net_batch

@@ -6,6 +6,9 @@ work, keyed from device counters so that nothing is copied in per inner iteratio
 - B: one more network batch, replayed when the host's count of this inner iteration's batches (IDC
   trains until n_data images were seen: one more when an epoch's smaller last batch falls inside) says so.
 
+With networks trained ahead (engine/trajectory.py), A loads the network from its snapshot instead of
+training it, and there is no B: the trajectories train the network updates.
+
 The counters (outer, inner, the network batch number) live on the device and A and B advance them; the
 host keeps the same numbers (it decides from them what to launch) and never reads the device's.
 """
@@ -19,28 +22,41 @@ class StaticInner:
     `run(outer, inner)` per inner iteration (returns its summed matching loss, a device scalar that
     the next replay overwrites)."""
 
-    def __init__(self, matcher, syn, net_update, inner_loop: int, n_data: int, capture: bool, log):
+    def __init__(self, matcher, syn, net_update, inner_loop: int, n_data: int, capture: bool, log,
+                 trajectories=None, reader=None):
         self.matcher, self.syn, self.net_update = matcher, syn, net_update
         self.inner_loop, self.n_data = inner_loop, n_data
+        self.trajectories, self.reader = trajectories, reader
         dev = syn.S.device
         self.outer_t = torch.zeros((), dtype=torch.int64, device=dev)
         self.inner_t = torch.zeros((), dtype=torch.int64, device=dev)
+        self.slot_t = torch.zeros((), dtype=torch.int64, device=dev)  # the outer iteration's place in its group
+        changed = [syn.S, syn.buf, syn.split_buffer(), self.inner_t]
+        if trajectories is not None:
+            self.fewest, self.net = 0, reader
+            self.a = Replay(self._a, "inner iteration", capture, log, restore=changed + list(reader.parameters()))
+            return
         self.fewest = net_update.batches.fewest(n_data)
         step = net_update.static
-        changed = [syn.S, syn.buf, syn.split_buffer(), *step.params, *step.momentum, net_update.counter]
-        self.a = Replay(self._a, "inner iteration", capture, log, restore=changed + [self.inner_t])
+        self.net = step.net
+        self.a = Replay(self._a, "inner iteration", capture, log,
+                        restore=changed + [*step.params, *step.momentum, net_update.counter])
         self.b = Replay(self._b, "network batch", capture, log, restore=[*step.params, *step.momentum,
                                                                           net_update.counter])
 
-    def start(self, outer: int):
+    def start(self, outer: int, slot: int = 0):
         self.outer_t.fill_(outer)
         self.inner_t.zero_()
+        self.slot_t.fill_(slot)
 
     def _a(self):
-        m, step = self.matcher, self.net_update.static
-        per_class, grad = m.grad(step.net, **m.draws(self.outer_t, self.inner_t))
+        m = self.matcher
+        if self.trajectories is not None:
+            self.trajectories.load(list(self.net.parameters()), self.slot_t, self.inner_t)
+        per_class, grad = m.grad(self.net, **m.draws(self.outer_t, self.inner_t))
         self.syn.step_classes(grad, self.inner_t == self.inner_loop - 1)
-        step.batches(self.net_update.counter, self.fewest)
+        if self.trajectories is None:
+            self.net_update.static.batches(self.net_update.counter, self.fewest)
         with torch.no_grad():
             self.inner_t.add_(1)
         return per_class.sum()
@@ -52,7 +68,7 @@ class StaticInner:
         self.matcher.trace_all(outer, inner)
         loss = self.a()
         count = self.net_update.advance(self.n_data)  # the host's count of this inner iteration's batches
-        for _ in range(count - self.fewest):
+        for _ in range(0 if self.trajectories is not None else count - self.fewest):
             self.b()
         if inner == self.inner_loop - 1:
             self.syn.pending = self.syn.split[1]
