@@ -12,7 +12,8 @@ Stages, in order, each logged under DIR (at most 8 files, so the device tool bri
   loop       bench/loop_timing.py: time per inner iteration at CIFAR-10 shapes, IPC 1 and 10, eager,
              CUDA graphs, bf16 and compiled; a torch.profiler record of one inner iteration (wall ms
              against GPU-busy ms, kernel launches, by kernel family); the host's work per inner
-             iteration (--host)                                     -> loop.log
+             iteration (--host); the network update trained ahead, N = 1, 2, 4 (trajectory_timing.py)
+                                                                    -> loop.log
   gpu_check  bench/gpu_check.py: correctness, time vs eager, bytes vs a copy -> gpu_check.log
   engine     `--preset smoke` distill + evaluate of MNIST on CUDA, idc and udd -> engine.log
   tests      the CUDA test subset: every op test (triton and cuda backends on the GPU, half precision)
@@ -86,7 +87,9 @@ def stages(args):
                  [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "gpu and not slow", *ENGINE_TESTS]]
     check = [PY, "bench/gpu_check.py", "--device", dev] + (["--tiny"] if dry else [])  # tables go to its log
     loop = [[PY, "bench/loop_timing.py", "--device", dev, "--profile"] + (["--tiny"] if dry else ["--ipc", "1", "10"]),
-            [PY, "bench/loop_timing.py", "--host", "--ipc", "1"] + ([] if dry else ["10", "50"])]
+            [PY, "bench/loop_timing.py", "--host", "--ipc", "1"] + ([] if dry else ["10", "50"]),
+            [PY, "bench/trajectory_timing.py", "--device", dev] + (["--tiny"] if dry else ["--ahead", "1", "2", "4",
+                                                                                           "--compile", "off"])]
     if args.quick:
         return [Stage("loop", 90, 170, "loop.log", loop)]
     return [Stage("build", 90, 150, "build.log", build),

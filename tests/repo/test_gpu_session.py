@@ -41,6 +41,7 @@ def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
         assert f"| 1 | {label} | {precision} |" in loop
     assert re.search(r"wall \d+\.\d+ ms, busy \d+\.\d+ ms, \d+ kernel launches", loop), loop
     assert re.search(r"^\| 1 \| \d+ \| \d\.\d \| \d+\.\d+ \|$", loop, re.M), loop  # the host's work (--host)
+    assert re.search(r"^\| off \| 2 \| \d+ \| \d+\.\d\dx \|$", loop, re.M), loop  # networks trained ahead
     engine = (out / "engine.log").read_text()
     assert engine.count("distillation done") == 2 and "mUE" in engine
     assert "| loop | ok |" in (out / "session.md").read_text()
