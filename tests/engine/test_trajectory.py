@@ -139,6 +139,26 @@ def test_a_stop_in_the_middle_of_a_group_resumes_to_the_uninterrupted_run(small,
     assert float((final - final_r).abs().max()) <= TOL
 
 
+def test_the_static_inner_iteration_reads_no_counter_back(small):
+    """On the static path the snapshot is chosen by the device counters (outer iteration's slot, inner
+    iteration): loading it must not read them back (a 0-dim tensor index would call item(), a sync that
+    breaks a CUDA graph). Checked where a read cannot happen: counters and snapshots on the meta device.
+    And a whole static inner iteration with networks trained ahead reads nothing back (host guard)."""
+    from host_guard import no_host_reads
+    data, _ = small
+    d = Engine(_cfg("idc", 2, static="on"), data)
+    net, opt = d.start_network(0)
+    d.boundary(0)
+    d.inner_iteration(net, opt, 0, 0)  # makes the static inner iteration
+    with no_host_reads():
+        d.inner_iteration(net, opt, 0, 1)
+    t = d.trajectories
+    t.snaps = [s.to("meta") for s in t.snaps]
+    params = [torch.empty_like(p, device="meta") for p in net.parameters()]
+    counter = torch.zeros((), dtype=torch.int64, device="meta")
+    t.load(params, counter, counter)
+
+
 def test_the_grouped_model_is_each_network(small):
     """forward_stacked of 3 networks equals each network's forward, and its parameter gradients each
     network's own (float64)."""

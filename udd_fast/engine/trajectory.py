@@ -84,9 +84,15 @@ class Trajectories:
                 self.step()
 
     def load(self, params, slot, inner):
-        """Network `slot`'s snapshot at inner iteration `inner` into `params` (no host reads)."""
+        """Network `slot`'s snapshot at inner iteration `inner` into `params`. Device counters (0-dim
+        tensors) are read on the device: indexing by a 0-dim tensor would read it back (item)."""
         with torch.no_grad():
-            torch._foreach_copy_(params, [s[inner, slot] for s in self.snaps])
+            if isinstance(inner, torch.Tensor):
+                at = (inner * self.N + slot).view(1)
+                src = [s.flatten(0, 1).index_select(0, at)[0] for s in self.snaps]
+            else:
+                src = [s[inner, slot] for s in self.snaps]
+            torch._foreach_copy_(params, src)
 
     def _stream(self, wait=True):
         """The producer's stream (CUDA), after the main stream's work so far when `wait` (its reads of the
