@@ -66,6 +66,8 @@ class Trajectories:
                 p.copy_(torch.stack([f[i] for f in fresh]))
                 m.zero_()
             self.counter.copy_(torch.tensor(pad(first_batches), dtype=torch.int64), non_blocking=True)
+        if self.stream is not None:  # the fresh networks' memory is the main stream's: freed after this
+            torch.cuda.current_stream().wait_stream(self.stream)
 
     def record(self, inner: int):
         """Keep every network's parameters as they stand (before inner iteration `inner`'s update)."""
