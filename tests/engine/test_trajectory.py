@@ -197,9 +197,9 @@ def test_auto_and_the_stated_memory(mnist_data):
     """auto is 1 on the CPU; a number is taken as given; the snapshots of CIFAR-10's ConvNet-3 at 100
     inner iterations take 128 MB per outer iteration in float32 (the issue's 'about 130 MB')."""
     cfg = build_config("mnist", 1, "smoke", 28, 28, net_width=8)
-    assert trajectory_batch(cfg, torch.device("cpu"), 1) == 1
+    assert trajectory_batch(cfg, torch.device("cpu"), lambda: 1) == 1
     cfg.match.trajectory_batch = "3"
-    assert trajectory_batch(cfg, torch.device("cpu"), 1) == 3
+    assert trajectory_batch(cfg, torch.device("cpu"), lambda: 1) == 3
     net = ConvNet(10, 3, 32, width=128)
     assert sum(p.numel() for p in net.parameters()) == 320_010
     assert snapshot_bytes(net, 100) == 128_004_000

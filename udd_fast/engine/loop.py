@@ -64,9 +64,10 @@ TRAJECTORY_AUTO_MAX = 4  # --trajectory-batch auto on CUDA: at most this many ne
 TRAJECTORY_MEMORY = 0.125  # ... whose snapshots take at most this share of the device's memory
 
 
-def trajectory_batch(cfg: Config, device: torch.device, snapshot: int, distributed: bool = False) -> int:
+def trajectory_batch(cfg: Config, device: torch.device, snapshot, distributed: bool = False) -> int:
     """How many outer iterations' networks are trained ahead together (--trajectory-batch), the one
-    place this is decided; `snapshot` is one outer iteration's snapshot bytes. auto: 1 on the CPU and
+    place this is decided; `snapshot()` gives one outer iteration's snapshot bytes (called only where
+    auto needs it: it makes a network). auto: 1 on the CPU and
     under torchrun (measured on a 2-core CPU: grouped training is no faster there, bench/RESULTS.md); on
     CUDA the most, up to TRAJECTORY_AUTO_MAX, whose snapshots fit TRAJECTORY_MEMORY of the device."""
     if cfg.match.trajectory_batch != "auto":
@@ -74,7 +75,7 @@ def trajectory_batch(cfg: Config, device: torch.device, snapshot: int, distribut
     if device.type != "cuda" or distributed:
         return 1
     free = torch.cuda.get_device_properties(device).total_memory * TRAJECTORY_MEMORY
-    return max(1, min(TRAJECTORY_AUTO_MAX, cfg.match.iterations, int(free // max(1, snapshot))))
+    return max(1, min(TRAJECTORY_AUTO_MAX, cfg.match.iterations, int(free // max(1, snapshot()))))
 
 
 @dataclass
@@ -148,7 +149,8 @@ class Engine:
         else:
             self.matcher = SequentialMatcher(*parts, trace=trace)
         self.static_inner = None  # the static path's inner iteration (made with the static network)
-        self.n_ahead = trajectory_batch(cfg, self.device, snapshot_bytes(self.new_network(0), cfg.match.inner_loop),
+        self.n_ahead = trajectory_batch(cfg, self.device,
+                                        lambda: snapshot_bytes(self.new_network(0), cfg.match.inner_loop),
                                         self.comm.distributed)
         self.trajectories = None  # the networks trained ahead (n_ahead > 1), made with the first group
         self.group = range(0)  # the outer iterations whose networks the trajectories hold

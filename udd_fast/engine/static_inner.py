@@ -26,14 +26,14 @@ class StaticInner:
                  trajectories=None, reader=None):
         self.matcher, self.syn, self.net_update = matcher, syn, net_update
         self.inner_loop, self.n_data = inner_loop, n_data
-        self.trajectories, self.reader = trajectories, reader
+        self.trajectories = trajectories
         dev = syn.S.device
         self.outer_t = torch.zeros((), dtype=torch.int64, device=dev)
         self.inner_t = torch.zeros((), dtype=torch.int64, device=dev)
         self.slot_t = torch.zeros((), dtype=torch.int64, device=dev)  # the outer iteration's place in its group
         changed = [syn.S, syn.buf, syn.split_buffer(), self.inner_t]
         if trajectories is not None:
-            self.fewest, self.net = 0, reader
+            self.net = reader
             self.a = Replay(self._a, "inner iteration", capture, log, restore=changed + list(reader.parameters()))
             return
         self.fewest = net_update.batches.fewest(n_data)
@@ -68,8 +68,9 @@ class StaticInner:
         self.matcher.trace_all(outer, inner)
         loss = self.a()
         count = self.net_update.advance(self.n_data)  # the host's count of this inner iteration's batches
-        for _ in range(0 if self.trajectories is not None else count - self.fewest):
-            self.b()
+        if self.trajectories is None:
+            for _ in range(count - self.fewest):
+                self.b()
         if inner == self.inner_loop - 1:
             self.syn.pending = self.syn.split[1]
         return loss
