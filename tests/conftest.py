@@ -43,6 +43,14 @@ def mnist_arrays(real_data_dir):
 
 
 @pytest.fixture(scope="session")
+def cifar_arrays(real_data_dir):
+    from udd_fast.data import load_dataset
+
+    require_dataset(real_data_dir, "cifar-10-batches-py")
+    return load_dataset("cifar10", real_data_dir, download=False)
+
+
+@pytest.fixture(scope="session")
 def mnist_data(mnist_arrays):
     from udd_fast.data import RealData
 

@@ -104,6 +104,32 @@ def dtype_device(backend: str, dtype) -> torch.device:
     return device
 
 
+# Image sides beyond CIFAR's (issue 23): each op's test `<op>_at_large_sides` checks it against its
+# reference at these sides, on the shapes it takes there.
+LARGE_SIDES = (64, 128, 224)
+
+
+def _value_and_marks(p):
+    return (p.values[0], list(p.marks)) if hasattr(p, "values") else (p, [])
+
+
+def large_side_params():
+    """(ops_backend, side, dtype) for `@pytest.mark.parametrize("ops_backend,side,dtype", ...,
+    indirect=["ops_backend"])`: every backend of OPS_BACKENDS but torch (the references themselves)
+    at every side of LARGE_SIDES in float32, and at the largest (the longest sums) in OTHER_DTYPES
+    too, with their marks. Without a GPU, Triton runs in its interpreter, 2-10 s per op at 64 px in
+    float32 (more under load): its other cases there are marked slow."""
+    interpreted = not torch.cuda.is_available()
+    out = []
+    for backend, side, dt in ((b, s, d) for b in OPS_BACKENDS[1:] for s in LARGE_SIDES
+                              for d in (torch.float32, *(OTHER_DTYPES if s == LARGE_SIDES[-1] else ()))):
+        (name, bmarks), (dtype, dmarks) = _value_and_marks(backend), _value_and_marks(dt)
+        slow = interpreted and name == "triton" and (side > LARGE_SIDES[0] or dtype != torch.float32)
+        out.append(pytest.param(name, side, dtype, marks=bmarks + dmarks + [pytest.mark.slow] * slow,
+                                id=f"{name}-{side}px-{str(dtype).removeprefix('torch.')}"))
+    return out
+
+
 # -- small files in the official dataset formats ------------------------------------------------------
 def idx_bytes(arr: np.ndarray) -> bytes:
     magic = 0x0800 + arr.ndim
@@ -204,3 +230,53 @@ def check_grid(png: np.ndarray, images, factor, class_names, region_views=None):
                 assert np.array_equal(png[y:y + cell, xt:xt + cell], upscaled(formations[t * n + m], s)), \
                     f"formation {t} of stored image {m}"
     return rows, per
+
+
+# -- the JPEG sets (Tiny-ImageNet, ImageNet) in their official layouts, from real CIFAR-10 images --------
+# ImageNet's photos come in many sizes; these are common ones (width, height), both orientations.
+IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333), (640, 480), (333, 500), (500, 500))
+
+
+def jpeg_of(img_chw: np.ndarray, wh: tuple, path: Path):
+    """A real 32 px image (uint8 [3, 32, 32]) scaled to `wh` (bicubic) and saved as a JPEG at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img_chw.transpose(1, 2, 0)).resize(wh, Image.BICUBIC).save(path, quality=90)
+
+
+def cifar_by_class(cifar, per_class: int, split="train"):
+    """The first `per_class` images of each CIFAR-10 class (uint8 [3, 32, 32] each), by class."""
+    x, y = (cifar.train_images, cifar.train_labels) if split == "train" else (cifar.test_images, cifar.test_labels)
+    return [[x[i] for i in np.flatnonzero(y == c)[:per_class]] for c in range(10)]
+
+
+def write_tiny_imagenet(root: Path, cifar, classes=3, per_class=12, per_class_val=4) -> list:
+    """Tiny-ImageNet's layout under root/tiny-imagenet-200 with `classes` classes of real CIFAR-10 images at
+    64 px (wnids listed unsorted, as the official wnids.txt is); returns the wnids in wnids.txt's order."""
+    base = root / "tiny-imagenet-200"
+    wnids = [f"n0{9 - c}000{c:03d}" for c in range(classes)]  # descending: sorted order differs from the file's
+    train, val = cifar_by_class(cifar, per_class), cifar_by_class(cifar, per_class_val, "test")
+    lines = []
+    for c, w in enumerate(wnids):
+        for i, img in enumerate(train[c]):
+            jpeg_of(img, (64, 64), base / "train" / w / "images" / f"{w}_{i}.JPEG")
+        (base / "train" / w / f"{w}_boxes.txt").write_text("")
+        for i, img in enumerate(val[c]):
+            name = f"val_{c * per_class_val + i}.JPEG"
+            jpeg_of(img, (64, 64), base / "val" / "images" / name)
+            lines.append(f"{name}\t{w}\t0\t0\t63\t63")
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (base / "words.txt").write_text("".join(f"{w}\tcifar class {c}, thing\n" for c, w in enumerate(wnids))
+                                    + "n99999999\tunused\n")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(reversed(lines)) + "\n")
+    return wnids
+
+
+def write_imagenet(root: Path, cifar, wnids, per_class=8, per_class_val=3):
+    """ImageNet's layout under root/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG) for `wnids`, class c holding
+    real CIFAR-10 images of class c % 10 scaled to ImageNet's photo sizes."""
+    base = root / "imagenet"
+    train, val = cifar_by_class(cifar, per_class), cifar_by_class(cifar, per_class_val, "test")
+    for c, w in enumerate(wnids):
+        for split, imgs in (("train", train[c % 10]), ("val", val[c % 10])):
+            for i, img in enumerate(imgs):
+                jpeg_of(img, IMAGENET_SIZES[(c + i) % len(IMAGENET_SIZES)], base / split / w / f"{w}_{i}.JPEG")

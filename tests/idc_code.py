@@ -39,9 +39,10 @@ def load_idc_functions(src):
     """IDC's own DiffAug, decode_zoom, subsample, dist and matchloss, loaded at call time from an IDC
     checkout or git directory. misc/augment.py is executed as is (it imports only torch and numpy);
     from condense.py only those functions and its torch/numpy/math imports are compiled (it imports
-    torchvision and IDC's other modules). decode_zoom and subsample are Synthesizer methods: call them
-    as decode_zoom(synth, img, target, factor) with `synth` any object whose `resize` is
-    nn.Upsample(size=(H, W), mode='bilinear') (see make_idc_synth)."""
+    torchvision and IDC's other modules). decode_zoom, decode_zoom_multi, decode_zoom_bound and subsample are
+    Synthesizer methods: call them as decode_zoom(synth, img, target, factor) with `synth` any object whose
+    `resize` is nn.Upsample(size=(H, W), mode='bilinear') (see make_idc_synth; the multi and bound ones also
+    call synth.decode_zoom)."""
     root = Path(src)
     ns = types.SimpleNamespace()
 
@@ -50,7 +51,7 @@ def load_idc_functions(src):
     ns.DiffAug = aug.DiffAug
 
     tree = ast.parse(idc_source(root, "condense.py"))
-    wanted = {"dist", "add_loss", "matchloss", "decode_zoom", "subsample"}
+    wanted = {"dist", "add_loss", "matchloss", "decode_zoom", "decode_zoom_multi", "decode_zoom_bound", "subsample"}
     body = []
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):

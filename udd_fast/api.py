@@ -32,13 +32,15 @@ def _spell(name, value=None):
 
 
 def distill_dataset(data, labels=None, *, test_images=None, test_labels=None, class_names=None, out=None,
-                    force=False, data_dir=None, download=True, progress=True, **settings) -> Result:
+                    force=False, data_dir=None, download=True, progress=True, size=None, classes=None,
+                    **settings) -> Result:
     """Distill, evaluate and return the Result.
 
     data: a built-in dataset's name ("mnist", "cifar10", ...), the path of an .npz file or an image
       folder, or images in memory (numpy or torch; uint8 or float in [0,1]; (N,H,W), (N,H,W,C) or
       (N,C,H,W)) with `labels` 0..K-1 and optionally a test split and class names (without a test
-      split every 10th image of each class is held out).
+      split every 10th image of each class is held out). The JPEG sets: "tinyimagenet", "imagenet10",
+      "imagenet100", or "imagenet" with `classes` (a file of wnids); `size` their side (--size).
     out: the run directory to write (checkpoints, log.txt and the artifacts, like the command line);
       None runs in a temporary directory that is removed afterwards (save the Result to keep it).
     settings: ipc, method, preset, seed, device, factor, iterations, eval_runs, eval_every, policy, ...
@@ -52,8 +54,11 @@ def distill_dataset(data, labels=None, *, test_images=None, test_labels=None, cl
     if isinstance(data, (str, Path)):
         if labels is not None or test_images is not None or class_names is not None:
             raise UsageError("labels, test_images and class_names go with images in memory, not a dataset name")
-        dataset = DataSource.parse(data)
+        dataset = DataSource.parse(data).with_options(size, classes)
     else:
+        if size is not None or classes is not None:
+            raise UsageError("size and classes go with a JPEG set's name (tinyimagenet, imagenet10, imagenet100, "
+                             "imagenet), not with images in memory")
         if labels is None:
             raise UsageError("images in memory need their labels (distill_dataset(images, labels, ...))")
         dataset = from_arrays(data, labels, test_images, test_labels, class_names)

@@ -16,6 +16,7 @@ from .version import __version__
 from .artifacts import ArtifactError, read_tensors, write_torch
 from .config import config_from_dict
 from .data import data_mismatch
+from .decode import decode_plan
 from .engine import Engine
 from .fields import boxes_ok, is_int
 
@@ -130,7 +131,8 @@ def check_state(st, cfg, facts):
         raise ValueError(f"state last_loss {loss!r} must be a finite number after an outer iteration")
     boxes = st["region_boxes"]
     if boxes is not None:
-        n = facts["num_classes"] * cfg.run.ipc * cfg.match.factor ** 2
+        n = facts["num_classes"] * decode_plan(cfg.run.ipc, facts["size"], cfg.match.factor, "meta",
+                                               cfg.match.decode_type or "single", cfg.match.batch_syn_max)[0].shape[0]
         side = cfg.match.factor * math.ceil(facts["size"] / cfg.match.factor)
         if not boxes_ok(boxes, side, rows=n):
             raise ValueError(f"state region_boxes must be {n} integer boxes inside the {side}-pixel stored images")

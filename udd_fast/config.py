@@ -23,16 +23,19 @@ from .models import ARCHS
 from .region_search import POLICIES
 
 METHODS = ("idc", "udd", "random")
+DECODE_TYPES = ("single", "multi", "bound")
+NET_ARCHS = ("convnet", "resnet_ap10")
 FORMS = ("batched", "sequential")
 PRECISIONS = ("fp32", "tf32", "bf16")
 
 PRESETS = {
-    "paper": "IDC's published budget: 2000 outer x 100 inner iterations, network updates of 2000 "
-             "(CIFAR) or 500 real images; UDD proxy 50 epochs; evaluation 1000 epochs x 5 runs. GPU hours.",
+    "paper": "IDC's published budget: 2000 outer x 100 inner iterations (500 on ImageNet), network updates of "
+             "2000 (CIFAR) or 500 real images; UDD proxy 50 epochs; evaluation 1000 epochs (on ImageNet IDC's by "
+             "IPC) x 5 runs. GPU hours.",
     "quick": "a demo that fits a few minutes of a 2-core CPU: 10 outer x 5 inner iterations, network "
-             "updates of 256 images; UDD proxy 1 epoch; evaluation 300 epochs x 3 runs, tested once at the end.",
+             "updates of 256 images, no --early; UDD proxy 1 epoch; evaluation 300 epochs x 3 runs, tested once at the end.",
     "smoke": "seconds, for tests: 2 outer x 2 inner iterations, network updates of 64 images, real "
-             "batches of 16; UDD proxy 1% of an epoch; evaluation 4 epochs x 2 runs on the first 1000 test "
+             "batches of 16, no --early; UDD proxy 1% of an epoch; evaluation 4 epochs x 2 runs on the first 1000 test "
              "images.",
 }
 
@@ -146,6 +149,11 @@ class RunConfig(_Group):
     seed: int = setting(0, flag=MAIN, flag_default=True, fixed_on_resume=True)
     device: str = setting("cpu", flag=MAIN, flag_default=True, flag_choices=("cpu", "cuda"), fixed_on_resume=True,
                           check=_device_problem)
+    real_on_device: str = setting(
+        "auto", "auto (default), on or off: where the training images live. on: copied onto the device (or into "
+                "memory); off: left memory-mapped from the image cache of a JPEG set (the CPU only, for now); auto: "
+                "on, unless memory-mapped images exceed a quarter of the machine's memory",
+        flag=MAIN, flag_default=True, choices=("auto", "on", "off"))
     checkpoint_every: int = setting(
         10, "write checkpoint.pt every N outer iterations (default 1 for smoke/quick, 10 for paper; 0 = only when "
             "stopped by SIGINT/SIGTERM)", flag=MAIN, metavar="N", distill_only=True, at_least=0)
@@ -166,6 +174,13 @@ class MatchConfig(_Group):
     mom_img: float = setting(0.5, at_least=0)
     metric: str = setting("mse", choices=("l1", "mse"))
     match_aug: str = setting("color_crop_cutout", check=_strategy_problem)
+    # IDC's --decode_type; "" = IDC's rule (build_config): bound at factor >= 3 and IPC >= 20 on ImageNet
+    decode_type: str = setting(
+        "", "single (each stored image into factor^2 formations; IDC's default), multi (into the formations of "
+            "every factor 1..k) or bound (the largest factors that keep a class's formations within "
+            "batch_syn_max; IDC's choice on ImageNet at factor >= 3 and IPC >= 20); evaluation decodes multi as multi, "
+            "the others as single, as IDC's test.py", flag=PRESET, flag_choices=DECODE_TYPES, fixed_on_resume=True,
+        distill_only=True, choices=("", *DECODE_TYPES))
     # 'sequential' is IDC's per-class loop, 'batched' all classes at once (equal)
     # "" = by measurement (bench/RESULTS.md): sequential on the CPU, batched on CUDA and under torchrun
     form: str = setting("", "batched (all classes per step; the default on CUDA and under torchrun) or sequential "
@@ -207,6 +222,13 @@ class NetConfig(_Group):
     mom_net: float = setting(0.9, at_least=0)
     wd_net: float = setting(5e-4, at_least=0)
     net_width: int = setting(128, at_least=1)
+    # "" = by dataset (build_config): IDC's ResNetAP-10 on ImageNet, else ConvNet (depth by resolution)
+    net_arch: str = setting("", "the matching network: convnet (depth by resolution: 3 up to 32 px, 4 at 64, 5 at 128; "
+                                "the default but on ImageNet) or resnet_ap10 (IDC's ImageNet network)", flag=PRESET,
+                            flag_choices=NET_ARCHS, fixed_on_resume=True, distill_only=True, choices=("", *NET_ARCHS))
+    early: int = setting(0, "epochs of real-data training of each outer iteration's network before its matching "
+                            "(IDC's --early; 10 on ImageNet-10, else 0)", flag=PRESET, metavar="EPOCHS",
+                         fixed_on_resume=True, distill_only=True, at_least=0)
 
 
 @dataclass
@@ -238,6 +260,8 @@ class EvalConfig(_Group):
     eval_epochs: int = setting(1000, flag=PRESET, at_least=1)
     eval_arch: str = setting("convnet", flag=PRESET, choices=ARCHS)
     eval_batch: int = setting(64, at_least=1)
+    eval_lr: float = setting(0.01, above=0)  # IDC's --lr and --weight-decay (0.1 and 1e-4 for 100 ImageNet classes)
+    eval_wd: float = setting(5e-4, at_least=0)
     eval_aug: str = setting("color_crop_flip_scale_rotate", check=_strategy_problem)
     eval_cutmix: bool = setting(True)
     # IDC validates 4 times and logs the best beside the last
@@ -343,25 +367,54 @@ def config_from_dict(d, where: str) -> Config:
     return Config.from_flat(values)
 
 
-def idc_lr_img(dataset: str, ipc: int, size: int, size_base: int) -> float:
-    """IDC: base * (IPC/10) * (size/size_base)^2, base 1e-4 for MNIST-like data, else 5e-3."""
+def imagenet_like(dataset: str) -> bool:
+    """ImageNet's classes (IDC's subsets or a list): IDC's `--dataset imagenet` settings apply."""
+    src = DataSource.parse(dataset)
+    return src.kind == "imagenet" or (src.kind == "builtin" and src.where in ("imagenet10", "imagenet100"))
+
+
+def idc_lr_img(dataset: str, ipc: int, size: int, size_base: int, num_classes: int = 10) -> float:
+    """IDC: base * (IPC/10) * (size/size_base)^2 (its tune_lr_img); base 1e-4 for MNIST-like data, on ImageNet 3e-3
+    for 10 classes and 1e-3 for 100 (its reproduce.py; its parser's 5e-3 for other counts), else 5e-3."""
     base = 1e-4 if dataset in ("mnist", "fashionmnist") else 5e-3
+    if imagenet_like(dataset):
+        base = {10: 3e-3, 100: 1e-3}.get(num_classes, 5e-3)
     return base * (ipc / 10) * (size / size_base) ** 2
 
 
-def dataset_defaults(dataset: str, ipc: int, factor: int) -> dict:
-    """IDC's per-dataset settings (its misc/reproduce.py), section 1 of the method."""
+def ipc_epoch(ipc: int, factor: int, num_classes: int = 10, bound: int = -1) -> int:
+    """IDC's evaluation epochs on ImageNet (argument.py ipc_epoch): by the decoded images per class."""
+    n = ipc * max(factor, 1) ** 2
+    if bound > 0:
+        n = min(n, bound)
+    epochs = next(e for limit, e in ((1, 3000), (10, 2000), (50, 1500), (200, 1000), (500, 500), (math.inf, 300))
+                  if n <= limit)
+    if num_classes == 100:
+        epochs = int(2 / 3 * epochs)
+        epochs -= epochs % 100
+    return epochs
+
+
+def dataset_defaults(dataset: str, ipc: int, factor: int, num_classes: int = 10) -> dict:
+    """IDC's per-dataset settings (its misc/reproduce.py and argument.py), section 1 of the method."""
     mnist_like = dataset in ("mnist", "fashionmnist")
-    cifar_like = dataset in ("cifar10", "cifar100") or DataSource.parse(dataset).kind in ("npz", "folder")
+    src = DataSource.parse(dataset)
+    cifar_like = dataset in ("cifar10", "cifar100") or src.kind in ("npz", "folder") or src.where == "tinyimagenet"
     d = dict(metric="l1" if mnist_like else "mse", n_data=2000 if cifar_like else 500,
              match_aug="color_crop_cutout", net_aug="color_crop", net_cutmix=True,
-             eval_aug="color_crop_cutout_flip_scale_rotate", eval_cutmix=True)
+             eval_aug="color_crop_cutout_flip_scale_rotate", eval_cutmix=True, net_arch="convnet", decode_type="single")
     if dataset in ("svhn", "mnist"):
         d["eval_aug"] = "color_crop_cutout_scale_rotate"  # IDC drops flip for digits
     if dataset == "mnist" and factor > 1:
         d.update(match_aug="color_crop", net_cutmix=False, eval_aug="color_crop_scale_rotate", eval_cutmix=False)
     if dataset == "svhn" and factor == 1 and ipc == 1:
         d.update(eval_aug="color_crop_cutout_scale_rotate", eval_cutmix=False)
+    if imagenet_like(dataset):  # reproduce.py's imagenet branch, argument.py's for 100 classes and more
+        d.update(metric="l1", n_data=500, net_arch="resnet_ap10", eval_arch="resnet_ap10",
+                 early=10 if num_classes == 10 else 0,
+                 decode_type="bound" if factor >= 3 and ipc >= 20 else "single")
+        if num_classes >= 100:
+            d.update(lr_net=0.1, wd_net=1e-4, eval_lr=0.1, eval_wd=1e-4, batch_real=128, eval_batch=128)
     if d["eval_cutmix"]:  # IDC's argument.py: with CutMix (--mixup cut) evaluation drops cutout
         d["eval_aug"] = "_".join(p for p in d["eval_aug"].split("_") if p != "cutout")
     return d
@@ -369,10 +422,10 @@ def dataset_defaults(dataset: str, ipc: int, factor: int) -> dict:
 
 def preset_values(preset: str) -> dict:
     if preset == "paper":
-        return dict(iterations=2000, inner_loop=100, batch_real=64, eval_epochs=1000, eval_runs=5,
+        return dict(iterations=2000, inner_loop=100, eval_epochs=1000, eval_runs=5,
                     eval_validations=4, proxy_epochs=50.0, checkpoint_every=10)
     if preset == "quick":
-        return dict(iterations=10, inner_loop=5, n_data=256, batch_real=64, eval_epochs=300, eval_runs=3,
+        return dict(iterations=10, inner_loop=5, n_data=256, eval_epochs=300, eval_runs=3,
                     eval_validations=1, proxy_epochs=1.0, checkpoint_every=1)
     if preset == "smoke":
         return dict(iterations=2, inner_loop=2, n_data=64, batch_real=16, eval_epochs=4, eval_runs=2,
@@ -382,12 +435,19 @@ def preset_values(preset: str) -> dict:
 
 
 def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int, factor: int = 2,
-                 **overrides) -> Config:
+                 num_classes: int = 10, **overrides) -> Config:
     """Dataset defaults, then the preset, then explicit overrides (flat settings; None means not given).
     Raises ValueError naming a setting whose value is not allowed."""
     values = dict(dataset=dataset, ipc=ipc, preset=preset, factor=factor)
-    values.update(dataset_defaults(dataset, ipc, factor))
+    values.update(dataset_defaults(dataset, ipc, factor, num_classes))
     values.update(preset_values(preset))
+    if preset == "paper" and imagenet_like(dataset):  # IDC's niter and test epochs on ImageNet
+        bound = overrides.get("batch_syn_max") or MatchConfig.batch_syn_max
+        decode = overrides.get("decode_type") or values["decode_type"]
+        values.update(iterations=500, eval_epochs=ipc_epoch(ipc, factor, num_classes,
+                                                            bound if decode == "bound" else -1))
+    elif preset != "paper":  # the short presets keep their budget: IDC's pretraining epochs are the paper's
+        values["early"] = 0
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values.get("method", "idc") != "udd":  # `idc` (and `random`) switch every UDD part off
         values.update(policy="none", cfc_weight=0.0, eval_region_views=False)
@@ -398,7 +458,7 @@ def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int,
     if not values.get("precision"):
         values["precision"] = "tf32" if str(values.get("device", "cpu")).startswith("cuda") else "fp32"
     if not values.get("lr_img"):
-        values["lr_img"] = idc_lr_img(dataset, ipc, size, size_base)
+        values["lr_img"] = idc_lr_img(dataset, ipc, size, size_base, num_classes)
     cfg = Config.from_flat(values)
     cfg.validate()
     return cfg

@@ -1,10 +1,10 @@
 """Multi-formation decode (docs/method.md section 1): its plan, and IDC's mix init.
 
-Stored images S hold k x k tiles each; decoding cuts the tiles (after padding right/bottom with 0.5
+Stored images S hold k x k tiles each; decoding (IDC's `single` decode type) cuts the tiles (after padding right/bottom with 0.5
 to a multiple of k) and upsamples each bilinearly to the full size. Decode and UDD's region views
 are both `ops.crop_resize` (section 3) with integer boxes in stored coordinates: `decode_plan` gives
 the decode's, `decode_all` applies it, `training_set` adds the region views: what an evaluation
-trains on.
+trains on. IDC's other decode types, `multi` and `bound`, are plans of the same kind.
 """
 import math
 from typing import NamedTuple
@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+
+DECODE_TYPES = ("single", "multi", "bound")
 
 
 class RegionViews(NamedTuple):
@@ -41,13 +43,54 @@ def formation_boxes(size: int, factor: int, device=None) -> torch.Tensor:
     return torch.tensor(b, dtype=torch.int64, device=device)
 
 
-def decode_plan(num_stored: int, size: int, factor: int, device=None):
-    """(src, boxes) that decode `num_stored` images into factor^2 * num_stored formations,
-    formation-major: output t * num_stored + m is tile t of stored image m (IDC's order)."""
+def _zoom_plan(first: int, count: int, size: int, factor: int, device=None):
+    """(src, boxes) decoding stored images first .. first+count-1 at `factor`, formation-major (IDC's
+    decode_zoom: output t * count + m is tile t of image first + m)."""
     boxes = formation_boxes(size, factor, device)
-    t = torch.arange(factor * factor, device=device).repeat_interleave(num_stored)
-    src = torch.arange(num_stored, device=device).repeat(factor * factor)
+    t = torch.arange(factor * factor, device=device).repeat_interleave(count)
+    src = first + torch.arange(count, device=device).repeat(factor * factor)
     return src, boxes[t]
+
+
+def bound_parts(num_stored: int, factor: int, bound: int) -> list:
+    """IDC's decode_zoom_bound: [(first image, count, factor)], the largest factors first, each taking as
+    many of the remaining images as keep the decoded total (the rest counted at factor 1) within `bound`;
+    the last part, factor 1, takes what remains. (Where num_stored > bound, IDC's slice would run
+    backwards; no image is then decoded above factor 1.)"""
+    parts, first, budget, total = [], 0, num_stored, 0
+    room = bound - num_stored
+    for f in range(factor, 0, -1):
+        count = max(0, min(room // (f * f), budget)) if f > 1 else budget
+        parts.append((first, count, f))
+        first, budget, total = first + count, budget - count, total + count * f * f
+        room = bound - total - budget
+        if budget == 0:
+            break
+    return parts
+
+
+def decode_plan(num_stored: int, size: int, factor: int, device=None, decode_type: str = "single",
+                bound: int = 128):
+    """(src, boxes) that decode `num_stored` images of one class (or, single and multi, any set):
+    single: factor^2 * num_stored formations, formation-major (output t * num_stored + m is tile t of
+    stored image m, IDC's order); multi: single's plan at every factor 1 .. k, concatenated (IDC's
+    decode_zoom_multi); bound: IDC's decode_zoom_bound within `bound` (bound_parts)."""
+    if decode_type not in DECODE_TYPES:
+        raise ValueError(f"unknown decode type {decode_type!r}; choose one of {', '.join(DECODE_TYPES)}")
+    if factor <= 1 or decode_type == "single":
+        parts = [(0, num_stored, factor)]
+    elif decode_type == "multi":
+        parts = [(0, num_stored, f) for f in range(1, factor + 1)]
+    else:
+        parts = bound_parts(num_stored, factor, bound)
+    plans = [_zoom_plan(first, count, size, f, device) for first, count, f in parts if count]
+    return torch.cat([p[0] for p in plans]), torch.cat([p[1] for p in plans])
+
+
+def eval_decode_type(decode_type: str) -> str:
+    """How an evaluation decodes a set distilled with `decode_type`: IDC's test.py decodes multi as multi and
+    everything else (bound included) as single."""
+    return "multi" if decode_type == "multi" else "single"
 
 
 def mix_init(real: torch.Tensor, ipc: int, factor: int) -> torch.Tensor:
@@ -71,20 +114,25 @@ def mix_init(real: torch.Tensor, ipc: int, factor: int) -> torch.Tensor:
     return out
 
 
-def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int):
-    """Every stored image decoded into its factor^2 formations (labels repeated)."""
+def decode_all(images: torch.Tensor, labels: torch.Tensor, factor: int, decode_type: str = "single"):
+    """Every stored image decoded into its formations (labels repeated): factor^2 each (single), or those of
+    every factor 1..k (multi)."""
     if factor <= 1:
         return images, labels
-    src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device)
+    if decode_type not in ("single", "multi"):
+        raise ValueError(f"a whole set decodes single or multi, not {decode_type!r} (see eval_decode_type)")
+    src, boxes = decode_plan(images.shape[0], images.shape[-1], factor, images.device, decode_type)
     return ops.crop_resize(images, src, boxes, images.shape[-2:]), labels[src]
 
 
-def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, views: RegionViews = None):
-    """What an evaluation trains on, in [0,1]: the formations of every stored image, plus UDD's region
-    views when given. Whether a set's views are used is decided in one place: Result.training_set."""
+def training_set(images: torch.Tensor, labels: torch.Tensor, factor: int, views: RegionViews = None,
+                 decode_type: str = "single"):
+    """What an evaluation trains on, in [0,1]: the formations of every stored image (decoded as
+    eval_decode_type(decode_type)), plus UDD's region views when given. Whether a set's views are used is
+    decided in one place: Result.training_set."""
     images = images.float().clamp(0, 1)
     labels = labels.long()
-    x, y = decode_all(images, labels, factor)
+    x, y = decode_all(images, labels, factor, eval_decode_type(decode_type))
     if views is not None:
         src, boxes = (t.to(images.device).long() for t in views)
         x = torch.cat([x, ops.crop_resize(images, src, boxes, images.shape[-2:])])

@@ -67,8 +67,17 @@ def _parser():
                                             "evaluate them and save the artifacts.",
                                 epilog=f"Presets -- {presets}")
     p.add_argument("--dataset", default=None,
-                   help="(required unless --resume) mnist, fashionmnist, svhn, cifar10, cifar100, a .npz file (images, labels) or a folder "
-                        "of class subfolders")
+                   help="(required unless --resume) mnist, fashionmnist, svhn, cifar10, cifar100, tinyimagenet "
+                        "(<data-dir>/tiny-imagenet-200: wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images, "
+                        "val/val_annotations.txt), imagenet10 or imagenet100 (IDC's class selections from "
+                        "<data-dir>/imagenet/{train,val}/<wnid>/*.JPEG), imagenet with --classes FILE, a .npz file "
+                        "(images, labels) or a folder of class subfolders")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help="the side the JPEG sets are resized and centre-cropped to, as IDC preprocesses (default 64 for "
+                        "tinyimagenet, 224 for ImageNet); decoded once into $UDD_FAST_CACHE/images (else "
+                        "~/.cache/udd_fast/images)")
+    p.add_argument("--classes", default=None, metavar="FILE",
+                   help="with --dataset imagenet: the ImageNet classes to distill, one wnid per line, in label order")
     _add_options(p, MAIN)
     p.add_argument("--out", default=None, help="output directory (default runs/<dataset>-ipc<N>-<method>-<preset>-s<seed>, "
                                                "<dataset> being a built-in's name, an .npz file's stem or a folder's name)")
@@ -136,8 +145,11 @@ def _resume_config(args, given, ck):
                              f"{where}: a resumed run keeps its config (only --iterations, evaluation flags and "
                              f"--checkpoint-every may change)")
     saved = DataSource.parse(ck["dataset_arg"])  # older checkpoints: a path as given, read from here
-    if "dataset" in given and DataSource.parse(args.dataset) != saved:
-        raise UsageError(f"--dataset {args.dataset} differs from {saved} in {where}")
+    if given & {"dataset", "size", "classes"}:
+        asked = DataSource.parse(args.dataset if "dataset" in given else str(saved)).with_options(args.size,
+                                                                                                   args.classes)
+        if asked != saved:
+            raise UsageError(f"--dataset {asked} differs from {saved} in {where}")
     if "out" in given and Path(args.out).resolve() != Path(args.resume).resolve():
         raise UsageError(f"--out {args.out}: a resumed run writes into its own directory {args.resume}")
     done = ck["state"]["outer_done"]
@@ -153,7 +165,7 @@ def _resume_config(args, given, ck):
     if "data_dir" not in given:
         args.data_dir = ck.get("data_dir")
     args.no_download = args.no_download or ck.get("no_download", False)
-    args.dataset, args.out = str(saved), args.resume
+    args.dataset, args.out, args.size, args.classes = str(saved), args.resume, None, None
     return cfg
 
 
@@ -167,7 +179,7 @@ def from_flags(args, given=frozenset(), comm: Comm = None):
         ck = comm.from_main(lambda: load_checkpoint(args.resume), (CheckpointError,))
         cfg = _resume_config(args, given, ck)
     _check_flags(args, given)
-    source = DataSource.parse(args.dataset)
+    source = DataSource.parse(args.dataset).with_options(args.size, args.classes)
     if cfg is None:
         values = _values(args)
     else:

@@ -192,7 +192,7 @@ def export_set(result, fmt: str, out, force: bool = False) -> dict:
             _write_folder(out, x, y, r)
     return {"path": str(out), "format": fmt, "num_images": int(x.shape[0]), "shape": list(x.shape[1:]),
             "num_stored": int(r.images.shape[0]), "factor": r.factor,
-            "num_region_views": int(x.shape[0]) - int(r.images.shape[0]) * r.factor ** 2,
+            "num_region_views": int(x.shape[0]) - int(r.training_set(with_region_views=False)[0].shape[0]),
             "num_classes": r.info.num_classes}
 
 

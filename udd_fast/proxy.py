@@ -1,4 +1,4 @@
-"""UDD's proxy network: a ConvNet-3 trained on the real training set with the evaluation
+"""UDD's proxy network: a ConvNet (depth by resolution: ConvNet-3 up to 32 px) trained on the real training set with the evaluation
 augmentation, cached on disk under (dataset, data fingerprint, architecture, epochs, seed,
 augmentation, CutMix, version).
 
@@ -18,7 +18,7 @@ from .artifacts import WriteError, write_torch
 from .augment import Strategy
 from .data import data_fingerprint
 from .logs import quiet
-from .models import ConvNet
+from .models import ConvNet, convnet_depth
 from .sampling import EpochBatches
 from .train import fit, normalize
 
@@ -42,7 +42,7 @@ def _file_for(cache_dir: Path, key: dict) -> Path:
 def new_proxy(info, seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.key(seed, "proxy_init") & 0x7FFF_FFFF_FFFF_FFFF)
-        return ConvNet(info.num_classes, info.channels, info.size)
+        return ConvNet(info.num_classes, info.channels, info.size, depth=convnet_depth(info.size))
 
 
 def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, progress=True):

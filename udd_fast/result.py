@@ -64,7 +64,8 @@ class Result:
         stored image plus, where used (uses_region_views), UDD's region views; decoded on `device`
         (default: where the images are). The one place a set's training set is built."""
         views = self.region_views if self.uses_region_views(with_region_views) else None
-        return training_set(self.images.to(device), self.labels.to(device), self.factor, views)
+        return training_set(self.images.to(device), self.labels.to(device), self.factor, views,
+                            self.config.match.decode_type or "single")
 
     def save(self, out, force: bool = False) -> Path:
         """Write the artifacts into directory `out` (see the module docstring); a directory holding

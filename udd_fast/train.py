@@ -144,9 +144,10 @@ def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutm
 
 
 def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Strategy, use_cutmix: bool, step_key,
-        schedule: str, on_epoch=None, on_step=None):
+        schedule: str, on_epoch=None, on_step=None, lr: float = 0.01, weight_decay: float = 5e-4):
     """Train `model` on `steps` batches of `batches` (batch numbers 0, 1, ...) with IDC's recipe: SGD
-    (lr 0.01, momentum 0.9, weight decay 5e-4), one train_step per batch, the lr x0.2 at 2/3 and 5/6 of
+    (lr 0.01, momentum 0.9, weight decay 5e-4, IDC's defaults; 0.1 and 1e-4 for 100 ImageNet classes), one
+    train_step per batch, the lr x0.2 at 2/3 and 5/6 of
     the training. `schedule` counts those in epochs ('epoch': the rate changes at an epoch's end;
     evaluation) or in batches ('step': the UDD proxy, whose training may be a fraction of an epoch).
 
@@ -154,7 +155,7 @@ def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Str
     random draws; on_epoch(epoch) follows each whole epoch (from 1), on_step(b, loss) each batch."""
     if schedule not in ("epoch", "step"):
         raise ValueError(f"unknown schedule {schedule!r} (epoch or step)")
-    opt = make_sgd(model)
+    opt = make_sgd(model, lr, weight_decay=weight_decay)
     units = steps // batches.per_epoch if schedule == "epoch" else steps
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2 * units // 3, 5 * units // 6], gamma=0.2)
     for b in range(steps):

@@ -296,3 +296,72 @@ def test_mix_init_on_real_mnist(mnist_data):
             i, j = divmod(t, 2)
             np.testing.assert_array_equal(out[m, :, 14 * i:14 * i + 14, 14 * j:14 * j + 14].numpy(),
                                           r[t * ipc + m][:, ::2, ::2])
+
+
+# ----------------------------------------------------------------------------
+# IDC's other decode types: multi and bound
+# ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ipc,factor,bound,parts", [
+    # by hand from IDC's decode_zoom_bound: room = bound - ipc, count = min(room // f^2, budget), then
+    # room = bound - decoded - budget; factor 1 takes the rest
+    (20, 3, 128, [(0, 12, 3), (12, 3, 2), (15, 5, 1)]),  # 108 + 12 + 5 = 125 decoded
+    (50, 3, 128, [(0, 8, 3), (8, 3, 2), (11, 39, 1)]),  # 72 + 12 + 39 = 123
+    (10, 3, 128, [(0, 10, 3)]),  # all fit at factor 3: 90
+    (30, 2, 64, [(0, 8, 2), (8, 22, 1)]),  # room 34: 34 // 4 = 8 at factor 2, 22 at 1: 32 + 22 = 54
+])
+def test_bound_parts_by_hand(ipc, factor, bound, parts):
+    from udd_fast.decode import bound_parts
+    assert bound_parts(ipc, factor, bound) == parts
+    n = sum(c * f * f for _, c, f in parts)
+    assert n <= bound and sum(c for _, c, _ in parts) == ipc
+    src, boxes = decode_plan(ipc, 32, factor, None, "bound", bound)
+    assert src.shape[0] == n
+
+
+def test_multi_is_single_at_every_factor():
+    size, ipc = 32, 3
+    src, boxes = decode_plan(ipc, size, 3, None, "multi")
+    assert src.shape[0] == ipc * (1 + 4 + 9)
+    at = 0
+    for f in (1, 2, 3):
+        s1, b1 = decode_plan(ipc, size, f, None, "single")
+        assert torch.equal(src[at:at + len(s1)], s1) and torch.equal(boxes[at:at + len(s1)], b1)
+        at += len(s1)
+    with pytest.raises(ValueError, match="unknown decode type"):
+        decode_plan(ipc, size, 2, None, "zoom")
+
+
+def test_a_whole_set_decodes_multi_or_single_for_evaluation():
+    from udd_fast.decode import decode_all, eval_decode_type, training_set
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(4, 3, 16, 16, generator=g), torch.tensor([0, 0, 1, 1])
+    x, y = decode_all(images, labels, 2, "multi")
+    assert x.shape[0] == 4 * 5 and torch.equal(x[:4], images) and torch.equal(y[:4], labels)
+    assert eval_decode_type("bound") == "single" and eval_decode_type("multi") == "multi"
+    assert training_set(images, labels, 2, decode_type="bound")[0].shape[0] == 16  # IDC's test.py: bound as single
+    with pytest.raises(ValueError, match="single or multi"):
+        decode_all(images, labels, 2, "bound")
+
+
+@pytest.mark.idc
+@pytest.mark.parametrize("size,factor,ipc,kind,bound", [(32, 2, 3, "multi", 128), (32, 3, 2, "multi", 128),
+                                                        (64, 3, 20, "bound", 128), (28, 3, 50, "bound", 128),
+                                                        (32, 2, 30, "bound", 64)])
+def test_multi_and_bound_equal_idcs_code(size, factor, ipc, kind, bound):
+    """IDC's Synthesizer.decode_zoom_multi / decode_zoom_bound, loaded from its condense.py, against the plan
+    applied by crop_resize."""
+    from idc_code import load_idc_functions, make_idc_synth, require_idc_src
+    idc = load_idc_functions(require_idc_src())
+    synth = make_idc_synth((size, size))
+    synth.decode_zoom = lambda *a: idc.decode_zoom(synth, *a)
+    g = torch.Generator().manual_seed(size + ipc)
+    img, target = torch.rand(ipc, 3, size, size, generator=g), torch.arange(ipc) + 10
+    if kind == "multi":
+        ref, ref_t = idc.decode_zoom_multi(synth, img, target, factor)
+    else:
+        ref, ref_t = idc.decode_zoom_bound(synth, img, target, factor, bound=bound)
+    src, boxes = decode_plan(ipc, size, factor, None, kind, bound)
+    out = ops.crop_resize(img, src, boxes, (size, size))
+    assert out.shape == ref.shape and torch.equal(target[src], ref_t)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)

@@ -155,3 +155,39 @@ def test_the_peak_model_stays_above_what_a_step_takes(ipc, batch_real):
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0.3 * r["model"] < r["taken"] <= r["model"], r
+
+
+@pytest.mark.parametrize("name,classes,size,train", [
+    ("tinyimagenet", 200, 64, 200 * 130),
+    # 50 groups of 2 classes (ResNetAP-10's 64 x 224 x 224 first activation, batches of 128): 160k ops, 30 s
+    pytest.param("imagenet100", 100, 224, 100 * 130, marks=pytest.mark.slow)])
+def test_udd_beyond_32_pixels_groups_fit_on_the_meta_device(name, classes, size, train, monkeypatch):
+    """UDD at IPC 10 at the paper's settings, one whole batched matching step with region views, on the meta
+    device: Tiny-ImageNet's 200 classes at 64 px (ConvNet-4) and ImageNet-100 at 224 px (IDC's ResNetAP-10,
+    batches of 128). Half of an 80 GiB card as the budget splits the classes into groups whose model fits, and
+    no tensor passes 2**31 elements."""
+    info = DatasetInfo(name=name, channels=3, size=size, num_classes=classes, mean=(0.5,) * 3, std=(0.25,) * 3,
+                       class_names=tuple(str(c) for c in range(classes)), size_base=size)
+    from udd_fast.data import real_data
+    copy = real_data._to_device
+    # images of these shapes would be copied (up to 20 GB) before going to the meta device: made there instead
+    monkeypatch.setattr(real_data, "_to_device", lambda a, dev: torch.empty(a.shape, dtype=torch.uint8, device=dev)
+                        if a.ndim == 4 else copy(a, dev))
+    y = np.arange(train, dtype=np.int64) % classes
+    x = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (train, 3, size, size), (0, 0, 0, 0))
+    data = RealData(ArrayDataset(info, x, y, x[:classes], y[:classes]), "meta")
+    cfg = build_config(name, 10, "paper", size, size, num_classes=classes, method="udd", form="batched",
+                       policy="response", cuda_graphs="off", compile="off")
+    assert cfg.net.net_arch == ("resnet_ap10" if name == "imagenet100" else "convnet")
+    d = Engine(cfg, data, proxy=new_proxy(info, 0).eval())
+    budget = 40 * 2 ** 30
+    d.matcher.plan(budget)
+    assert d.matcher.peak <= budget and len(d.matcher.groups) > 1
+    net = d.new_network(0)
+    d.syn.clamp()
+    d.region_state.boxes = d.syn.dec_boxes.clone()
+    largest = _Largest()
+    with largest:
+        loss, grad = d.matcher.grad(net, **d.matcher.draws(0, 0))
+    assert loss.shape == (classes,) and grad.shape == d.S.shape == (classes * 10, 3, size, size)
+    assert largest.most <= MAX_ELEMENTS, largest.most

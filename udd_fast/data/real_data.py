@@ -1,4 +1,7 @@
 """The training and test split on a torch device, indexed by class for sampling."""
+import os
+import warnings
+
 import numpy as np
 import torch
 
@@ -16,6 +19,39 @@ def _class_index_table(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray
     return table, counts
 
 
+PLACEMENTS = ("auto", "on", "off")
+# auto keeps the training images in memory up to this share of the machine's physical memory (the CPU)
+AUTO_SHARE = 0.25
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def placement(arr: np.ndarray, device: torch.device, choice: str) -> str:
+    """Where the training images live (--real-on-device): 'on' (copied onto the device, as every set under
+    32 px) or 'off' (left memory-mapped from the image cache; the CPU only for now). auto: on, unless they
+    are memory-mapped and bigger than AUTO_SHARE of the machine's memory. Raises DataError for what this
+    build cannot do yet: memory-mapped images for a CUDA device (their pinned, ahead-of-time copies are not
+    built)."""
+    if choice not in PLACEMENTS:
+        raise DataError(f"--real-on-device must be one of {', '.join(PLACEMENTS)}, not {choice!r}")
+    big = isinstance(arr, np.memmap) and arr.nbytes > AUTO_SHARE * _host_memory()
+    where = "off" if choice == "off" or (choice == "auto" and big) else "on"
+    if where == "off" and device.type != "cpu":
+        raise DataError(f"the training images ({arr.nbytes / 2 ** 30:.1f} GiB) would stay memory-mapped on the host for "
+                        f"a {device.type} run: not built yet (their pinned copies one inner iteration ahead). Use "
+                        f"--real-on-device on where they fit the device, or --device cpu")
+    return where
+
+
+def _mapped(arr: np.ndarray) -> torch.Tensor:
+    """A CPU tensor over a read-only memory map, without a copy (nothing writes the training images)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
+
+
 def _to_device(arr: np.ndarray, device) -> torch.Tensor:
     # copy read-only / non-contiguous arrays so torch.from_numpy is safe
     if not (arr.flags.writeable and arr.flags.c_contiguous):
@@ -24,12 +60,14 @@ def _to_device(arr: np.ndarray, device) -> torch.Tensor:
 
 
 class RealData:
-    """The training/test split on a torch device, indexed by class for sampling."""
+    """The training/test split on a torch device, indexed by class for sampling. The training images may
+    instead stay memory-mapped (`placement` 'off', the CPU: see `placement`); the test images are copied."""
 
-    def __init__(self, ds: ArrayDataset, device):
+    def __init__(self, ds: ArrayDataset, device, on_device: str = "auto"):
         self.info = ds.info
         self.device = torch.device(device)
-        self.images = _to_device(ds.train_images, self.device)
+        self.placement = placement(ds.train_images, self.device, on_device)
+        self.images = _mapped(ds.train_images) if self.placement == "off" else _to_device(ds.train_images, self.device)
         self.labels = _to_device(ds.train_labels.astype(np.int64, copy=False), self.device)
         self.test_images = _to_device(ds.test_images, self.device)
         self.test_labels = _to_device(ds.test_labels.astype(np.int64, copy=False), self.device)

@@ -6,6 +6,12 @@
     <data_dir>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
     <data_dir>/cifar-100-python/{train, test, meta}
     <data_dir>/svhn/{train_32x32.mat, test_32x32.mat}
+    <data_dir>/tiny-imagenet-200/{wnids.txt, words.txt, train/<wnid>/images/*.JPEG,
+                                  val/images/*.JPEG, val/val_annotations.txt}
+    <data_dir>/imagenet/{train, val}/<wnid>/*.JPEG   (ImageNet's own layout; a link to it will do)
+
+The JPEG sets (Tiny-ImageNet, the ImageNet subsets) are not downloaded (a login is needed): they are
+read where the layout above has them, decoded once at a chosen size into a cache (imagenet.py).
 """
 import os
 from pathlib import Path
@@ -39,7 +45,25 @@ DATASETS = {
                      size_base=32, train_count=50000, test_count=10000, class_names=None),
 }
 
-_ALIASES = {"fashion": "fashionmnist"}
+# ImageNet's statistics: IDC's (data.py MEANS/STDS['imagenet']), also DC/DM/MTT's for Tiny-ImageNet
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The JPEG sets: read at any --size (`size` is the default; `size_base` is IDC's base of its lr_img rule),
+# with the sample counts of their files (no fixed count).
+DATASETS.update({
+    "tinyimagenet": dict(title="Tiny-ImageNet", folder="tiny-imagenet-200", channels=3, size=64, num_classes=200,
+                         mean=IMAGENET_MEAN, std=IMAGENET_STD, size_base=64, train_count=100000, test_count=10000,
+                         class_names=None, decoded=True),
+    "imagenet10": dict(title="ImageNet-10", folder="imagenet", channels=3, size=224, num_classes=10,
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD, size_base=224, train_count=None, test_count=None,
+                       class_names=None, decoded=True),
+    "imagenet100": dict(title="ImageNet-100", folder="imagenet", channels=3, size=224, num_classes=100,
+                        mean=IMAGENET_MEAN, std=IMAGENET_STD, size_base=224, train_count=None, test_count=None,
+                        class_names=None, decoded=True),
+})
+# any list of ImageNet classes (--dataset imagenet --classes FILE): the facts of the subsets but the count
+IMAGENET_ANY = dict(DATASETS["imagenet10"], title="ImageNet", num_classes=None)
+
+_ALIASES = {"fashion": "fashionmnist", "tiny": "tinyimagenet", "tinyimagenet200": "tinyimagenet"}
 
 # idx file stems for MNIST-like datasets, per split: (images, labels)
 IDX_STEMS = {

@@ -21,7 +21,7 @@ from ..config import Config
 from ..decode import RegionViews, mix_init
 from ..distributed import Comm
 from ..logs import quiet
-from ..models import ConvNet
+from ..models import make_model
 from .matcher import BatchedMatcher, SequentialMatcher
 from .precision import autocast, precision_scope
 from .region_state import RegionState
@@ -69,10 +69,16 @@ def trajectory_batch(cfg: Config, device: torch.device, snapshot, distributed: b
     place this is decided; `snapshot()` gives one outer iteration's snapshot bytes (called only where
     auto needs it: it makes a network). auto: 1 on the CPU and
     under torchrun (measured on a 2-core CPU: grouped training is no faster there, bench/RESULTS.md); on
-    CUDA the most, up to TRAJECTORY_AUTO_MAX, whose snapshots fit TRAJECTORY_MEMORY of the device."""
+    CUDA the most, up to TRAJECTORY_AUTO_MAX, whose snapshots fit TRAJECTORY_MEMORY of the device. Only
+    ConvNets are grouped (ConvNet.forward_stacked), and not with --early (1 then)."""
+    grouped_ok = (cfg.net.net_arch or "convnet") == "convnet" and not cfg.net.early
     if cfg.match.trajectory_batch != "auto":
-        return int(cfg.match.trajectory_batch)
-    if device.type != "cuda" or distributed:
+        n = int(cfg.match.trajectory_batch)
+        if n > 1 and not grouped_ok:
+            raise ValueError(f"--trajectory-batch {n} trains ConvNets ahead as one grouped model, without --early: "
+                             f"this run has --net-arch {cfg.net.net_arch} and --early {cfg.net.early}; use 1 or auto")
+        return n
+    if device.type != "cuda" or distributed or not grouped_ok:
         return 1
     free = torch.cuda.get_device_properties(device).total_memory * TRAJECTORY_MEMORY
     return max(1, min(TRAJECTORY_AUTO_MAX, cfg.match.iterations, int(free // max(1, snapshot()))))
@@ -134,7 +140,7 @@ class Engine:
         self.mean, self.std = data.mean.to(self.dtype), data.std.to(self.dtype)
         self.amp = lambda: autocast(self.device, cfg.match.precision)
         self.syn = SyntheticSet(self.initial_images(), self.K, cfg.run.ipc, cfg.match.factor, cfg.match.mom_img,
-                                cfg.match.lr_img, (c0, c1))
+                                cfg.match.lr_img, (c0, c1), cfg.match.decode_type or "single", cfg.match.batch_syn_max)
         self.proxy = None if proxy is None else proxy.to(self.device, self.dtype).eval()
         self.region_state = None
         if udd and self.proxy is not None:
@@ -207,11 +213,14 @@ class Engine:
         return torch.cat(rows).to(self.dtype)
 
     def new_network(self, outer: int):
-        """A fresh ConvNet-3 with PyTorch's default init, drawn from a key of (seed, outer) on the CPU
-        so every device and form starts from the same weights."""
+        """A fresh matching network (--net-arch: a ConvNet of depth by resolution, PyTorch's default init, or
+        IDC's ResNetAP-10 and its init), drawn from a key of (seed, outer) on the CPU so every device and form
+        starts from the same weights."""
+        info = self.data.info
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(rng.key(self.cfg.run.seed, "net_init", outer) & 0x7FFF_FFFF_FFFF_FFFF)
-            net = ConvNet(self.K, self.data.info.channels, self.data.info.size, width=self.cfg.net.net_width)
+            net = make_model(self.cfg.net.net_arch or "convnet", self.K, info.channels, info.size,
+                             width=self.cfg.net.net_width)
         return net.to(self.device, self.dtype).train()
 
     def precision(self):
@@ -236,7 +245,10 @@ class Engine:
         """The network (and optimizer, plain path) of an outer iteration. With networks trained ahead:
         the network matching reads, loaded from the snapshots per inner iteration, and no optimizer."""
         if self.n_ahead == 1:
-            return self.net_update.start(self.new_network(outer))
+            net, opt = self.net_update.start(self.new_network(outer))
+            if self.cfg.net.early:  # IDC's --early: whole epochs of the real data before matching
+                self.net_update.update(net, opt, self.cfg.net.early * int(self.data.images.shape[0]))
+            return net, opt
         if outer not in self.group:
             self.start_group(outer)
         return self.reader, None

@@ -182,8 +182,11 @@ class BatchedMatcher(Matcher):
     def plan(self, budget):
         """Split the own classes into groups whose grouped pass fits `budget` bytes (None: none)."""
         m = self.cfg.match
-        self.groups, self.peak = class_groups(self.G, m.batch_real, self.n_syn, self.cfg.net.net_width,
-                                              self.syn.size, self.syn.S.element_size(), budget)
+        # the first layer's width: the ConvNet's, or ResNetAP-10's 64-wide stem (the model is the ConvNet's,
+        # not yet measured for ResNetAP)
+        width = self.cfg.net.net_width if (self.cfg.net.net_arch or "convnet") == "convnet" else 64
+        self.groups, self.peak = class_groups(self.G, m.batch_real, self.n_syn, width, self.syn.size,
+                                              self.syn.S.element_size(), budget)
 
     def prototypes(self, net, reals, params):
         """CFC's class prototypes of all classes from the real batches, made before any group's loss

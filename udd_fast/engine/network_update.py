@@ -174,12 +174,14 @@ class NetworkUpdate:
         numbers, self._net_batch = self.batches.run_until(self._net_batch, n_images)
         return len(numbers)
 
-    def update(self, net, opt):
-        """Train `net` on the next batches until n_data images were seen (the count is known on the host)."""
+    def update(self, net, opt, n_images: int = None):
+        """Train `net` on the next batches until n_images (default n_data) images were seen (the count is
+        known on the host)."""
+        n_images = self.cfg.net.n_data if n_images is None else n_images
         if self.static is not None:
-            self.static.batches(self.counter, self.advance(self.cfg.net.n_data))
+            self.static.batches(self.counter, self.advance(n_images))
             return
-        numbers, self._net_batch = self.batches.run_until(self._net_batch, self.cfg.net.n_data)
+        numbers, self._net_batch = self.batches.run_until(self._net_batch, n_images)
         for b in numbers:
             key = rng.key(self.cfg.run.seed, "net_update", b)
             idx = self.batches.indices(b)

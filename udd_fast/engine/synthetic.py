@@ -28,7 +28,8 @@ class SyntheticSet:
     section 4 prescribes. Their coefficients are computed once, here. Each step is at most 4 kernels:
     the momentum's 2 and the image's 2, with the same roundings as the plain formulas."""
 
-    def __init__(self, images, num_classes: int, ipc: int, factor: int, mom: float, lr: float, classes: tuple):
+    def __init__(self, images, num_classes: int, ipc: int, factor: int, mom: float, lr: float, classes: tuple,
+                 decode_type: str = "single", bound: int = 128):
         self.S = images
         self.buf = torch.zeros_like(images)
         self.pending = None
@@ -38,8 +39,8 @@ class SyntheticSet:
         dev, dtype = images.device, images.dtype
         c0, c1 = classes
         self.rows = slice(c0 * ipc, c1 * ipc)  # the stored images of this rank's classes
-        self.n_dec = ipc * factor ** 2
-        src, boxes = decode_plan(ipc, self.size, factor, dev)
+        src, boxes = decode_plan(ipc, self.size, factor, dev, decode_type, bound)
+        self.n_dec = src.shape[0]  # ipc * factor^2 (single), more (multi), at most `bound` (bound)
         cls = torch.arange(num_classes, device=dev).repeat_interleave(self.n_dec)
         self.dec_src = cls * ipc + src.repeat(num_classes)
         self.dec_boxes = boxes.repeat(num_classes, 1)

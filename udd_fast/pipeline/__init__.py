@@ -54,11 +54,14 @@ def _prepare(req: Request, comm: Comm, lock) -> Run:
     if isinstance(req.dataset, ArrayDataset):
         data_dir, ds = None, req.dataset
     else:
-        data_dir = resolve_data_dir(req.data_dir) if req.dataset.kind == "builtin" else None
-        # each node's local rank 0 first: it downloads what the node's other ranks then read
-        ds = comm.everywhere(lambda: load_dataset(req.dataset, data_dir, download=req.download), (DataError,),
+        data_dir = resolve_data_dir(req.data_dir) if req.dataset.kind in ("builtin", "imagenet") else None
+        # each node's local rank 0 first: it downloads (or decodes into the image cache) what the node's other
+        # ranks then read
+        ds = comm.everywhere(lambda: load_dataset(req.dataset, data_dir, download=req.download,
+                                                  progress=req.progress and comm.is_main), (DataError,),
                              local_first=True)
-    data = RealData(ds, comm.device if comm.distributed else req.settings["device"])
+    data = RealData(ds, comm.device if comm.distributed else req.settings["device"],
+                    req.settings.get("real_on_device") or "auto")
     facts = data_facts(data)
     if comm.distributed:
         comm.same_everywhere(facts, "training data", DataError)

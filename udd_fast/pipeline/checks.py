@@ -43,7 +43,8 @@ def run_config(settings: dict, info, resumed: bool, distributed: bool = False) -
     ipc, preset, factor = values.pop("ipc"), values.pop("preset"), values.pop("factor")
     if values["method"] == "random":  # real images, stored whole
         factor = 1
-    return build_config(info.name, ipc, preset, info.size, info.size_base, factor=factor, **values)
+    return build_config(info.name, ipc, preset, info.size, info.size_base, factor=factor,
+                        num_classes=info.num_classes, **values)
 
 
 def check_world(cfg: Config, comm: Comm, num_classes: int):
@@ -92,6 +93,9 @@ def check_geometry(cfg: Config, data):
     problem = factor_problem(size, factor)
     if problem:
         raise UsageError(f"--factor {factor} {problem}")
+    if cfg.run.method == "udd" and cfg.udd.policy != "none" and factor > 1 and cfg.match.decode_type not in ("", "single"):
+        raise UsageError(f"--decode-type {cfg.match.decode_type} decodes formations of several tile sizes; UDD's region "
+                         f"search works on one: use --decode-type single with --method udd (or --method idc)")
     if cfg.run.method == "udd" and cfg.udd.policy != "none":
         tile = math.ceil(size / factor)
         try:
@@ -103,3 +107,8 @@ def check_geometry(cfg: Config, data):
                        "lower --ipc or --factor")
     batch = cfg.match.batch_real
     _check_class_sizes(data, batch, f"a real batch of {batch} per class", "lower --batch-real")
+    arch = cfg.net.net_arch or "convnet"
+    if cfg.match.trajectory_batch not in ("auto", "1") and (arch != "convnet" or cfg.net.early):
+        raise UsageError(f"--trajectory-batch {cfg.match.trajectory_batch} trains ConvNets ahead as one grouped model, "
+                         f"without --early; this run has --net-arch {arch} and --early {cfg.net.early}: use "
+                         f"--trajectory-batch 1 (or auto)")
