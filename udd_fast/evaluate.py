@@ -71,7 +71,8 @@ def _parser():
     p = argparse.ArgumentParser(prog="python -m udd_fast.evaluate",
                                 description="Evaluate a saved distilled set with IDC's protocol.")
     p.add_argument("path", help="a run directory holding distilled.pt, or the file itself")
-    p.add_argument("--arch", default="convnet", choices=ARCHS)
+    p.add_argument("--arch", default=None, choices=ARCHS,
+                   help="default: the run's own evaluation network (convnet; IDC's resnet_ap10 on ImageNet)")
     p.add_argument("--eval-runs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--eval-epochs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -150,10 +151,10 @@ def _main(args, out_dir):
         return 2
     res["path"] = str(args.path)
     print(json.dumps(res, indent=2))
-    print(f"{args.arch}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
+    print(f"{res['arch']}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
           f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
     try:
-        write_json(out_dir / f"eval_{args.arch}.json", res)
+        write_json(out_dir / f"eval_{res['arch']}.json", res)
     except WriteError as e:
         print(f"error: {e}; the result is printed above", file=sys.stderr)
         return 2

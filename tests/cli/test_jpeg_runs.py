@@ -101,6 +101,12 @@ def test_resnet_ap10_with_early_training(jpeg_data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     config = torch.load(out / "distilled.pt", weights_only=True)["config"]
     assert config["net_arch"] == "resnet_ap10" and config["early"] == 1 and summary["eval"]["arch"] == "resnet_ap10"
+    from udd_fast.evaluate import main as evaluate_main  # IDC's other ImageNet evaluation network
+    assert evaluate_main([str(out), "--arch", "resnet18_bn", "--eval-runs", "1", "--eval-epochs", "1",
+                          "--no-progress"]) == 0
+    assert json.loads((out / "eval_resnet18_bn.json").read_text())["arch"] == "resnet18_bn"
+    assert evaluate_main([str(out), "--eval-runs", "1", "--eval-epochs", "1", "--no-progress"]) == 0  # its own network
+    assert json.loads((out / "eval_resnet_ap10.json").read_text())["arch"] == "resnet_ap10"
 
 
 @pytest.mark.parametrize("flags,message", [
