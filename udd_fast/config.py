@@ -67,6 +67,10 @@ def _strategy_problem(value):
     return None
 
 
+def _probability_problem(value):
+    return None if 0.0 <= value <= 1.0 else "must be in [0, 1]"
+
+
 def _trajectory_batch_problem(value):
     if value == "auto" or (value.isdigit() and value == str(int(value)) and int(value) >= 1):
         return None
@@ -216,6 +220,7 @@ class NetConfig(_Group):
     """The matching network and its updates on real data (udd_fast.engine)."""
     net_aug: str = setting("color_crop", check=_strategy_problem)
     net_cutmix: bool = setting(True)
+    net_cutmix_p: float = setting(0.5, check=_probability_problem)  # IDC's mix_p: 1.0 on ImageNet
     n_data: int = setting(2000, "real images per network update", flag=PRESET, fixed_on_resume=True,
                           distill_only=True, at_least=1)
     lr_net: float = setting(0.01, above=0)
@@ -264,6 +269,7 @@ class EvalConfig(_Group):
     eval_wd: float = setting(5e-4, at_least=0)
     eval_aug: str = setting("color_crop_flip_scale_rotate", check=_strategy_problem)
     eval_cutmix: bool = setting(True)
+    eval_cutmix_p: float = setting(0.5, check=_probability_problem)  # IDC's mix_p: 1.0 on ImageNet
     # IDC validates 4 times and logs the best beside the last
     eval_validations: int = setting(4, at_least=1)
     # 0: the whole test set; smoke tests use a prefix to stay fast
@@ -410,7 +416,9 @@ def dataset_defaults(dataset: str, ipc: int, factor: int, num_classes: int = 10)
     if dataset == "svhn" and factor == 1 and ipc == 1:
         d.update(eval_aug="color_crop_cutout_scale_rotate", eval_cutmix=False)
     if imagenet_like(dataset):  # reproduce.py's imagenet branch, argument.py's for 100 classes and more
-        d.update(metric="l1", n_data=500, net_arch="resnet_ap10", eval_arch="resnet_ap10",
+        # IDC's parser default mix_p 1.0 stands on ImageNet (argument.py sets 0.5 for the other datasets)
+        d.update(metric="l1", n_data=500, net_arch="resnet_ap10", eval_arch="resnet_ap10", net_cutmix_p=1.0,
+                 eval_cutmix_p=1.0,
                  early=10 if num_classes == 10 else 0,
                  decode_type="bound" if factor >= 3 and ipc >= 20 else "single")
         if num_classes >= 100:

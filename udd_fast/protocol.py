@@ -52,7 +52,7 @@ def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, des
 
     fit(model, lambda idx: (x[idx], y[idx]), batches, epochs * batches.per_epoch, x.shape[-1],
         Strategy.parse(ev.eval_aug), ev.eval_cutmix, lambda b: rng.key(key, "step", b), schedule="epoch",
-        on_epoch=validate, lr=ev.eval_lr, weight_decay=ev.eval_wd)
+        on_epoch=validate, lr=ev.eval_lr, weight_decay=ev.eval_wd, cutmix_p=ev.eval_cutmix_p)
     bar.close()
     return acc["last"], acc["best"]
 
@@ -85,7 +85,7 @@ def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = T
         "best_mean": statistics.fmean(best),
         "eval_seconds": time.time() - t0,
         "augmentation": str(Strategy.parse(ev.eval_aug)), "cutmix": bool(ev.eval_cutmix),
-        "batch": ev.eval_batch, "lr": ev.eval_lr, "weight_decay": ev.eval_wd,
+        "batch": ev.eval_batch, "lr": ev.eval_lr, "weight_decay": ev.eval_wd, "cutmix_p": ev.eval_cutmix_p,
     }
 
 

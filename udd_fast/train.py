@@ -92,7 +92,7 @@ def augment_params(strategy: Strategy, key, positions: torch.Tensor, size: int) 
 
 
 def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutmix: bool, key: int, part=None,
-               reduce_grads=None):
+               reduce_grads=None, cutmix_p: float = CUTMIX_P):
     """One SGD step on a batch of n normalized size x size images: per-sample augmentation, optional
     CutMix, cross-entropy. `load(positions)` gives (images, labels) at batch positions.
 
@@ -107,7 +107,7 @@ def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutm
     lo, hi = (0, n) if part is None else part
     m = hi - lo
     pos = torch.arange(lo, hi, device=device)
-    draw = cutmix_draw(rng.key(key, "cutmix"), n, size, size, device) if use_cutmix else None
+    draw = cutmix_draw(rng.key(key, "cutmix"), n, size, size, device, cutmix_p) if use_cutmix else None
     # a share loads its samples' CutMix partners after its own samples; the whole batch holds them
     need = pos if draw is None or part is None else torch.cat([pos, draw[1][lo:hi]])
     opt.zero_grad(set_to_none=True)
@@ -144,7 +144,8 @@ def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutm
 
 
 def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Strategy, use_cutmix: bool, step_key,
-        schedule: str, on_epoch=None, on_step=None, lr: float = 0.01, weight_decay: float = 5e-4):
+        schedule: str, on_epoch=None, on_step=None, lr: float = 0.01, weight_decay: float = 5e-4,
+        cutmix_p: float = CUTMIX_P):
     """Train `model` on `steps` batches of `batches` (batch numbers 0, 1, ...) with IDC's recipe: SGD
     (lr 0.01, momentum 0.9, weight decay 5e-4, IDC's defaults; 0.1 and 1e-4 for 100 ImageNet classes), one
     train_step per batch, the lr x0.2 at 2/3 and 5/6 of
@@ -161,7 +162,7 @@ def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Str
     for b in range(steps):
         idx = batches.indices(b)
         loss = train_step(model, opt, lambda pos: load(idx[pos]), idx.shape[0], size, strategy, use_cutmix,
-                          step_key(b))
+                          step_key(b), cutmix_p=cutmix_p)
         if on_step:
             on_step(b, loss)
         if schedule == "step":

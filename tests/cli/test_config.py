@@ -57,6 +57,8 @@ def test_imagenet_settings_are_idcs(classes, ipc, factor):
     big = classes >= 100
     assert (cfg.net.lr_net, cfg.net.wd_net, cfg.match.batch_real) == ((0.1, 1e-4, 128) if big else (0.01, 5e-4, 64))
     assert (cfg.eval.eval_lr, cfg.eval.eval_wd, cfg.eval.eval_batch) == ((0.1, 1e-4, 128) if big else (0.01, 5e-4, 64))
+    assert cfg.net.net_cutmix_p == cfg.eval.eval_cutmix_p == 1.0  # IDC's mix_p default, which ImageNet keeps
+    assert build_config("cifar10", 1, "paper", 32, 32).net.net_cutmix_p == 0.5
     # lr_img scales with the side as IDC's tune_lr_img: (size / 224)^2
     assert build_config(name, ipc, "paper", 112, 224, factor=factor, num_classes=classes).match.lr_img == \
         pytest.approx(lr_img / 4, rel=1e-12)
@@ -91,7 +93,7 @@ def test_imagenet_settings_against_idcs_code(classes, ipc, factor):
     args = argparse.Namespace(dataset="imagenet", nclass=classes, ipc=ipc, factor=factor, early=0,
                               decode_type="single", lr_img=5e-3, n_data=500, size=224, net_type="convnet",
                               depth=10, niter=500, metric="l1", lr=0.01, weight_decay=5e-4, batch_size=64,
-                              batch_real=64, batch_syn_max=128)
+                              batch_real=64, batch_syn_max=128, mix_p=1.0)
     args = ns["set_arguments"](args)
     if args.nclass >= 100:  # argument.py, `if args.dataset == 'imagenet'`
         args.lr, args.weight_decay = 0.1, 1e-4
@@ -107,3 +109,4 @@ def test_imagenet_settings_against_idcs_code(classes, ipc, factor):
     assert (cfg.net.lr_net, cfg.net.wd_net, cfg.match.batch_real, cfg.eval.eval_batch) == \
         (args.lr, args.weight_decay, args.batch_real, args.batch_size)
     assert (args.net_type, args.depth) == ("resnet_ap", 10) and cfg.net.net_arch == "resnet_ap10"
+    assert args.mix_p == cfg.net.net_cutmix_p == cfg.eval.eval_cutmix_p == 1.0  # argument.py leaves ImageNet's

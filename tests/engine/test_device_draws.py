@@ -117,6 +117,11 @@ def test_network_update_draws_on_device_are_the_host_draws():
             want[:, :, x1:x2, y1:y2] = True
             assert torch.equal(mask, want) and float(ratio) == kept
             assert torch.equal(perm, cutmix_partners(mk, n, "cpu", padded=64))
+        # IDC's mix_p 1.0 (ImageNet): every batch mixes, with the same box on the host and the device
+        always = cutmix_box(rng.key(key, "cutmix"), 32, 32, 1.0)
+        mask, _, ratio = cutmix_on_device(rng.key_on(dkey, "cutmix"), _t(n), 32, 32, 64, torch.float64, 1.0)
+        assert always is not None and float(ratio) == always[1] and int(mask.sum()) == \
+            (always[0][1] - always[0][0]) * (always[0][3] - always[0][2])
     assert seen == {(True, 64), (False, 64), (True, 16), (False, 16)}
 
 

@@ -70,7 +70,7 @@ class PaddedBatches:
         y_b, ratio = None, None
         if self.cfg.net_cutmix:  # by mask: the same kernels whether this batch mixes or not
             mask, perm, ratio = cutmix_on_device(rng.key_on(key, "cutmix"), n, self.size, self.size, self.B,
-                                                 self.dtype)
+                                                 self.dtype, self.cfg.net_cutmix_p)
             x = torch.where(mask, x[perm], x)
             y_b = y[perm]
         return x, y, y_b, ratio, weight
@@ -192,7 +192,7 @@ class NetworkUpdate:
             part = self.comm.shard(idx.shape[0]) if self.comm.distributed else None
             model = _Autocast(net, self.amp) if self.bf16 else net
             train_step(model, opt, load, idx.shape[0], self.data.info.size, self.strategy,
-                       self.cfg.net.net_cutmix, key, part, self.reduce_grads)
+                       self.cfg.net.net_cutmix, key, part, self.reduce_grads, self.cfg.net.net_cutmix_p)
 
     def reduce_grads(self, model):
         """Sum the network's gradients over the ranks (one flat all-reduce per batch)."""

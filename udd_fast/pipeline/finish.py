@@ -29,7 +29,7 @@ def accuracy_fields(run: Run, result: Result) -> dict:
     out = {k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean", "best_runs",
                                "eval_seconds", "num_train")}
     out["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
-                                       "num_test", "region_views", "batch", "lr", "weight_decay")}
+                                       "num_test", "region_views", "batch", "lr", "weight_decay", "cutmix_p")}
     if result.region_views is not None:
         other = _accuracy(run, result, not use_views)
         key = "without_region_views" if use_views else "with_region_views"
