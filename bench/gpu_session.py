@@ -14,6 +14,7 @@ Stages, in order, each logged under DIR (at most 8 files, so the device tool bri
              against GPU-busy ms, kernel launches, by kernel family); the host's work per inner
              iteration (--host); the network update trained ahead, N = 1, 2, 4 (trajectory_timing.py)
                                                                     -> loop.log
+  large      bench/loop_timing.py --shape tinyimagenet and imagenet10: the loop beyond 32 px, IPC 1 -> large.log
   gpu_check  bench/gpu_check.py: correctness, time vs eager, bytes vs a copy -> gpu_check.log
   engine     `--preset smoke` distill + evaluate of MNIST on CUDA, idc and udd -> engine.log
   tests      the CUDA test subset: every op test (triton and cuda backends on the GPU, half precision)
@@ -90,10 +91,15 @@ def stages(args):
             [PY, "bench/loop_timing.py", "--host", "--ipc", "1"] + ([] if dry else ["10", "50"]),
             [PY, "bench/trajectory_timing.py", "--device", dev] + (["--tiny"] if dry else ["--ahead", "1", "2", "4",
                                                                                            "--compile", "off"])]
+    # beyond 32 px: Tiny-ImageNet's shapes (200 classes, 64 px, ConvNet-4) and ImageNet-10's (224 px, ResNetAP-10)
+    large = [[PY, "bench/loop_timing.py", "--device", dev, "--shape", shape] + (["--tiny"] if dry else ["--ipc", "1",
+                                                                                                      "--inner", "3"])
+             for shape in ("tinyimagenet", "imagenet10")]
     if args.quick:
         return [Stage("loop", 90, 170, "loop.log", loop)]
     return [Stage("build", 90, 150, "build.log", build),
             Stage("loop", 90, 150, "loop.log", loop),
+            Stage("large", 60, 120, "large.log", large),
             Stage("gpu_check", 40, 60, "gpu_check.log", [check]),
             Stage("engine", 40, 60, "engine.log", engine),
             Stage("tests", 60, 120, "tests.log", tests)]

@@ -1,10 +1,12 @@
 """Time per inner iteration of the distillation loop, in each mode the engine has, at CIFAR-10's
-shapes (3x32x32, K=10, the paper preset's network update of 2000 images) on random pixels: the
-loop's cost does not depend on what the pixels show. With UDD_FAST_IDC_SRC set (on the CPU), IDC's
+shapes (3x32x32, K=10, the paper preset's network update of 2000 images; --shape for Tiny-ImageNet's or
+ImageNet's, with IDC's settings there) on random pixels: the loop's cost does not depend on what the
+pixels show. With UDD_FAST_IDC_SRC set (on the CPU), IDC's
 own loop (bench/idc_loop.py) is timed in the same run, side by side.
 
     python bench/loop_timing.py --device cpu --ipc 1 10 [--out loop.md]
     python bench/loop_timing.py --device cuda --ipc 1 10 50
+    python bench/loop_timing.py --device cuda --shape imagenet10 --ipc 1 10
     python bench/loop_timing.py --device cpu --tiny          # what gpu_session.py --dry-run runs
     python bench/loop_timing.py --host --ipc 1 10 50        # the host's work per inner iteration (meta device)
 
@@ -51,11 +53,18 @@ def modes(device, tiny=False):
     return [m for m in MODES[device] if not (tiny and m[4] == "on")]
 
 
-def random_cifar10(n_train, size=32, k=10, seed=0):
-    """Random uint8 pixels with CIFAR-10's facts (balanced labels)."""
-    spec = DATASETS["cifar10"]
-    info = DatasetInfo(name="cifar10", channels=3, size=size, num_classes=k, mean=spec["mean"], std=spec["std"],
-                       class_names=tuple(str(c) for c in range(k)), size_base=32)
+# --shape: the data whose shapes are timed, and the training images made for it (the loop's cost does not
+# depend on how many there are, only on the batches it draws)
+SHAPES = {"cifar10": 50000, "tinyimagenet": 100000, "imagenet10": 13000, "imagenet100": 26000}
+
+
+def random_set(n_train, size=None, k=None, seed=0, name="cifar10"):
+    """Random uint8 pixels with the facts of the built-in `name` (its side and class count unless given;
+    balanced labels): IDC's settings for that data then apply."""
+    spec = DATASETS[name]
+    size, k = size or spec["size"], k or spec["num_classes"]
+    info = DatasetInfo(name=name, channels=3, size=size, num_classes=k, mean=spec["mean"], std=spec["std"],
+                       class_names=tuple(str(c) for c in range(k)), size_base=spec["size_base"])
     rs = np.random.default_rng(seed)
     x = rs.integers(0, 256, (n_train, 3, size, size), dtype=np.uint8)
     y = np.arange(n_train, dtype=np.int64) % k
@@ -68,7 +77,9 @@ def _sync(device):
 
 
 def _distiller(data, ipc, form, precision, graphs, compile_net, device, **over):
-    cfg = build_config("cifar10", ipc, "paper", data.info.size, 32, device=device, form=form, precision=precision,
+    info = data.info
+    cfg = build_config(info.name, ipc, "paper", info.size, info.size_base, num_classes=info.num_classes, device=device,
+                       form=form, precision=precision,
                        cuda_graphs=graphs, compile=compile_net, **over)
     return Engine(cfg, data)
 
@@ -144,7 +155,7 @@ def host_floor(ipc, inner=3):
     Meta kernels are partly Python (shape functions), so the time outside the replays is an upper bound
     of what the host spends launching there; the op count is exact."""
     from udd_fast.engine.replay import Replay
-    data = RealData(random_cifar10(50000), "meta")
+    data = RealData(random_set(50000), "meta")
     d = _distiller(data, ipc, "batched", "fp32", "on", "off", "cpu")
     step = getattr(d, "inner_iteration", None) or (lambda net, opt, o, i: (d.match(net, o, i),
                                                                           d.network_update(net, opt)))
@@ -265,6 +276,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     p.add_argument("--inner", type=int, default=5, help="timed inner iterations per mode (after one warm-up)")
+    p.add_argument("--shape", default="cifar10", choices=tuple(SHAPES),
+                   help="whose shapes and IDC settings to time (default CIFAR-10's; tinyimagenet: 200 classes at 64 px, "
+                        "ConvNet-4; imagenet10/100: 224 px, ResNetAP-10)")
     p.add_argument("--tiny", action="store_true", help="16 px, 3 classes, IPC 1, small batches (a CPU dry run)")
     p.add_argument("--profile", action="store_true", help="also break one inner iteration of the device's first "
                                                            "batched mode down by kernel family (torch.profiler)")
@@ -290,11 +304,14 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("loop_timing.py --device cuda needs a CUDA device")
     if args.tiny:
-        data, ipcs, over, inner = RealData(random_cifar10(60, size=16, k=3), args.device), [1], \
+        data, ipcs, over, inner = RealData(random_set(60, size=16, k=3, name=args.shape), args.device), [1], \
             dict(batch_real=4, n_data=8, net_width=16), 1
     else:
-        data, ipcs, over, inner = RealData(random_cifar10(50000), args.device), args.ipc, {}, args.inner
-    n_data = over.get("n_data", 2000)
+        data, ipcs, over, inner = RealData(random_set(SHAPES[args.shape], name=args.shape), args.device), \
+            args.ipc, {}, args.inner
+    info = data.info
+    n_data = over.get("n_data") or build_config(info.name, 1, "paper", info.size, info.size_base,
+                                                num_classes=info.num_classes).net.n_data
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     rate = matmul_rate(args.device)
     lines = [f"## Loop time per inner iteration on {where} (median of {inner}, ms; {data.info.num_classes} classes, "
@@ -315,7 +332,7 @@ def main(argv=None):
         # much for the batched form), so every row gets the sequential form's count: the same work
         flops = flops_inner(data, ipc, "sequential", args.device, **over)
         runners = {}
-        if args.device == "cpu" and not args.tiny:
+        if args.device == "cpu" and not args.tiny and args.shape == "cifar10":
             idc = idc_runner(ipc, n_data)
             if idc is None:
                 lines.append(f"| {ipc} | IDC's code | fp32 | skipped: UDD_FAST_IDC_SRC is not set | | | | | |")

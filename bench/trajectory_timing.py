@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loop_timing import random_cifar10  # noqa: E402
+from loop_timing import random_set  # noqa: E402
 from udd_fast.config import build_config  # noqa: E402
 from udd_fast.data import RealData  # noqa: E402
 from udd_fast.engine import Engine  # noqa: E402
@@ -64,9 +64,9 @@ def main():
     a = p.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("trajectory_timing.py --device cuda needs a CUDA device")
-    data, over = RealData(random_cifar10(5000), a.device), {}
+    data, over = RealData(random_set(5000), a.device), {}
     if a.tiny:
-        data, over, a.compile, a.inner = RealData(random_cifar10(60, size=16, k=3), a.device), \
+        data, over, a.compile, a.inner = RealData(random_set(60, size=16, k=3), a.device), \
             dict(batch_real=4, n_data=8, net_width=16), ["off"], 1
     lines = [f"network update per network and inner iteration, CIFAR-10 {'tiny' if a.tiny else 'paper'} shapes, {a.device}, "
              f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {a.inner}",

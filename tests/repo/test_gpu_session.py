@@ -28,7 +28,7 @@ def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
     assert r.returncode == 0, r.stdout + r.stderr
     meta = json.loads((out / "session.json").read_text())
     assert meta["dry_run"] is True
-    assert [s["stage"] for s in meta["stages"]] == ["build", "loop", "gpu_check", "engine", "tests"]  # figures first
+    assert [s["stage"] for s in meta["stages"]] == ["build", "loop", "large", "gpu_check", "engine", "tests"]  # figures first
     assert all(s["status"] == "ok" for s in meta["stages"]), meta["stages"]
     files = list(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() for f in files), files
@@ -42,6 +42,8 @@ def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
     assert re.search(r"wall \d+\.\d+ ms, busy \d+\.\d+ ms, \d+ kernel launches", loop), loop
     assert re.search(r"^\| 1 \| \d+ \| \d\.\d \| \d+\.\d+ \|$", loop, re.M), loop  # the host's work (--host)
     assert re.search(r"^\| off \| 2 \| \d+ \| \d+\.\d\dx \|$", loop, re.M), loop  # networks trained ahead
+    large = (out / "large.log").read_text()  # Tiny-ImageNet's and ImageNet-10's shapes (tiny: 16 px, 3 classes)
+    assert large.count("| 1 | batched, static | fp32 |") == 4  # 2 shapes; each row printed as it comes, then in its table
     engine = (out / "engine.log").read_text()
     assert engine.count("distillation done") == 2 and "mUE" in engine
     assert "| loop | ok |" in (out / "session.md").read_text()
@@ -62,7 +64,7 @@ def test_a_small_budget_skips_what_would_overrun(tmp_path, real_data_dir):
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     stages = json.loads((out / "session.json").read_text())["stages"]
-    assert len(stages) == 5 and all(s["status"] == "skipped" and "would overrun" in s["note"] for s in stages)
+    assert len(stages) == 6 and all(s["status"] == "skipped" and "would overrun" in s["note"] for s in stages)
 
 
 def test_refuses_a_data_dir_without_mnist(tmp_path):
