@@ -12,7 +12,7 @@ from helpers import close_at_run_scale, run_scale
 from host_guard import no_host_reads
 from udd_fast import rng
 from udd_fast.config import UsageError, build_config
-from udd_fast.data import ArrayDataset, RealData
+from udd_fast.data import ArrayDataset, DatasetInfo, RealData
 from udd_fast.distributed import Comm
 from udd_fast.engine import Engine, static_path
 from udd_fast.ops.backend import use_backend, why_unavailable
@@ -207,3 +207,32 @@ def test_static_settings_are_refused_under_torchrun(mnist_data):
     with pytest.raises(ValueError, match="one process"):
         Engine(build_config("mnist", 1, "smoke", 28, 28, form="batched", cuda_graphs="on"), mnist_data,
                   comm=Comm(rank=0, world=2))
+
+
+def test_resnet_ap10_with_early_training_on_every_path():
+    """IDC's ImageNet network with --early 1 (3 classes of random 16-pixel images, float64): the static path
+    equals the plain one, and the batched form the sequential one, to float64 round-off; --early trains
+    whole epochs (each outer iteration's network first sees all 48 images, then n_data per inner iteration)."""
+    k, size = 3, 16
+    info = DatasetInfo(name="imagenet10", channels=3, size=size, num_classes=k, mean=(0.485, 0.456, 0.406),
+                       std=(0.229, 0.224, 0.225), class_names=("a", "b", "c"), size_base=224)
+    rs = np.random.default_rng(0)
+    x = rs.integers(0, 256, (48, 3, size, size), dtype=np.uint8)
+    y = np.arange(48) % k
+    data = RealData(ArrayDataset(info, x, y, x[:6], y[:6]), "cpu")
+    finals, batches = {}, {}
+    for form, static in (("sequential", "off"), ("batched", "off"), ("batched", "on")):
+        cfg = build_config("imagenet10", 1, "smoke", size, 224, num_classes=k, form=form, cuda_graphs=static,
+                           dtype="float64", iterations=2, inner_loop=1, batch_real=8, n_data=16, early=1,
+                           lr_img=0.5)
+        assert cfg.net.net_arch == "resnet_ap10" and cfg.net.net_cutmix_p == 1.0
+        d = Engine(cfg, data)
+        finals[form, static] = d.iterate()
+        batches[form, static] = d.net_batch
+    # per outer iteration: one epoch (48 images: 6 batches of 8) then 16 images (2 batches)
+    assert set(batches.values()) == {2 * (6 + 2)}
+    ref = finals["sequential", "off"]
+    assert not torch.equal(ref, Engine(build_config("imagenet10", 1, "smoke", size, 224, num_classes=k,
+                                                    dtype="float64", iterations=0), data).S)
+    for key, final in finals.items():
+        torch.testing.assert_close(final, ref, rtol=0, atol=1e-10, msg=str(key))
