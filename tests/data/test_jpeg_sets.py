@@ -319,3 +319,19 @@ def test_decoding_a_set_bigger_than_the_bound_stays_within_it(tmp_path, cifar_ar
     print(got)
     assert got["grew"] < 40e6, got
     assert got["mean"] > 0  # the last image was decoded and written
+
+
+def test_the_fingerprint_hashes_slices_as_the_whole(monkeypatch):
+    """Memory-mapped images are hashed a slice at a time (never copied whole): the digest of their bytes at once."""
+    import hashlib
+    import types
+
+    import torch
+    from udd_fast.data import identity
+    g = torch.Generator().manual_seed(0)
+    data = types.SimpleNamespace(images=torch.randint(0, 256, (100, 3, 8, 8), dtype=torch.uint8, generator=g),
+                                 labels=torch.arange(100))
+    whole = hashlib.sha256(data.images.numpy().tobytes() + data.labels.numpy().tobytes()).hexdigest()[:32]
+    for rows in (1, 7, 100, 1000):
+        monkeypatch.setattr(identity, "CHUNK_ROWS_BYTES", rows * 3 * 8 * 8)
+        assert identity.data_fingerprint(data) == whole
