@@ -45,6 +45,15 @@ FULL_STRATEGIES = ["_".join([f for f, on in zip(("flip", "color", "cutout"), fla
 DEFAULT_STRATEGIES = ["none", "crop", "scale", "rotate", "flip_color_cutout", "color_crop", "color_crop_cutout",
                       "crop_scale", "scale_rotate_crop", "rotate_crop_scale", "flip_color_crop_scale_rotate_cutout"]
 FULL_STRATEGY = "flip_color_crop_scale_rotate_cutout"
+# Image sides beyond CIFAR's (issue 23). Sizes reach the kernels as runtime integers, and the JIT
+# specializes an integer only by divisibility by 16 (or == 1): 64, 128 and 224, their tiles at factor
+# 2, cutouts and element counts are all multiples of 16, as 32 px's are, so crop_resize, diff_augment
+# and region_mask launch the 32 px variants there (tests/repo/test_compile_triton.py checks it on
+# these cases). What the networks at a side change are constexprs: response_map's BLOCK_P (the
+# proxy's map: 4x4 at 64 and 128 px and 3x3 at 224 for ConvNet by resolution, as at 32 and 28 px;
+# ConvNet-3's side/8 map, up to 28x28) and cfc_loss's D and K (ConvNet by resolution 2048 and 1152,
+# ResNetAP-10 512, ConvNet-3 128 * (side/8)**2 up to 100352; Tiny-ImageNet's 200 classes).
+SIDES = (64, 128, 224)
 
 
 # -- Triton: the launch tables ------------------------------------------------------------------
@@ -74,6 +83,7 @@ def _backward(out, aligned):
 def _crop_cases(full):
     """crop_resize forward (+ backward through the grad): (C, stored size, output size, n)."""
     sizes = [(3, (16, 16), (32, 32), 4), (1, (14, 14), (28, 28), 4), (3, (7, 5), (9, 3), 3), (1, (1, 1), (1, 1), 1)]
+    sizes += [(3, (s, s), (s, s), 4) for s in SIDES]  # stored images decoded to formations of the same side
     dts = DTYPES
     for dt, (c, hw, ohw, n) in itertools.product(dts, sizes):
         if not full and dt != "float32" and hw != (16, 16):
@@ -100,7 +110,7 @@ def _augment_cases(full):
     if full:  # every strategy at a size divisible by 16 and at 1x1 (all ints 1); odd sizes below
         for dt, c, s, hw in itertools.product(DTYPES, (1, 3), FULL_STRATEGIES, ((32, 32), (1, 1))):
             yield f"diff_augment {dt} C{c} {s} {hw[0]}x{hw[1]}", dict(dt=dt, c=c, strategy=s, hw=hw)
-        for dt, c, hw in itertools.product(DTYPES, (1, 3), ((28, 28), (7, 5))):
+        for dt, c, hw in itertools.product(DTYPES, (1, 3), ((28, 28), (7, 5), *((s, s) for s in SIDES))):
             yield f"diff_augment {dt} C{c} {FULL_STRATEGY} {hw[0]}x{hw[1]}", dict(dt=dt, c=c, strategy=FULL_STRATEGY,
                                                                                hw=hw)
     else:
@@ -111,6 +121,8 @@ def _augment_cases(full):
         for hw in ((7, 5), (1, 1)):
             yield f"diff_augment float32 C1 {FULL_STRATEGY} {hw[0]}x{hw[1]}", dict(dt="float32", c=1,
                                                                                strategy=FULL_STRATEGY, hw=hw)
+        for s, side in itertools.product(("color_crop_cutout", FULL_STRATEGY), SIDES):
+            yield f"diff_augment float32 C3 {s} {side}x{side}", dict(dt="float32", c=3, strategy=s, hw=(side, side))
     yield "diff_augment float16 C3 color_crop_cutout 32x32 unaligned", dict(dt="float16", c=3,
                                                                            strategy="color_crop_cutout",
                                                                            hw=(32, 32), aligned=False)
@@ -130,9 +142,12 @@ def _run_augment(dt, c, strategy, hw, aligned=True):
 
 def _response_cases(full):
     """response_map: dtype x feature channels x map size x windows (9, or 1 given alone)."""
-    maps = [(128, 4, 4), (128, 3, 3), (128, 8, 8), (37, 3, 5), (1, 1, 7), (5, 1, 1)]  # 32, 28, 64 px proxies
+    # the proxy (ConvNet by resolution) at 32, 64 and 128 px (4x4) and 224 px (3x3); ConvNet-3's map at
+    # 28 (3x3), 64, 128 and 224 px (8x8, 16x16, 28x28: BLOCK_P 64, 256, 1024); odd maps
+    maps = [(128, 4, 4), (128, 3, 3), (128, 8, 8), (128, 16, 16), (128, 28, 28), (37, 3, 5), (1, 1, 7), (5, 1, 1)]
     for dt, (ch, h, w), nw in itertools.product(DTYPES, maps, (9, 1)):
-        if not full and (dt != "float32" and (ch, h, w) != (128, 4, 4) or nw == 1 and (ch, h, w) != (5, 1, 1)):
+        if not full and (dt != "float32" and (ch, h, w) not in ((128, 4, 4), (128, 28, 28))
+                         or nw == 1 and (ch, h, w) != (5, 1, 1)):
             continue
         yield f"response_map {dt} {ch}x{h}x{w} NW{nw}", dict(dt=dt, ch=ch, h=h, w=w, nw=nw)
     yield "response_map float32 128x4x4 NW9 unaligned", dict(dt="float32", ch=128, h=4, w=4, nw=9, aligned=False)
@@ -153,6 +168,7 @@ def _run_response(dt, ch, h, w, nw, aligned=True):
 def _region_cases(full):
     """region_mask: dtype x channels x (windows, draws, size), ints equal to 1 included."""
     shapes = [(3, 9, 4, (32, 32)), (1, 9, 4, (28, 28)), (3, 1, 1, (5, 7)), (1, 1, 1, (1, 1))]
+    shapes += [(3, 9, 4, (s, s)) for s in SIDES]
     for dt, (c, nw, d, hw) in itertools.product(DTYPES, shapes):
         if not full and dt != "float32" and hw != (32, 32):
             continue
@@ -175,12 +191,29 @@ def _run_region(dt, c, nw, d, hw, aligned=True):
 
 def _cfc_cases(full):
     """cfc_loss forward and backward: dtype x classes K x feature width D."""
-    ks, widths = (1, 10, 100, 1000), (2048, 1152, 512, 301, 1)  # ConvNet-3 at 32 and 28 px, ResNet-10
+    # ConvNet at 32 px and by resolution at 64/128 px (2048), 224 px (1152), ResNetAP-10 (512), odd
+    # widths; ConvNet-3 at 64, 128 and 224 px (128 * (side/8)**2). K: 200 is Tiny-ImageNet's.
+    ks, widths = (1, 10, 100, 200, 1000), (2048, 1152, 512, 301, 1, 8192, 32768, 100352)
     for dt, k, d in itertools.product(DTYPES, ks, widths):
-        if not full and (dt != "float32" and d != 2048 or d in (1152, 512, 1) and k != 10):
+        if not full and not _default_cfc(dt, k, d):
             continue
         yield f"cfc_loss {dt} K{k} D{d}", dict(dt=dt, k=k, d=d)
     yield "cfc_loss float32 K100 D2048 unaligned", dict(dt="float32", k=100, d=2048, aligned=False)
+
+
+def _default_cfc(dt, k, d):
+    """The default matrix's cfc_loss cases: every dtype at D = 2048 (K = 200 in float32) and at the
+    widest D (K = 100); float32 at the odd width 301 (every K but 200) and at the other widths with
+    their class counts."""
+    if d == 2048:
+        return k != 200 or dt == "float32"
+    if d == 100352:
+        return k == 100 or dt == "float32" and k in (10, 1000)
+    if dt != "float32":
+        return False
+    if d == 301:
+        return k != 200
+    return k in (10, 100) if d in (1152, 512) else k == 10
 
 
 def _run_cfc(dt, k, d, aligned=True):

@@ -45,6 +45,16 @@ def _response_map_fwd(f_ptr, w_ptr, lab_ptr, m_ptr, r_ptr, s_ptr, ue_ptr, HW, NW
     tl.store(ue_ptr + n, ue.to(ue_ptr.dtype.element_ty))
 
 
+def _num_warps(block_p):
+    """Warps for a map of BLOCK_P cells: one per 64 cells, 4 to 16. A program holds R and the
+    [BLOCK_P, BLOCK_W] window weights in registers; at 4 warps (Triton's default) the 28 x 28 map of
+    ConvNet-3 at 224 px (BLOCK_P 1024) took 254-255 registers in float32 and spilled 544-584 bytes
+    per thread in float64 (sm_90/sm_80, bench/compile_report.py); at 16 warps, 64-123 and 98, no
+    spill. Past that it does not scale: maps of over 1024 cells (ConvNet-3 past 256 px) spilled in
+    float64 at 16 warps, over 2048 cells in float32 too (bench/RESULTS.md)."""
+    return min(16, max(4, block_p // 64))
+
+
 def response_map_forward(fmap, head, labels, wmat):
     """fmap [N,Ch,h,w]; head [K, Ch*h*w] (fmap's dtype); labels [N] int64; wmat [h*w, NW] float32
     (float64 for double) -> (R [N,h,w], scores [N,NW], ue [N]) in fmap's dtype."""
@@ -55,7 +65,8 @@ def response_map_forward(fmap, head, labels, wmat):
     scores = torch.empty(n, nw, dtype=fmap.dtype, device=fmap.device)
     ue = torch.empty(n, dtype=fmap.dtype, device=fmap.device)
     if n:
+        block_p = triton.next_power_of_2(h * w)
         _response_map_fwd[(n,)](fmap, head, labels, wmat, R, scores, ue, h * w, nw, CH=ch, ACC=acc_tl,
-                                BLOCK_C=BLOCK_C, BLOCK_P=triton.next_power_of_2(h * w),
-                                BLOCK_W=triton.next_power_of_2(nw))
+                                BLOCK_C=BLOCK_C, BLOCK_P=block_p, BLOCK_W=triton.next_power_of_2(nw),
+                                num_warps=_num_warps(block_p))
     return R, scores, ue

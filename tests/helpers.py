@@ -109,6 +109,15 @@ def dtype_device(backend: str, dtype) -> torch.device:
 LARGE_SIDES = (64, 128, 224)
 
 
+def convnet_map(side: int, depth=None) -> tuple:
+    """(channels, h, w) of ConvNet's feature map at an image side: at its depth by resolution
+    (udd_fast.models.convnet_depth: the region-search proxy's and the matching ConvNet's; 4 x 4 at 64
+    and 128 px, 3 x 3 at 224) or at a given depth (3: ConvNet-3's side/8 map, the widest)."""
+    from udd_fast.models import ConvNet, convnet_depth
+
+    return ConvNet(1, 3, side, depth=depth or convnet_depth(side)).feature_shape
+
+
 def _value_and_marks(p):
     return (p.values[0], list(p.marks)) if hasattr(p, "values") else (p, [])
 

@@ -1,15 +1,18 @@
 """udd_fast.ops.cfc_loss on every live backend against cfc_loss_ref, value and gradient w.r.t.
-the features, both reductions, on fresh random inputs: feature widths 2048 and odd ones, K up to 1000
-classes (the kernels walk the classes in blocks), several temperatures, a zero feature row
-(F.normalize's eps clamp), non-contiguous features; gradcheck of the reference (and the C++
-backend) in float64; second derivatives (through the reference, under create_graph); and the
-engine's use: a gradient-matching term built with create_graph plus the CFC term, differentiated
-once w.r.t. the input."""
+the features, both reductions, on fresh random inputs: feature widths 2048 and odd ones, those of
+the matching networks at 64, 128 and 224 px (ConvNet by resolution, ResNetAP-10, and ConvNet-3's up
+to 100352), K up to 1000 classes (the kernels walk the classes in blocks), several temperatures, a
+zero feature row (F.normalize's eps clamp), non-contiguous features; gradcheck of the reference (and
+the C++ backend) in float64; second derivatives (through the reference, under create_graph); and
+the engine's use: a gradient-matching term built with create_graph plus the CFC term,
+differentiated once w.r.t. the input."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import OTHER_DTYPES, dtype_device, ops_device
+from helpers import OTHER_DTYPES, convnet_map, dtype_device, large_side_params, ops_device
 from udd_fast import ops
 from udd_fast.ops.cfc_loss import cfc_loss_ref, class_prototypes
 
@@ -20,14 +23,28 @@ def cases(seed):
     """(features, labels, prototypes, tau): IDC's 2048-d features at K=10, K=100 with an odd width,
     a small odd case with a zero row."""
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for n, d, k, tau in ((12, 2048, 10, 0.1), (9, 301, 100, 0.07), (7, 37, 5, 1.0)):
-        feats = torch.randn(n, d, generator=g) * 3
-        protos = class_prototypes(torch.randn(k, 4, d, generator=g) + torch.randn(k, 1, d, generator=g))
-        labels = torch.randint(0, k, (n,), generator=g)
-        out.append((feats, labels, protos, tau))
+    out = [feature_case(g, *shape) for shape in ((12, 2048, 10, 0.1), (9, 301, 100, 0.07), (7, 37, 5, 1.0))]
     out[-1][0][2] = 0.0  # normalize(0) = 0: the eps clamp
     return out
+
+
+def feature_case(g, n, d, k, tau):
+    feats = torch.randn(n, d, generator=g) * 3
+    protos = class_prototypes(torch.randn(k, 4, d, generator=g) + torch.randn(k, 1, d, generator=g))
+    labels = torch.randint(0, k, (n,), generator=g)
+    return feats, labels, protos, tau
+
+
+def side_cases(side):
+    """At an image side of LARGE_SIDES, the features the matching networks give: ConvNet at its depth
+    by resolution (2048 wide at 64 and 128 px, 1152 at 224) at K = 10, ResNetAP-10 (IDC's ImageNet
+    network, 512 wide at every side) at K = 100, and ConvNet-3 (128 * (side/8)**2: 8192, 32768,
+    100352, the widest) at K = 10. Two rows each (the Triton interpreter takes seconds per row at
+    8192, and at 2048 with Tiny-ImageNet's 200 classes: many classes are test_cfc_loss_many_classes'),
+    none zero (a zero row's gradient, dz / eps, would set the scale of the comparison)."""
+    g = torch.Generator().manual_seed(side)
+    return [feature_case(g, 2, math.prod(convnet_map(side)), 10, 0.1), feature_case(g, 2, 512, 100, 0.07),
+            feature_case(g, 2, math.prod(convnet_map(side, depth=3)), 10, 0.1)]
 
 
 def check(feats, labels, protos, tau, dtype, device, reduction):
@@ -74,6 +91,13 @@ def test_cfc_loss_many_classes(ops_backend):
     protos = class_prototypes(torch.randn(k, 2, d, generator=g) + torch.randn(k, 1, d, generator=g))
     labels = torch.tensor([0, 999, 517, 999])
     check(feats, labels, protos, 0.1, torch.float32, device, "none")
+
+
+@pytest.mark.parametrize("ops_backend,side,dtype", large_side_params(), indirect=["ops_backend"])
+def test_cfc_loss_at_large_sides(ops_backend, side, dtype):
+    device = dtype_device(ops_backend, dtype)
+    for case in side_cases(side):
+        check(*case, dtype, device, "mean")
 
 
 @pytest.mark.parametrize("dtype", OTHER_DTYPES)

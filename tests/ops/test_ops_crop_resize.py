@@ -1,16 +1,18 @@
 """udd_fast.ops.crop_resize on every live backend against crop_resize_ref (forward and
 backward), on fresh random inputs: odd sizes, formation boxes of factor 1-4, random boxes at the
-borders and into the 0.5 padding, one-pixel boxes, non-contiguous inputs; and crop_resize_ref (a
-gather per tap, no host read) against its earlier form, which resized groups of equal box size with
+borders and into the 0.5 padding, one-pixel boxes, non-contiguous inputs; at image sides of 64, 128
+and 224 px the decode's formations (factor 2 and 3) and a region view; and crop_resize_ref (a gather
+per tap, no host read) against its earlier form, which resized groups of equal box size with
 F.interpolate."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import OTHER_DTYPES, dtype_device, ops_device
+from helpers import OTHER_DTYPES, dtype_device, large_side_params, ops_device
 from udd_fast import ops
-from udd_fast.decode import decode_plan
+from udd_fast.decode import decode_plan, formation_boxes
 from udd_fast.ops.crop_resize import crop_resize_ref
+from udd_fast.region_search import window_grid
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -46,6 +48,19 @@ def cases(seed):
     out.append((torch.rand(3, 1, h, w, generator=g), src, boxes, (11, 14)))
     out.append((torch.rand(3, 3, h, w, generator=g), src, boxes, (7, 5)))
     return out
+
+
+def side_case(side):
+    """(images, src, boxes, out_size) at an image side of LARGE_SIDES: two stored 3 x side x side
+    images, resized to the side from a formation of factor 2 (the last tile), one of factor 3 (the
+    last tile, ceil(side/3) pixels, which reaches into the padding) and a region view (the
+    bottom-right window, half a tile, of the second factor-2 tile). Three outputs: the Triton
+    interpreter takes seconds per output at 64 px."""
+    g = torch.Generator().manual_seed(side)
+    f2, f3 = formation_boxes(side, 2), formation_boxes(side, 3)
+    view = window_grid(side // 2, 0.5)[8] + f2[1, :2].repeat(2)  # as RegionSearch.boxes places it
+    boxes = torch.stack([f2[3], f3[8], view])
+    return torch.rand(2, 3, side, side, generator=g), torch.tensor([1, 0, 1]), boxes, (side, side)
 
 
 def _crop_resize_by_groups(images, src, boxes, out_size):
@@ -97,6 +112,12 @@ def test_crop_resize_other_dtypes(ops_backend, dtype):
     device = dtype_device(ops_backend, dtype)
     for images, src, boxes, out_size in cases(7)[-2:]:
         check(images, src, boxes, out_size, dtype, device)
+
+
+@pytest.mark.parametrize("ops_backend,side,dtype", large_side_params(), indirect=["ops_backend"])
+def test_crop_resize_at_large_sides(ops_backend, side, dtype):
+    device = dtype_device(ops_backend, dtype)
+    check(*side_case(side), dtype, device)
 
 
 def test_crop_resize_non_contiguous(ops_backend):

@@ -1,12 +1,13 @@
 """udd_fast.ops.diff_augment on every live backend against diff_augment_ref (forward and
 backward): every strategy the project uses, siamese (index) and per-sample, 1 and 3 channels,
-sizes 28, 32 and 29, parameters from sample_params with random keys."""
+sizes 28, 32 and 29, and 64, 128 and 224 (crop shifts and cutouts of those sides, each op forced),
+parameters from sample_params with random keys."""
 import pytest
 import torch
 
-from helpers import OTHER_DTYPES, dtype_device, ops_device
+from helpers import OTHER_DTYPES, dtype_device, large_side_params, ops_device
 from udd_fast import ops
-from udd_fast.augment import NUM_PARAMS, OP, Strategy, sample_params
+from udd_fast.augment import CROP, NUM_PARAMS, OP, ROTATE, SCALE, Strategy, sample_params
 from udd_fast.ops.diff_augment import diff_augment_ref
 
 STRATEGIES = ("color_crop_cutout", "color_crop", "color_crop_cutout_flip_scale_rotate", "color_crop_scale_rotate",
@@ -52,6 +53,24 @@ def grid(backend):
     return [t for t in full if t[3] == 29] + [(STRATEGIES[0], True, 3, 28), (STRATEGIES[2], False, 1, 32)]
 
 
+def side_cases(backend, side):
+    """(x, params, strategy, index) at an image side of LARGE_SIDES: the matching strategy on a
+    siamese batch, and the full strategy per sample with its op forced to crop, scale and rotate in
+    turn; the Triton interpreter (tens of ms per 128 pixels with every op) gets the full strategy
+    alone on one channel, crop and rotate."""
+    g = torch.Generator().manual_seed(side)
+    full = Strategy.parse("color_crop_cutout_flip_scale_rotate")
+    if backend == "triton" and not torch.cuda.is_available():
+        x, params, index = draw(g, full, 2, 1, side, siamese=False)
+        params[:, OP] = torch.tensor([float(CROP), float(ROTATE)])
+        return [(x, params, full, index)]
+    matching = Strategy.parse("color_crop_cutout")
+    xm, pm, im = draw(g, matching, 4, 3, side, siamese=True)
+    x, params, index = draw(g, full, 3, 3, side, siamese=False)
+    params[:, OP] = torch.tensor([float(CROP), float(SCALE), float(ROTATE)])
+    return [(xm, pm, matching, im), (x, params, full, index)]
+
+
 @pytest.mark.parametrize("seed", [0])
 def test_diff_augment_matches_reference(ops_backend, seed):
     device = ops_device(ops_backend)
@@ -61,6 +80,13 @@ def test_diff_augment_matches_reference(ops_backend, seed):
         strategy = Strategy.parse(name)
         x, params, index = draw(g, strategy, 3 if small else 6, c, size, siamese)
         check(x, params, strategy, index, torch.float32, device)
+
+
+@pytest.mark.parametrize("ops_backend,side,dtype", large_side_params(), indirect=["ops_backend"])
+def test_diff_augment_at_large_sides(ops_backend, side, dtype):
+    device = dtype_device(ops_backend, dtype)
+    for x, params, strategy, index in side_cases(ops_backend, side):
+        check(x, params, strategy, index, dtype, device)
 
 
 def test_diff_augment_per_sample_with_op_key(ops_backend):

@@ -1,11 +1,12 @@
 """udd_fast.ops.region_mask on every live backend against region_mask_ref, on fresh random
 inputs: the jitter policy's 9 windows at 32 px (tile 16), 28 px (tile 14) and an odd 15x15 image
-(tile 8), random masks on a 7x5 single-channel image, noise large enough that the clamp bites,
-per-channel and single-value mean/std (also as [1,C,1,1] like the engine's), non-contiguous noise."""
+(tile 8), and at 64, 128 and 224 px (factor 2's tiles, 32, 64 and 112), random masks on a 7x5
+single-channel image, noise large enough that the clamp bites, per-channel and single-value
+mean/std (also as [1,C,1,1] like the engine's), non-contiguous noise."""
 import pytest
 import torch
 
-from helpers import OTHER_DTYPES, dtype_device, ops_device
+from helpers import OTHER_DTYPES, dtype_device, large_side_params, ops_device
 from udd_fast import ops
 from udd_fast.ops.region_mask import region_mask_ref
 from udd_fast.region_search import window_grid, window_pixel_masks
@@ -13,15 +14,18 @@ from udd_fast.region_search import window_grid, window_pixel_masks
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
+def window_case(g, n, c, size, tile, d):
+    """(x, masks, noise, mean, std): n images c x size x size, the 9 windows of a tile, d draws."""
+    masks = window_pixel_masks(window_grid(tile, 0.5), tile, size)
+    x = torch.rand(n, c, size, size, generator=g)
+    noise = torch.randn(n, 9, d, c, size, size, generator=g) * 0.4
+    mean, std = torch.rand(c, generator=g) * 0.5 + 0.25, torch.rand(c, generator=g) * 0.3 + 0.1
+    return x, masks, noise, mean.view(1, c, 1, 1), std.view(1, c, 1, 1)
+
+
 def cases(seed):
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for n, c, size, tile, d in ((2, 3, 32, 16, 4), (3, 1, 28, 14, 2), (2, 3, 15, 8, 3)):
-        masks = window_pixel_masks(window_grid(tile, 0.5), tile, size)
-        x = torch.rand(n, c, size, size, generator=g)
-        noise = torch.randn(n, 9, d, c, size, size, generator=g) * 0.4
-        mean, std = torch.rand(c, generator=g) * 0.5 + 0.25, torch.rand(c, generator=g) * 0.3 + 0.1
-        out.append((x, masks, noise, mean.view(1, c, 1, 1), std.view(1, c, 1, 1)))
+    out = [window_case(g, *shape) for shape in ((2, 3, 32, 16, 4), (3, 1, 28, 14, 2), (2, 3, 15, 8, 3))]
     x = torch.rand(3, 1, 7, 5, generator=g)
     masks = torch.rand(4, 7, 5, generator=g) > 0.5
     out.append((x, masks, torch.randn(3, 4, 1, 1, 7, 5, generator=g), torch.tensor([0.3]), torch.tensor([0.7])))
@@ -45,6 +49,13 @@ def test_region_mask_matches_reference(ops_backend, seed):
     device = ops_device(ops_backend)
     for case in cases(seed):
         check(*case, torch.float32, device)
+
+
+@pytest.mark.parametrize("ops_backend,side,dtype", large_side_params(), indirect=["ops_backend"])
+def test_region_mask_at_large_sides(ops_backend, side, dtype):
+    """Two RGB images of the side, the windows of factor 2's tile (ceil(side/2)), one draw."""
+    device = dtype_device(ops_backend, dtype)
+    check(*window_case(torch.Generator().manual_seed(side), 2, 3, side, -(-side // 2), 1), dtype, device)
 
 
 @pytest.mark.parametrize("dtype", OTHER_DTYPES)

@@ -1,12 +1,13 @@
 """udd_fast.ops.response_map on every live backend against response_map_ref,
 window_scores_ref and usage_entropy_ref, on fresh random inputs: odd channel counts and maps (4x4,
 3x5, 1x7; 1x1 to 5x5 with one or few channels), K up to 100 classes, tiles 16/14/11 with default
-and odd region sizes, rows whose R is all negative or zero (UE 0), non-contiguous inputs; forward
-only (with grad it runs the references)."""
+and odd region sizes, the proxy's maps at 64, 128 and 224 px (4x4, 4x4, 3x3) and ConvNet-3's there
+(8x8, 16x16, 28x28) at tiles of factor 2 and 3, rows whose R is all negative or zero (UE 0),
+non-contiguous inputs; forward only (with grad it runs the references)."""
 import pytest
 import torch
 
-from helpers import OTHER_DTYPES, dtype_device, ops_device
+from helpers import OTHER_DTYPES, convnet_map, dtype_device, large_side_params, ops_device
 from udd_fast import ops
 from udd_fast.ops.response_map import response_map_ref, usage_entropy_ref, window_scores_ref
 from udd_fast.region_search import window_grid
@@ -18,17 +19,28 @@ def cases(seed):
     """(feature map, head, labels, tile, windows): CIFAR-like 128x4x4 at tile 16, MNIST-like at tile
     14, odd maps and tile 11, K from 3 to 100."""
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for n, ch, h, w, k, tile, region in ((6, 128, 4, 4, 10, 16, 0.5), (5, 37, 4, 4, 100, 14, 0.5),
-                                         (7, 5, 3, 5, 3, 11, 0.5), (4, 3, 1, 7, 11, 11, 0.3)):
-        fmap = torch.randn(n, ch, h, w, generator=g)
-        head = torch.randn(k, ch * h * w, generator=g) / ch ** 0.5
-        labels = torch.randint(0, k, (n,), generator=g)
-        fmap[0] = 0.0  # R == 0: UE 0, all scores tie
-        if n > 2:
-            fmap[1] = -head[labels[1]].view(ch, h, w).sign()  # R < 0 everywhere: UE 0
-        out.append((fmap, head, labels, tile, window_grid(tile, region)))
-    return out
+    return [map_case(g, *shape) for shape in ((6, 128, 4, 4, 10, 16, 0.5), (5, 37, 4, 4, 100, 14, 0.5),
+                                              (7, 5, 3, 5, 3, 11, 0.5), (4, 3, 1, 7, 11, 11, 0.3))]
+
+
+def map_case(g, n, ch, h, w, k, tile, region):
+    fmap = torch.randn(n, ch, h, w, generator=g)
+    head = torch.randn(k, ch * h * w, generator=g) / ch ** 0.5
+    labels = torch.randint(0, k, (n,), generator=g)
+    fmap[0] = 0.0  # R == 0: UE 0, all scores tie
+    if n > 2:
+        fmap[1] = -head[labels[1]].view(ch, h, w).sign()  # R < 0 everywhere: UE 0
+    return fmap, head, labels, tile, window_grid(tile, region)
+
+
+def side_cases(side):
+    """At an image side of LARGE_SIDES: the proxy's map (ConvNet at its depth by resolution: 4x4 at
+    64 and 128 px, 3x3 at 224) with K = 100 at factor 2's tile (side/2), and ConvNet-3's map there
+    (side/8 square: 8x8, 16x16, 28x28, the widest) with K = 10 at factor 3's tile (ceil(side/3)) and
+    an odd region size."""
+    g = torch.Generator().manual_seed(side)
+    return [map_case(g, 4, *convnet_map(side), 100, side // 2, 0.5),
+            map_case(g, 3, *convnet_map(side, depth=3), 10, -(-side // 3), 0.3)]
 
 
 def check(fmap, head, labels, tile, windows, dtype, device):
@@ -56,6 +68,13 @@ def test_response_map_matches_reference(ops_backend, seed):
     device = ops_device(ops_backend)
     for case in cases(seed):
         check(*case, torch.float32, device)
+
+
+@pytest.mark.parametrize("ops_backend,side,dtype", large_side_params(), indirect=["ops_backend"])
+def test_response_map_at_large_sides(ops_backend, side, dtype):
+    device = dtype_device(ops_backend, dtype)
+    for case in side_cases(side):
+        check(*case, dtype, device)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning")  # 0 / log(1)

@@ -3,9 +3,10 @@ on this machine, GPU or not: bench/compile_report.py records the launchers' real
 tensors, lets Triton's binder specialize them for a CUDA target (dtypes, constexprs, pointer
 alignment, integers divisible by 16 or equal to 1) and compiles each with triton.compile and the
 bundled ptxas. No variant may spill registers, beyond a few bytes in float64 (a single K-wide tile
-once spilled up to 60 KB per thread in cfc_loss at K = 1000). The default matrix covers every
-kernel and every constexpr value; the exhaustive one (every strategy x dtype x channels, up to an
-hour on 2 cores) is marked slow."""
+once spilled up to 60 KB per thread in cfc_loss at K = 1000; response_map's 28 x 28 map at 224 px
+up to 584 bytes before its launcher gave large maps more warps). The default matrix covers every
+kernel and every constexpr value, and the shapes of 64, 128 and 224 px images; the exhaustive one
+(every strategy x dtype x channels, up to an hour on 2 cores) is marked slow."""
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import REPO
+from helpers import LARGE_SIDES, REPO
 
 pytestmark = [pytest.mark.triton, pytest.mark.integration]
 ARCHS = ("sm_90", "sm_80")
@@ -103,6 +104,42 @@ def test_every_kernel_and_constexpr_value_is_covered(results):
         for kernel in ("_cfc_fwd", "_cfc_bwd"):
             ks = {r["constexprs"]["K"] for r in got if r["kernel"] == kernel}
             assert {"1", "10", "100", "1000"} <= ks, (arch, kernel, ks)
+
+
+def test_large_sides_reuse_the_32px_variants_where_no_constexpr_follows_the_side(results):
+    """Evidence that crop_resize, diff_augment and region_mask compile nothing new for 64, 128 and
+    224 px: their sizes are runtime integers, which the JIT specializes only by divisibility by 16
+    (or == 1), and these sides, their tiles, cutouts and element counts are multiples of 16 as
+    32 px's are. So every launch of theirs at those sides binds to a variant that a 32 px launch
+    compiled too (the report merges launches of one specialization into one variant)."""
+    for arch in ARCHS:
+        got = [r for r in results if r["arch"] == arch]
+        for op in ("crop_resize", "diff_augment", "region_mask"):
+            for side in LARGE_SIDES:
+                at_side = [r for r in got if r["op"] == op and any(f"{side}x{side}" in c for c in r["cases"])]
+                assert at_side, f"{arch} {op}: no launch at {side} px in the matrix"
+                alone = [(r["kernel"], r["cases"]) for r in at_side if not any("32x32" in c for c in r["cases"])]
+                assert not alone, f"{arch} {op} at {side} px: variants no 32 px launch has: {alone}"
+
+
+def test_large_sides_compile_with_the_meta_parameters_their_launchers_pick(results):
+    """What the networks at 64-224 px do change: response_map's BLOCK_P (the proxy's 4x4 and 3x3
+    maps: 16, as at 32 px; ConvNet-3's side/8 map: 64, 256 cells at 128 px, 1024 at 224 px, where the
+    launcher takes 16 warps) and cfc_loss's (K, D) (ConvNet by resolution: 2048 and 1152;
+    ResNetAP-10: 512; ConvNet-3: 8192, 32768, 100352; Tiny-ImageNet's K = 200), each compiled
+    (without spills: test_no_variant_spills_registers)."""
+    widths = {("10", d) for d in ("2048", "1152", "512", "8192", "32768", "100352")}
+    widths |= {("100", "512"), ("100", "1152"), ("200", "2048"), ("100", "100352"), ("1000", "100352")}
+    for arch in ARCHS:
+        got = [r for r in results if r["arch"] == arch and r["ok"]]
+        blocks = {r["constexprs"]["BLOCK_P"] for r in got if r["kernel"] == "_response_map_fwd"}
+        assert {"16", "64", "256", "1024"} <= blocks, (arch, blocks)
+        for kernel in ("_cfc_fwd", "_cfc_bwd"):
+            seen = {(r["constexprs"]["K"], r["constexprs"]["D"]) for r in got if r["kernel"] == kernel}
+            assert widths <= seen, (arch, kernel, widths - seen)
+        warps = {r["num_warps"] for r in got
+                 if r["kernel"] == "_response_map_fwd" and r["constexprs"]["BLOCK_P"] == "1024"}
+        assert warps == {16}, (arch, warps)
 
 
 # float64 (the tests' precision, no GPU hot path): ptxas may keep a value on the stack across its
