@@ -14,7 +14,7 @@ from udd_fast.distill import main as distill_main
 
 # smoke, made smaller still: a 128-pixel ConvNet-5 step costs about 0.8 GMAC per image (2 cores: seconds)
 SMOKE = ("--preset", "smoke", "--ipc", "1", "--no-progress", "--no-download", "--inner-loop", "1", "--batch-real", "4",
-         "--n-data", "8", "--eval-epochs", "2")
+         "--n-data", "8", "--eval-epochs", "2", "--eval-runs", "1")
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_smoke_distillation_and_evaluation(jpeg_data, tmp_path, method, size):
 
 
 @pytest.mark.integration
-def test_resume_at_128_px_equals_a_straight_run(jpeg_data, tmp_path):
-    flags = [*_three_classes(tmp_path), "--size", "128", "--method", "udd", "--net-arch", "convnet", "--eval-runs", "0"]
+def test_resume_at_64_px_equals_a_straight_run(jpeg_data, tmp_path):
+    flags = ["--dataset", "tinyimagenet", "--method", "udd", "--net-arch", "convnet", "--eval-runs", "0"]
     code, straight = _run(jpeg_data, tmp_path / "a", *flags, "--iterations", "2")
     assert code == 0
     code, part = _run(jpeg_data, tmp_path / "b", *flags, "--iterations", "1")
