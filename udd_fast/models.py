@@ -96,6 +96,18 @@ class ConvNet(nn.Module):
         return [conv.weight for conv in self.convs]
 
 
+def idc_init(model):
+    """IDC's init of its ResNets, in module order: every conv weight from N(0, 2 / (k * k * out_channels)),
+    norm weights 1 and biases 0 (the linear head keeps PyTorch's default)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def _norm(planes, norm):
     if norm == "batch":
         return nn.BatchNorm2d(planes)
@@ -135,13 +147,7 @@ class ResNet10(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.num_features = 256
         self.classifier = nn.Linear(256, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        idc_init(self)
 
     def features(self, x):
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
@@ -291,13 +297,7 @@ class _ImageNetResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.num_features = cin
         self.classifier = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        idc_init(self)
 
     def _run(self, h, conv, norm):
         """The network up to the last feature map, with `conv(module, h)` and `norm(module, h)`."""
