@@ -14,7 +14,8 @@ Stages, in order, each logged under DIR (at most 8 files, so the device tool bri
              against GPU-busy ms, kernel launches, by kernel family); the host's work per inner
              iteration (--host); the network update trained ahead, N = 1, 2, 4 (trajectory_timing.py)
                                                                     -> loop.log
-  large      bench/loop_timing.py --shape tinyimagenet and imagenet10: the loop beyond 32 px, IPC 1 -> large.log
+  large      bench/loop_timing.py --shape tinyimagenet and imagenet10 --staged: the loop beyond 32 px, IPC 1, the
+             static modes also with the training images staged from host memory  -> large.log
   gpu_check  bench/gpu_check.py: correctness, time vs eager, bytes vs a copy -> gpu_check.log
   engine     `--preset smoke` distill + evaluate of MNIST on CUDA, idc and udd -> engine.log
   tests      the CUDA test subset: every op test (triton and cuda backends on the GPU, half precision)
@@ -47,11 +48,11 @@ PY = sys.executable
 
 # the CUDA test subset: every op test (each backend on CUDA tensors), and the engine-level tests' cases
 # that need a GPU (marked gpu)
-OP_TESTS = ["tests/ops/test_backends.py"] + sorted(str(p.relative_to(REPO))
+OP_TESTS = ["tests/ops/test_backends.py", "tests/ops/test_augment_imagenet.py"] + sorted(str(p.relative_to(REPO))
                                                    for p in (REPO / "tests" / "ops").glob("test_ops_*.py"))
 ENGINE_TESTS = ["tests/engine/test_equivalence.py", "tests/engine/test_engine.py", "tests/engine/test_udd.py",
                 "tests/engine/test_precision.py", "tests/cli/test_cli.py", "tests/cli/test_resume.py",
-                "tests/engine/test_fast_loop.py"]
+                "tests/engine/test_fast_loop.py", "tests/engine/test_staged.py"]
 
 
 @dataclass
@@ -92,14 +93,13 @@ def stages(args):
             [PY, "bench/trajectory_timing.py", "--device", dev] + (["--tiny"] if dry else ["--ahead", "1", "2", "4",
                                                                                            "--compile", "off"])]
     # beyond 32 px: Tiny-ImageNet's shapes (200 classes, 64 px, ConvNet-4) and ImageNet-10's (224 px, ResNetAP-10)
-    large = [[PY, "bench/loop_timing.py", "--device", dev, "--shape", shape] + (["--tiny"] if dry else ["--ipc", "1",
-                                                                                                      "--inner", "3"])
-             for shape in ("tinyimagenet", "imagenet10")]
+    large = [[PY, "bench/loop_timing.py", "--device", dev, "--shape", shape, "--staged"]
+             + (["--tiny"] if dry else ["--ipc", "1", "--inner", "3"]) for shape in ("tinyimagenet", "imagenet10")]
     if args.quick:
         return [Stage("loop", 90, 170, "loop.log", loop)]
     return [Stage("build", 90, 150, "build.log", build),
             Stage("loop", 90, 150, "loop.log", loop),
-            Stage("large", 60, 120, "large.log", large),
+            Stage("large", 80, 150, "large.log", large),
             Stage("gpu_check", 40, 60, "gpu_check.log", [check]),
             Stage("engine", 40, 60, "engine.log", engine),
             Stage("tests", 60, 120, "tests.log", tests)]

@@ -6,7 +6,7 @@ own loop (bench/idc_loop.py) is timed in the same run, side by side.
 
     python bench/loop_timing.py --device cpu --ipc 1 10 [--out loop.md]
     python bench/loop_timing.py --device cuda --ipc 1 10 50
-    python bench/loop_timing.py --device cuda --shape imagenet10 --ipc 1 10
+    python bench/loop_timing.py --device cuda --shape imagenet10 --ipc 1 10 [--staged]
     python bench/loop_timing.py --device cpu --tiny          # what gpu_session.py --dry-run runs
     python bench/loop_timing.py --host --ipc 1 10 50        # the host's work per inner iteration (meta device)
 
@@ -285,6 +285,12 @@ def main(argv=None):
     p.add_argument("--host", action="store_true", help="instead: what the host does per inner iteration of the "
                                                         "static path on the meta device (ops outside the replays, "
                                                         "replays, host ms outside them), no device work")
+    p.add_argument("--staged", action="store_true",
+                   help="also time each static mode with the training images left in host memory (--real-on-device "
+                        "off: each inner iteration's images gathered on the host and copied over one ahead)")
+    p.add_argument("--static-only", action="store_true", help="time the static modes only (with --staged: what "
+                                                                  "staging costs, side by side)")
+    p.add_argument("--classes", type=int, default=None, help="fewer classes than the shape's (a CPU measurement)")
     p.add_argument("--out", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
     if args.host:
@@ -304,11 +310,14 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("loop_timing.py --device cuda needs a CUDA device")
     if args.tiny:
-        data, ipcs, over, inner = RealData(random_set(60, size=16, k=3, name=args.shape), args.device), [1], \
+        ds, ipcs, over, inner = random_set(60, size=16, k=3, name=args.shape), [1], \
             dict(batch_real=4, n_data=8, net_width=16), 1
     else:
-        data, ipcs, over, inner = RealData(random_set(SHAPES[args.shape], name=args.shape), args.device), \
-            args.ipc, {}, args.inner
+        k = args.classes or DATASETS[args.shape]["num_classes"]
+        ds, ipcs, over, inner = random_set(SHAPES[args.shape] * k // DATASETS[args.shape]["num_classes"], k=k,
+                                           name=args.shape), args.ipc, {}, args.inner
+    data = RealData(ds, args.device, "on")
+    staged = RealData(ds, args.device, "off") if args.staged else None
     info = data.info
     n_data = over.get("n_data") or build_config(info.name, 1, "paper", info.size, info.size_base,
                                                 num_classes=info.num_classes).net.n_data
@@ -339,7 +348,12 @@ def main(argv=None):
             else:
                 runners["IDC's code", "fp32"] = idc
         for mode in modes(args.device, args.tiny):
+            if args.static_only and mode[3] != "on":
+                continue
             runners[mode[0], mode[2]] = our_steps(data, ipc, mode, args.device, **over)
+            if staged is not None and mode[1] == "batched" and mode[3] == "on":
+                runners[mode[0] + ", staged from host memory", mode[2]] = our_steps(staged, ipc, mode, args.device,
+                                                                                     **over)
         for (label, precision), (m, u) in interleaved(runners, inner).items():
             row(ipc, label, precision, m, u, flops)
         if args.profile:

@@ -75,3 +75,21 @@ def load_idc_functions(src):
 def make_idc_synth(size):
     """The part of IDC's Synthesizer that its decode_zoom reads: `resize` to (H, W)."""
     return types.SimpleNamespace(resize=torch.nn.Upsample(size=tuple(size), mode="bilinear"))
+
+
+def load_idc_colour_transforms(src):
+    """IDC's ColorJitter and Lighting (misc/utils.py, its ImageNet augmentation), with the classes they
+    use: only those class definitions and the module's `random`/torch imports are compiled (the module
+    imports more). Their draws come from the module's `random` and from Tensor.normal_."""
+    root = Path(src)
+    tree = ast.parse(idc_source(root, "misc/utils.py"))
+    wanted = {"Compose", "Lighting", "Grayscale", "Saturation", "Brightness", "Contrast", "ColorJitter"}
+    body = [node for node in tree.body
+            if (isinstance(node, ast.Import) and all(a.name in ("random", "torch") for a in node.names))
+            or (isinstance(node, ast.ClassDef) and node.name in wanted)]
+    mod = types.ModuleType("idc_misc_utils_part")
+    exec(compile(ast.Module(body=body, type_ignores=[]), f"{root}/misc/utils.py", "exec"), mod.__dict__)
+    missing = [n for n in wanted if not hasattr(mod, n)]
+    if missing:
+        raise ImportError(f"misc/utils.py in {root} lacks {missing}")
+    return mod

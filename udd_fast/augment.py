@@ -36,11 +36,14 @@ class Strategy:
     color: bool = False
     cutout: bool = False
     ops: tuple = ()  # one of these is applied per draw (IDC's single_aug=True)
+    imagenet: bool = False  # 'imagenet': IDC's evaluation chain on ImageNet instead (augment_imagenet.py)
 
     @classmethod
     def parse(cls, text: str) -> "Strategy":
         if text.lower() in ("", "none"):
             return cls()
+        if text.lower() == "imagenet":
+            return cls(imagenet=True)
         flags, ops = {"flip": False, "color": False, "cutout": False}, []
         for part in text.lower().split("_"):
             if part in flags:
@@ -52,6 +55,8 @@ class Strategy:
         return cls(ops=tuple(ops), **flags)
 
     def __str__(self):
+        if self.imagenet:
+            return "imagenet"
         parts = [n for n in ("color",) if self.color] + list(self.ops)
         parts = (["flip"] if self.flip else []) + parts + (["cutout"] if self.cutout else [])
         return "_".join(parts) or "none"

@@ -67,6 +67,14 @@ def _strategy_problem(value):
     return None
 
 
+def _dsa_strategy_problem(value):
+    """Matching and the network update augment with DSA strategies (differentiable, siamese)."""
+    problem = _strategy_problem(value)
+    if problem is None and Strategy.parse(value).imagenet:
+        return "'imagenet' is IDC's evaluation augmentation on ImageNet; matching and network updates take DSA strategies"
+    return problem
+
+
 def _probability_problem(value):
     return None if 0.0 <= value <= 1.0 else "must be in [0, 1]"
 
@@ -155,8 +163,9 @@ class RunConfig(_Group):
                           check=_device_problem)
     real_on_device: str = setting(
         "auto", "auto (default), on or off: where the training images live. on: copied onto the device (or into "
-                "memory); off: left memory-mapped from the image cache of a JPEG set (the CPU only, for now); auto: "
-                "on, unless memory-mapped images exceed a quarter of the machine's memory",
+                "memory); off: left in host memory (memory-mapped from the image cache of a JPEG set), each inner "
+                "iteration's images staged one iteration ahead; auto: on where they fit a quarter of the device's "
+                "memory (the CPU: memory-mapped images up to a quarter of the machine's)",
         flag=MAIN, flag_default=True, choices=("auto", "on", "off"))
     checkpoint_every: int = setting(
         10, "write checkpoint.pt every N outer iterations (default 1 for smoke/quick, 10 for paper; 0 = only when "
@@ -177,7 +186,7 @@ class MatchConfig(_Group):
     batch_syn_max: int = setting(128, at_least=1)
     mom_img: float = setting(0.5, at_least=0)
     metric: str = setting("mse", choices=("l1", "mse"))
-    match_aug: str = setting("color_crop_cutout", check=_strategy_problem)
+    match_aug: str = setting("color_crop_cutout", check=_dsa_strategy_problem)
     # IDC's --decode_type; "" = IDC's rule (build_config): bound at factor >= 3 and IPC >= 20 on ImageNet
     decode_type: str = setting(
         "", "single (each stored image into factor^2 formations; IDC's default), multi (into the formations of "
@@ -218,7 +227,7 @@ class MatchConfig(_Group):
 @dataclass
 class NetConfig(_Group):
     """The matching network and its updates on real data (udd_fast.engine)."""
-    net_aug: str = setting("color_crop", check=_strategy_problem)
+    net_aug: str = setting("color_crop", check=_dsa_strategy_problem)
     net_cutmix: bool = setting(True)
     net_cutmix_p: float = setting(0.5, check=_probability_problem)  # IDC's mix_p: 1.0 on ImageNet
     n_data: int = setting(2000, "real images per network update", flag=PRESET, fixed_on_resume=True,
@@ -417,8 +426,9 @@ def dataset_defaults(dataset: str, ipc: int, factor: int, num_classes: int = 10)
         d.update(eval_aug="color_crop_cutout_scale_rotate", eval_cutmix=False)
     if imagenet_like(dataset):  # reproduce.py's imagenet branch, argument.py's for 100 classes and more
         # IDC's parser default mix_p 1.0 stands on ImageNet (argument.py sets 0.5 for the other datasets)
+        # evaluation: its transform_imagenet chain (RRC, flip, colour jitter, lighting), its --dsa being off there
         d.update(metric="l1", n_data=500, net_arch="resnet_ap10", eval_arch="resnet_ap10", net_cutmix_p=1.0,
-                 eval_cutmix_p=1.0,
+                 eval_cutmix_p=1.0, eval_aug="imagenet",
                  early=10 if num_classes == 10 else 0,
                  decode_type="bound" if factor >= 3 and ipc >= 20 else "single")
         if num_classes >= 100:

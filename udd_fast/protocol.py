@@ -65,8 +65,8 @@ def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = T
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    x = normalize(x.to(data.images.device), data.mean, data.std)
-    y = y.to(data.images.device)
+    x = normalize(x.to(data.device), data.mean, data.std)
+    y = y.to(data.device)
     t0 = time.time()
     last, best = [], []
     for r in range(runs):
@@ -93,5 +93,5 @@ def accuracy_of(result, data, ev: EvalConfig, seed: int = 0, progress: bool = Tr
     """IDC's protocol on a Result's training set (Result.training_set decides the region views:
     with_region_views None takes the run's setting); the results say whether views were used."""
     views = result.uses_region_views(with_region_views)
-    x, y = result.training_set(with_region_views=views, device=data.images.device)
+    x, y = result.training_set(with_region_views=views, device=data.device)
     return {**train_and_test(x, y, data, ev, seed, progress), "region_views": views}

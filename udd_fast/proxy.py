@@ -48,8 +48,8 @@ def new_proxy(info, seed: int):
 def train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, progress=True):
     """Train on the real training set: SGD 0.01/0.9/5e-4, batch 64, lr x0.2 at 2/3 and 5/6 of the
     batches, per-sample evaluation augmentation. `epochs` may be fractional (smoke runs)."""
-    model = new_proxy(data.info, seed).to(data.images.device).train()
-    batches = EpochBatches(data.images.shape[0], 64, seed, "proxy_batches", data.images.device)
+    model = new_proxy(data.info, seed).to(data.device).train()
+    batches = EpochBatches(data.images.shape[0], 64, seed, "proxy_batches", data.device)
     steps = max(1, math.ceil(epochs * batches.per_epoch))
     bar = logs.bar(steps, "proxy", progress, leave=False)
 
@@ -78,7 +78,7 @@ def load_or_train_proxy(data, epochs: float, seed: int, strategy: str, use_cutmi
             model = new_proxy(data.info, seed)
             model.load_state_dict(saved["state_dict"])
             log(f"proxy network loaded from cache {path}")
-            return model.to(data.images.device).eval(), "cached"
+            return model.to(data.device).eval(), "cached"
         except Exception as e:  # corrupt or mismatched: never use it
             warnings.warn(f"proxy cache {path} is unusable ({type(e).__name__}: {e}); retraining", stacklevel=2)
             log(f"warning: proxy cache {path} unusable ({type(e).__name__}); retraining")

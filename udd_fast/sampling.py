@@ -7,6 +7,7 @@ classes are drawn together, with no per-sample Python.
 All-data batches (network updates, evaluation): epoch e is a keyed permutation of the whole set,
 cut into batches of B, the last one smaller; batch number b counts across epochs.
 """
+import copy
 import math
 
 import torch
@@ -47,6 +48,12 @@ class EpochBatches:
         self.base = rng.key(seed, purpose)
         self._epoch, self._perm = None, None
 
+    def to(self, device) -> "EpochBatches":
+        """The same batches, drawn on another device (the staged reads' plan draws them on the host)."""
+        twin = copy.copy(self)
+        twin.device, twin._epoch, twin._perm = device, None, None
+        return twin
+
     def indices(self, b: int) -> torch.Tensor:
         epoch, j = divmod(b, self.per_epoch)
         if epoch != self._epoch:
@@ -73,7 +80,14 @@ class EpochBatches:
 
     def fewest(self, n_images: int) -> int:
         """The fewest batches `run_until` takes for n_images, over every starting position in an epoch."""
-        return min(len(self.run_until(j, n_images)[0]) for j in range(self.per_epoch))
+        return min(self._counts(n_images))
+
+    def most(self, n_images: int) -> int:
+        """The most batches `run_until` takes for n_images, over every starting position in an epoch."""
+        return max(self._counts(n_images))
+
+    def _counts(self, n_images: int):
+        return [len(self.run_until(j, n_images)[0]) for j in range(self.per_epoch)]
 
     def size(self, b: int) -> int:
         """How many images batch b holds (the last of an epoch is smaller), known on the host."""

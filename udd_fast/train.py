@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from . import ops, rng
 from .augment import Strategy, sample_params
+from .augment_imagenet import imagenet_augment
 from .sampling import EpochBatches
 
 CUTMIX_P = 0.5
@@ -80,6 +81,8 @@ def augment_batch(x, strategy: Strategy, key: int, positions=None):
         return x
     if positions is None:
         positions = torch.arange(x.shape[0], device=x.device)
+    if strategy.imagenet:
+        return imagenet_augment(x, rng.subkeys(key, positions))
     return ops.diff_augment(x, augment_params(strategy, key, positions, x.shape[-1]), strategy)
 
 

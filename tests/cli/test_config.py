@@ -58,6 +58,8 @@ def test_imagenet_settings_are_idcs(classes, ipc, factor):
     assert (cfg.net.lr_net, cfg.net.wd_net, cfg.match.batch_real) == ((0.1, 1e-4, 128) if big else (0.01, 5e-4, 64))
     assert (cfg.eval.eval_lr, cfg.eval.eval_wd, cfg.eval.eval_batch) == ((0.1, 1e-4, 128) if big else (0.01, 5e-4, 64))
     assert cfg.net.net_cutmix_p == cfg.eval.eval_cutmix_p == 1.0  # IDC's mix_p default, which ImageNet keeps
+    # argument.py sets --dsa only for the other datasets: ImageNet evaluates with transform_imagenet's chain
+    assert cfg.eval.eval_aug == "imagenet" and cfg.eval.eval_cutmix
     assert build_config("cifar10", 1, "paper", 32, 32).net.net_cutmix_p == 0.5
     # lr_img scales with the side as IDC's tune_lr_img: (size / 224)^2
     assert build_config(name, ipc, "paper", 112, 224, factor=factor, num_classes=classes).match.lr_img == \

@@ -274,9 +274,14 @@ def test_where_the_training_images_live(jpeg_root, cache, monkeypatch):
     assert real_data.placement(np.asarray(ds.train_images).copy(), cpu, "auto") == "on"
     monkeypatch.setattr(real_data, "_host_memory", lambda: 4 * ds.train_images.nbytes - 4)  # a quarter is too little
     assert real_data.placement(ds.train_images, cpu, "auto") == "off"
-    with pytest.raises(DataError, match="memory-mapped on the host for a cuda run: not built yet"):
-        real_data.placement(ds.train_images, cuda, "auto")
-    assert real_data.placement(ds.train_images, cuda, "on") == "on"
+    assert real_data.placement(np.asarray(ds.train_images).copy(), cpu, "auto") == "on"  # in memory already
+    # CUDA: on where a quarter of the card holds them, whether memory-mapped or not
+    for card, where in ((4 * ds.train_images.nbytes, "on"), (4 * ds.train_images.nbytes - 4, "off")):
+        monkeypatch.setattr(real_data, "_device_memory", lambda device, card=card: card)
+        assert real_data.placement(ds.train_images, cuda, "auto") == where
+        assert real_data.placement(np.asarray(ds.train_images).copy(), cuda, "auto") == where
+        assert real_data.placement(ds.train_images, cuda, "on") == "on"
+        assert real_data.placement(ds.train_images, cuda, "off") == "off"
     mapped = RealData(ds, "cpu", "off")
     assert mapped.placement == "off" and np.shares_memory(mapped.images.numpy(), ds.train_images)
     copied = RealData(ds, "cpu", "on")

@@ -17,7 +17,7 @@ LAYERS = [
     ("foundations", ["udd_fast.version", "udd_fast.fields", "udd_fast.logs", "udd_fast.rng", "udd_fast.models",
                      "udd_fast.distributed", "udd_fast.matching", "udd_fast.report"]),
     ("data", ["udd_fast.data"]),
-    ("ops", ["udd_fast.augment", "udd_fast.sampling", "udd_fast.ops"]),
+    ("ops", ["udd_fast.augment", "udd_fast.augment_imagenet", "udd_fast.sampling", "udd_fast.ops"]),
     ("method pieces", ["udd_fast.decode", "udd_fast.region_search", "udd_fast.train", "udd_fast.compat"]),
     ("configuration", ["udd_fast.config"]),
     ("engine", ["udd_fast.engine"]),

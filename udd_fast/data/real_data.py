@@ -1,4 +1,5 @@
 """The training and test split on a torch device, indexed by class for sampling."""
+import contextlib
 import os
 import warnings
 
@@ -20,7 +21,7 @@ def _class_index_table(labels: np.ndarray, num_classes: int) -> tuple[np.ndarray
 
 
 PLACEMENTS = ("auto", "on", "off")
-# auto keeps the training images in memory up to this share of the machine's physical memory (the CPU)
+# auto keeps the training images on the device up to this share of its memory (the CPU: physical memory)
 AUTO_SHARE = 0.25
 
 
@@ -28,21 +29,22 @@ def _host_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _device_memory(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else _host_memory()
+
+
 def placement(arr: np.ndarray, device: torch.device, choice: str) -> str:
     """Where the training images live (--real-on-device): 'on' (copied onto the device, as every set under
-    32 px) or 'off' (left memory-mapped from the image cache; the CPU only for now). auto: on, unless they
-    are memory-mapped and bigger than AUTO_SHARE of the machine's memory. Raises DataError for what this
-    build cannot do yet: memory-mapped images for a CUDA device (their pinned, ahead-of-time copies are not
-    built)."""
+    32 px) or 'off' (left in host memory, memory-mapped from the image cache: the loop stages each inner
+    iteration's images one ahead, data/staged.py). auto: on where they fit AUTO_SHARE of the device's
+    memory; on the CPU, images already in memory stay there (off only saves a copy of a memory map)."""
     if choice not in PLACEMENTS:
         raise DataError(f"--real-on-device must be one of {', '.join(PLACEMENTS)}, not {choice!r}")
-    big = isinstance(arr, np.memmap) and arr.nbytes > AUTO_SHARE * _host_memory()
-    where = "off" if choice == "off" or (choice == "auto" and big) else "on"
-    if where == "off" and device.type != "cpu":
-        raise DataError(f"the training images ({arr.nbytes / 2 ** 30:.1f} GiB) would stay memory-mapped on the host for "
-                        f"a {device.type} run: not built yet (their pinned copies one inner iteration ahead). Use "
-                        f"--real-on-device on where they fit the device, or --device cpu")
-    return where
+    if choice != "auto":
+        return choice
+    if device.type == "cpu" and not isinstance(arr, np.memmap):
+        return "on"
+    return "off" if arr.nbytes > AUTO_SHARE * _device_memory(device) else "on"
 
 
 def _mapped(arr: np.ndarray) -> torch.Tensor:
@@ -61,7 +63,8 @@ def _to_device(arr: np.ndarray, device) -> torch.Tensor:
 
 class RealData:
     """The training/test split on a torch device, indexed by class for sampling. The training images may
-    instead stay memory-mapped (`placement` 'off', the CPU: see `placement`); the test images are copied."""
+    instead stay in host memory (`placement` 'off'): then the loop stages what each inner iteration reads
+    (`staged`), and reads outside it go to host memory directly. The test images are copied."""
 
     def __init__(self, ds: ArrayDataset, device, on_device: str = "auto"):
         self.info = ds.info
@@ -78,10 +81,28 @@ class RealData:
         self.mean = torch.tensor(ds.info.mean, dtype=torch.float32, device=self.device).view(shape)
         self.std = torch.tensor(ds.info.std, dtype=torch.float32, device=self.device).view(shape)
         self.host_counts = counts.tolist()  # host copy: sampling and first_of_class never read the device
+        self.host_index = torch.from_numpy(table), torch.from_numpy(counts)  # ... and plans of staged reads
+        self._staged = None
+
+    @contextlib.contextmanager
+    def staged(self, staging):
+        """Reads of training images inside the block come from `staging` (a StagedImages holding them)."""
+        self._staged = staging
+        try:
+            yield
+        finally:
+            self._staged = None
 
     def to_float(self, idx: torch.Tensor) -> torch.Tensor:
-        """images[idx] as float32 in [0, 1]."""
-        return self.images[idx].to(torch.float32).div_(255.0)
+        """images[idx] as float32 in [0, 1], on the device: from the staged set inside `staged`; images
+        in host memory outside it are gathered there (idx read back) and copied over."""
+        if self._staged is not None:
+            x = self._staged.read(idx)
+        elif self.images.device != self.device:
+            x = self.images[idx.cpu()].to(self.device)
+        else:
+            x = self.images[idx]
+        return x.to(torch.float32).div_(255.0)
 
     def first_of_class(self, c: int, n: int) -> torch.Tensor:
         """The first n training images of class c (dataset order), float32 in [0, 1]."""

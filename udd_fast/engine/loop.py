@@ -22,6 +22,7 @@ from ..decode import RegionViews, mix_init
 from ..distributed import Comm
 from ..logs import quiet
 from ..models import make_model
+from .feed import Feed
 from .matcher import BatchedMatcher, SequentialMatcher
 from .precision import autocast, precision_scope
 from .region_state import RegionState
@@ -127,7 +128,7 @@ class Engine:
         self.cfg, self.data, self.trace = cfg, data, trace
         self.log = log
         self.dtype = DTYPES[cfg.match.dtype]
-        self.device = data.images.device
+        self.device = data.device
         info = data.info
         self.K = info.num_classes
         c0, c1 = self.comm.classes(self.K)
@@ -159,6 +160,7 @@ class Engine:
                                         lambda: snapshot_bytes(self.new_network(0), cfg.match.inner_loop),
                                         self.comm.distributed)
         self.trajectories = None  # the networks trained ahead (n_ahead > 1), made with the first group
+        self.feed = Feed(self) if data.placement == "off" else None  # training images staged from host memory
         self.group = range(0)  # the outer iterations whose networks the trajectories hold
         self.reader = None  # the network matching reads, loaded from the trajectories' snapshots
         self.outer_done = 0
@@ -278,7 +280,14 @@ class Engine:
         """One inner iteration (the matching step, then the network update); returns its summed matching
         loss. On the static path with the batched form: at most two replays (engine/static_inner.py).
         With networks trained ahead: in a group's first outer iteration the group's update is trained
-        (on CUDA, on its own stream), and matching reads this outer iteration's snapshot."""
+        (on CUDA, on its own stream), and matching reads this outer iteration's snapshot. Training images
+        in host memory: read from what the feed staged for it (engine/feed.py)."""
+        if self.feed is None:
+            return self._inner_iteration(net, opt, outer, inner)
+        with self.feed.iteration(outer, inner):
+            return self._inner_iteration(net, opt, outer, inner)
+
+    def _inner_iteration(self, net, opt, outer, inner):
         ahead = self.trajectories
         if ahead is not None and outer == self.group.start:
             ahead.record(inner)

@@ -100,12 +100,18 @@ class Matcher:
             return None
         return rng.permutation(self._keys("subsample", outer, inner), self.n_total)[:, :self.n_syn]
 
+    def real_indices(self, outer, inner, host=False):
+        """[classes, B] dataset indices of the inner iteration's real batches: the own classes' on the
+        device, or (host) every class's on the CPU, the same numbers (the plan of staged reads)."""
+        table, counts = self.data.host_index if host else (self.data.class_indices, self.data.class_counts)
+        idx = class_batch_indices(table, counts, self.cfg.run.seed, outer * self.cfg.match.inner_loop + inner,
+                                  self.cfg.match.batch_real, self.data.host_counts)
+        return idx if host else idx[self.c0:self.c1]
+
     def real_batches(self, outer, inner):
         """[own classes, B, C, H, W] normalized real batches, not yet augmented."""
         b, size, C = self.cfg.match.batch_real, self.syn.size, self.syn.C
-        step = outer * self.cfg.match.inner_loop + inner
-        idx = class_batch_indices(self.data.class_indices, self.data.class_counts, self.cfg.run.seed, step, b,
-                                  self.data.host_counts)[self.c0:self.c1]
+        idx = self.real_indices(outer, inner)
         x = self.data.to_float(idx.reshape(-1)).to(self.dtype)
         return normalize(x, self.mean, self.std).view(idx.shape[0], b, C, size, size)
 

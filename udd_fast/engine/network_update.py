@@ -48,7 +48,7 @@ class PaddedBatches:
     def __init__(self, data, epochs, seed: int, net_cfg, dtype, mean, std):
         self.data, self.epochs, self.cfg, self.dtype, self.mean, self.std = data, epochs, net_cfg, dtype, mean, std
         self.B, self.size = epochs.batch, data.info.size
-        dev = data.images.device
+        dev = data.device
         self.strategy = Strategy.parse(net_cfg.net_aug)
         self.prefix = rng.key_tensor(rng.key(seed, "net_update"), dev)  # key(seed, "net_update", b) = chain(prefix, b)
         self.positions = torch.arange(self.B, device=dev)
@@ -137,9 +137,9 @@ class NetworkUpdate:
         self.cfg, self.data, self.dtype, self.mean, self.std, self.amp, self.comm = \
             cfg, data, dtype, mean, std, amp, comm
         self.batches = EpochBatches(data.images.shape[0], cfg.match.batch_real, cfg.run.seed, "net_batches",
-                                    data.images.device)
+                                    data.device)
         self.strategy = Strategy.parse(cfg.net.net_aug)
-        self.counter = torch.zeros((), dtype=torch.int64, device=data.images.device)
+        self.counter = torch.zeros((), dtype=torch.int64, device=data.device)
         self._net_batch = 0
         self.static = None
         self.static_args = (static, compile_net)

@@ -60,6 +60,7 @@ class Trajectories:
         n = len(nets)
         pad = lambda xs: list(xs) + [xs[-1]] * (self.N - n)  # noqa: E731
         self.steps = [max(c[i] for c in counts) for i in range(self.inner_loop)]
+        self.firsts, self.counts = list(first_batches), [list(c) for c in counts]
         with self._stream(), torch.no_grad():
             fresh = [list(net.parameters()) for net in pad(nets)]
             for i, (p, m) in enumerate(zip(self.params, self.momentum)):
@@ -68,6 +69,12 @@ class Trajectories:
             self.counter.copy_(torch.tensor(pad(first_batches), dtype=torch.int64), non_blocking=True)
         if self.stream is not None:  # the fresh networks' memory is the main stream's: freed after this
             torch.cuda.current_stream().wait_stream(self.stream)
+
+    def batch_numbers(self, inner: int):
+        """The batch numbers the group's networks draw at inner iteration `inner` (on the host): each one's
+        next steps[inner] from where it stands, those a network that is done draws and masks out included."""
+        return [first + sum(c[:inner]) + s for first, c in zip(self.firsts, self.counts)
+                for s in range(self.steps[inner])]
 
     def record(self, inner: int):
         """Keep every network's parameters as they stand (before inner iteration `inner`'s update)."""

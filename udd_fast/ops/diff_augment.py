@@ -114,6 +114,8 @@ def diff_augment(x, params, strategy, index=None, validate=True):
     in range)."""
     if isinstance(strategy, str):
         strategy = Strategy.parse(strategy)
+    if strategy.imagenet:
+        raise ValueError("diff_augment applies DSA strategies; 'imagenet' is augment_imagenet.imagenet_augment")
     name = resolve(x)
     n, _, h, w = x.shape
     if name == "torch" or n == 0:

@@ -55,7 +55,7 @@ def _main_proxy(run: Run):
 def random_selection(data, ipc, seed):
     """IPC random real images per class (keyed): the same stored pixels as a distilled set, factor 1."""
     K = data.info.num_classes
-    keys = rng.subkeys(rng.key(seed, "random_selection"), torch.arange(K, device=data.images.device))
+    keys = rng.subkeys(rng.key(seed, "random_selection"), torch.arange(K, device=data.device))
     perm = rng.permutation(keys, data.class_indices.shape[1], valid=data.class_counts)[:, :ipc]
     idx = torch.gather(data.class_indices, 1, perm).reshape(-1)
     return data.to_float(idx), data.labels[idx]
