@@ -206,3 +206,18 @@ def test_auto_and_the_stated_memory(mnist_data):
     for bad in ("0", "-1", "two", "1.5", "02"):
         with pytest.raises(ValueError, match="trajectory_batch"):
             build_config("mnist", 1, "smoke", 28, 28, trajectory_batch=bad)
+
+
+def test_grouping_is_refused_where_it_cannot_run():
+    """Only ConvNets without --early train ahead: the engine and the command line's checks give one message
+    (the command line's: tests/cli/test_jpeg_runs.py)."""
+    from udd_fast.engine import trajectory_problem
+    for over in (dict(net_arch="resnet_ap10"), dict(early=1)):
+        cfg = build_config("mnist", 1, "smoke", 28, 28, trajectory_batch="2", **over)
+        problem = trajectory_problem(cfg)
+        assert problem.startswith("--trajectory-batch 2 trains ConvNets ahead")
+        with pytest.raises(ValueError, match="trains ConvNets ahead"):
+            trajectory_batch(cfg, torch.device("cpu"), lambda: 0)
+    for n in ("1", "auto"):
+        assert trajectory_problem(build_config("mnist", 1, "smoke", 28, 28, trajectory_batch=n, early=1)) is None
+    assert trajectory_problem(build_config("mnist", 1, "smoke", 28, 28, trajectory_batch="4")) is None

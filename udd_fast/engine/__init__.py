@@ -5,10 +5,12 @@
 - `matcher`: the keyed draws, the one matching-loss recipe, the sequential and the batched form;
 - `network_update`: the network update on real data (plain, or static and optionally compiled);
 - `replay`: the static-buffer step, captured as a CUDA graph where asked;
+- `trajectory`: the networks of several outer iterations trained ahead as one grouped model;
+- `feed`: training images in host memory, each inner iteration's staged one ahead;
 - `precision`: TF32 and bf16 autocast as contexts;
 - `loop`: `Engine`, the loop over them, and its `Report`.
 """
-from .loop import Engine, Report, Stopped, static_path
+from .loop import Engine, Report, Stopped, static_path, trajectory_problem
 from .precision import autocast, precision_scope
 
-__all__ = ["Engine", "Report", "Stopped", "autocast", "precision_scope", "static_path"]
+__all__ = ["Engine", "Report", "Stopped", "autocast", "precision_scope", "static_path", "trajectory_problem"]

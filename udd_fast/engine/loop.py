@@ -65,6 +65,16 @@ TRAJECTORY_AUTO_MAX = 4  # --trajectory-batch auto on CUDA: at most this many ne
 TRAJECTORY_MEMORY = 0.125  # ... whose snapshots take at most this share of the device's memory
 
 
+def trajectory_problem(cfg: Config):
+    """Why this run cannot train its networks ahead as --trajectory-batch asks, or None: only ConvNets are
+    grouped (ConvNet.forward_stacked), and not with --early."""
+    n, arch = cfg.match.trajectory_batch, cfg.net.net_arch or "convnet"
+    if n in ("auto", "1") or (arch == "convnet" and not cfg.net.early):
+        return None
+    return (f"--trajectory-batch {n} trains ConvNets ahead as one grouped model, without --early; this run has "
+            f"--net-arch {arch} and --early {cfg.net.early}: use --trajectory-batch 1 (or auto)")
+
+
 def trajectory_batch(cfg: Config, device: torch.device, snapshot, distributed: bool = False) -> int:
     """How many outer iterations' networks are trained ahead together (--trajectory-batch), the one
     place this is decided; `snapshot()` gives one outer iteration's snapshot bytes (called only where
@@ -74,11 +84,10 @@ def trajectory_batch(cfg: Config, device: torch.device, snapshot, distributed: b
     ConvNets are grouped (ConvNet.forward_stacked), and not with --early (1 then)."""
     grouped_ok = (cfg.net.net_arch or "convnet") == "convnet" and not cfg.net.early
     if cfg.match.trajectory_batch != "auto":
-        n = int(cfg.match.trajectory_batch)
-        if n > 1 and not grouped_ok:
-            raise ValueError(f"--trajectory-batch {n} trains ConvNets ahead as one grouped model, without --early: "
-                             f"this run has --net-arch {cfg.net.net_arch} and --early {cfg.net.early}; use 1 or auto")
-        return n
+        problem = trajectory_problem(cfg)
+        if problem:
+            raise ValueError(problem)
+        return int(cfg.match.trajectory_batch)
     if device.type != "cuda" or distributed or not grouped_ok:
         return 1
     free = torch.cuda.get_device_properties(device).total_memory * TRAJECTORY_MEMORY

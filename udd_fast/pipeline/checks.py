@@ -8,6 +8,7 @@ from ..config import Config, UsageError, build_config
 from ..data import NO_TEST_IMAGES
 from ..decode import factor_problem
 from ..distributed import Comm
+from ..engine import trajectory_problem
 from ..region_search import window_grid
 
 
@@ -107,8 +108,6 @@ def check_geometry(cfg: Config, data):
                        "lower --ipc or --factor")
     batch = cfg.match.batch_real
     _check_class_sizes(data, batch, f"a real batch of {batch} per class", "lower --batch-real")
-    arch = cfg.net.net_arch or "convnet"
-    if cfg.match.trajectory_batch not in ("auto", "1") and (arch != "convnet" or cfg.net.early):
-        raise UsageError(f"--trajectory-batch {cfg.match.trajectory_batch} trains ConvNets ahead as one grouped model, "
-                         f"without --early; this run has --net-arch {arch} and --early {cfg.net.early}: use "
-                         f"--trajectory-batch 1 (or auto)")
+    problem = trajectory_problem(cfg)
+    if problem:
+        raise UsageError(problem)
