@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import foreign
 from .artifacts import ArtifactError, RunDirLock, WriteError, write_json
 from .config import UsageError
 from .data import NO_TEST_IMAGES, ArrayDataset, DataError, DataSource, RealData, load_dataset
@@ -20,31 +21,41 @@ from .result import Result, incomplete_message
 
 def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=None, runs=None, epochs=None,
                        seed=None, with_region_views=None, device="cpu", progress=True, allow_data_mismatch=False,
-                       allow_incomplete=False) -> dict:
+                       allow_incomplete=False, fmt=None, factor=None, experiment=None, zca=None) -> dict:
     """Evaluate a distilled set with IDC's protocol; returns the results (accuracy per run, mean, std,
-    ...; "warnings" lists what was allowed).
+    ...; "warnings" lists what was allowed, "format" and "notes" what was read).
 
-    source: a Result, a run directory holding distilled.pt, or the file itself.
+    source: a Result, a udd_fast run directory holding distilled.pt, the file itself, or another tool's set
+      (udd_fast.foreign: IDC's data.pt, DC/DSA/DM's res_*.pt, MTT's images_best.pt/labels_best.pt, an .npz,
+      an image folder), its format detected or given as `fmt`, with `factor` (IDC), `experiment` (DC) and
+      `zca` (MTT) where the format needs them.
     data: the data to test on (a dataset name, an .npz or folder path, or an ArrayDataset from
-      udd_fast.data.from_arrays); default: the set's own, read from `data_dir` (default: the run's).
-    arch, runs, epochs, seed, with_region_views: default the run's own settings.
+      udd_fast.data.from_arrays); default: the set's own, read from `data_dir` (default: the run's);
+      required for another tool's set, which does not name it.
+    arch, runs, epochs, seed, with_region_views: default the run's own settings (IDC's for the data,
+      paper preset, for another tool's set).
     """
     for name, v in (("runs", runs), ("epochs", epochs)):
         if v is not None and v < 1:
             raise UsageError(f"{name} must be >= 1 (got {v})")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} was asked for, but this torch build sees no CUDA device")
-    warnings = []
-    result = source if isinstance(source, Result) else Result.load(source, allow_incomplete=allow_incomplete)
+    warnings, notes = [], []
+    fmt = "udd_fast" if isinstance(source, Result) else (fmt or foreign.detect(source))
+    if fmt not in foreign.FORMATS:
+        raise UsageError(f"--format {fmt}: one of {', '.join(foreign.FORMATS)}")
+    if fmt == "udd_fast":
+        for flag, value in (("--factor", factor), ("--experiment", experiment), ("--zca", zca)):
+            if value is not None:
+                raise UsageError(f"{flag} is for other tools' sets; {source} is a udd_fast set, which records its own")
+        result = source if isinstance(source, Result) else Result.load(source, allow_incomplete=allow_incomplete)
+        if result.incomplete:  # allowed: said in the result
+            warnings.append(incomplete_message(result.run_dir))
+    elif data is None:
+        raise UsageError(f"{source}: a {fmt} set does not name the data it was distilled on: pass it (--dataset NAME)")
+    else:
+        result = None
     where = f"the Result of {result.info.name}" if isinstance(source, Result) else str(source)
-    if result.incomplete:  # allowed: said in the result
-        warnings.append(incomplete_message(result.run_dir))
-    cfg = result.config
-    runs = cfg.eval.eval_runs if runs is None else runs
-    if runs < 1:
-        raise UsageError(f"the run's config asks for {runs} evaluation runs: pass runs=N (--eval-runs N on the "
-                         f"command line), N >= 1")
-    views = result.uses_region_views(with_region_views)
     if isinstance(data, ArrayDataset):
         ds = data
     else:
@@ -52,25 +63,50 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
         if wanted.kind == "arrays":
             raise UsageError(f"{where} was distilled from images in memory: pass them as data "
                              f"(udd_fast.data.from_arrays(images, labels, test_images, test_labels))")
-        ds = load_dataset(wanted, data_dir if data_dir is not None else result.data_dir, download=download)
+        ds = load_dataset(wanted, data_dir if data_dir is not None or result is None else result.data_dir,
+                          download=download)
     if len(ds.test_labels) == 0:
         raise DataError(NO_TEST_IMAGES.format(name=ds.info.name) + ": there is nothing to evaluate on; pass data "
                         "with a test split")
+    if result is None:
+        result, notes = foreign.read_set(source, ds.info, fmt, factor, experiment, zca)
+    cfg = result.config
+    runs = cfg.eval.eval_runs if runs is None else runs
+    if runs < 1:
+        raise UsageError(f"the run's config asks for {runs} evaluation runs: pass runs=N (--eval-runs N on the "
+                         f"command line), N >= 1")
+    views = result.uses_region_views(with_region_views)
     real = RealData(ds, device)
-    check_same_data(result, real, where, allow_data_mismatch, warnings)
+    if fmt == "udd_fast":
+        check_same_data(result, real, where, allow_data_mismatch, warnings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     ev = dataclasses.replace(cfg.eval, eval_arch=arch or cfg.eval.eval_arch, eval_runs=runs,
                              eval_epochs=cfg.eval.eval_epochs if epochs is None else epochs)
     res = accuracy_of(result, real, ev, cfg.run.seed if seed is None else seed, progress, with_region_views=views)
-    res["warnings"] = warnings
+    res.update(warnings=warnings, format=fmt, notes=notes)
     return res
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="python -m udd_fast.evaluate",
                                 description="Evaluate a saved distilled set with IDC's protocol.")
-    p.add_argument("path", help="a run directory holding distilled.pt, or the file itself")
+    p.add_argument("path", help="a udd_fast run directory or its distilled.pt, or another tool's set: IDC's data.pt, "
+                                "DC/DSA/DM's res_*.pt, MTT's run directory (images_best.pt, labels_best.pt), an .npz "
+                                "(images, labels), an image folder (<class>/<image>)")
+    p.add_argument("--format", default=None, choices=foreign.FORMATS, help="default: detected from the path")
+    p.add_argument("--dataset", default=None,
+                   help="the data to test on: a built-in name, an .npz or a folder (default: a udd_fast run's own; "
+                        "required for other tools' sets)")
+    p.add_argument("--factor", type=int, default=None,
+                   help="IDC's data.pt: its --factor (formations per side of each stored image; not in the file)")
+    p.add_argument("--experiment", type=int, default=None,
+                   help="DC/DSA/DM's res_*.pt: which experiment's set (default the last)")
+    p.add_argument("--zca", default=None, choices=("on", "off"),
+                   help="MTT's set: whether it was distilled with ZCA whitening (not in its files; required)")
+    p.add_argument("--out", default=None,
+                   help="another tool's set: also write eval_<arch>.json into this directory (a udd_fast run "
+                        "writes into its own directory)")
     p.add_argument("--arch", default=None, choices=ARCHS,
                    help="default: the run's own evaluation network (convnet; IDC's resnet_ap10 on ImageNet)")
     p.add_argument("--eval-runs", type=int, default=None, help="default: the run's own setting")
@@ -115,13 +151,30 @@ def check_same_data(result: Result, data, path, allow: bool, warnings: list):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    out = Path(args.path)
-    out_dir = out if out.is_dir() else out.parent
-    lock = RunDirLock(out_dir)  # it writes eval_<arch>.json there: no other process may be writing the run
+    try:
+        fmt = args.format or foreign.detect(args.path)
+        if fmt == "udd_fast":
+            if args.out is not None:
+                raise UsageError("--out is for other tools' sets: a udd_fast run's evaluation goes into its directory")
+            out = Path(args.path)
+            out_dir = out if out.is_dir() else out.parent
+        else:
+            out_dir = None if args.out is None else Path(args.out)
+            if out_dir is not None:
+                try:  # made before any training: a result never waits on a directory it cannot have
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise UsageError(f"--out {out_dir}: cannot be used as a directory ({e.strerror or e})") from None
+    except (ArtifactError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # it writes eval_<arch>.json there: no other process may be writing that directory meanwhile
+    lock = RunDirLock(out_dir) if out_dir is not None and out_dir.is_dir() else None
     try:
         with sigterm_as_interrupt():
-            lock.acquire()
-            return _main(args, out_dir)
+            if lock is not None:
+                lock.acquire()
+            return _main(args, fmt, out_dir)
     except (DataError, ArtifactError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -129,10 +182,11 @@ def main(argv=None):
         print("interrupted: the evaluation stopped; nothing was written", file=sys.stderr)
         return 130
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-def _main(args, out_dir):
+def _main(args, fmt, out_dir):
     try:
         for name in ("eval_runs", "eval_epochs"):
             v = getattr(args, name)
@@ -140,12 +194,13 @@ def _main(args, out_dir):
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device")
-        res = evaluate_distilled(args.path, data_dir=args.data_dir, download=not args.no_download, arch=args.arch,
-                                 runs=args.eval_runs, epochs=args.eval_epochs, seed=args.seed,
+        res = evaluate_distilled(args.path, data=args.dataset, data_dir=args.data_dir, download=not args.no_download,
+                                 arch=args.arch, runs=args.eval_runs, epochs=args.eval_epochs, seed=args.seed,
                                  with_region_views=None if args.eval_region_views is None else
                                  args.eval_region_views == "on",
                                  device=args.device, progress=not args.no_progress,
-                                 allow_data_mismatch=args.allow_data_mismatch, allow_incomplete=args.allow_incomplete)
+                                 allow_data_mismatch=args.allow_data_mismatch, allow_incomplete=args.allow_incomplete,
+                                 fmt=fmt, factor=args.factor, experiment=args.experiment, zca=args.zca)
     except (DataError, ArtifactError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,6 +208,8 @@ def _main(args, out_dir):
     print(json.dumps(res, indent=2))
     print(f"{res['arch']}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
           f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
+    if out_dir is None:
+        return 0
     try:
         write_json(out_dir / f"eval_{res['arch']}.json", res)
     except WriteError as e:

@@ -26,10 +26,11 @@ from .imagenet import load_jpeg_set
 from .registry import CIFAR_LAYOUT, DATASETS, canonical_name, resolve_data_dir
 from .source import DataSource
 from .svhn import load_svhn
-from .user import NO_TEST_IMAGES, from_arrays, load_folder, load_npz
+from .user import NO_TEST_IMAGES, from_arrays, load_folder, load_npz, nchw, read_class_folders
 
 __all__ = ["ArrayDataset", "DATASETS", "DataError", "NO_TEST_IMAGES", "DataSource", "DatasetInfo", "RealData", "canonical_name",
-           "data_facts", "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "resolve_data_dir"]
+           "data_facts", "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "nchw", "read_class_folders",
+           "resolve_data_dir"]
 
 
 def load_dataset(source, data_dir=None, download: bool = True, progress: bool = False) -> ArrayDataset:

@@ -72,16 +72,20 @@ def _user_dataset(source: DataSource, where: str, train: tuple, test: tuple | No
 
 
 def _user_images(arr: np.ndarray, where: str) -> np.ndarray:
-    """uint8 or [0,1]-float images as (N,H,W), (N,H,W,C) or (N,C,H,W) -> uint8 (N,C,H,W).
-
-    A 4-D array is NCHW when axis 1 is 1 or 3 and axes 2, 3 are equal; else NHWC when
-    axis 3 is 1 or 3 and axes 1, 2 are equal (NCHW wins if both fit)."""
+    """uint8 or [0,1]-float images as (N,H,W), (N,H,W,C) or (N,C,H,W) -> uint8 (N,C,H,W) (see nchw)."""
     if arr.dtype.kind == "f":
         if arr.size and not (np.all(np.isfinite(arr)) and arr.min() >= 0.0 and arr.max() <= 1.0):
             raise DataError(f"{where}: float images must lie in [0, 1]")
         arr = np.rint(arr.astype(np.float64) * 255.0).astype(np.uint8)
     elif arr.dtype != np.uint8:
         raise DataError(f"{where}: images must be uint8 or float in [0, 1], found {arr.dtype}")
+    return nchw(arr, where)
+
+
+def nchw(arr: np.ndarray, where: str) -> np.ndarray:
+    """Square images as (N,H,W), (N,H,W,C) or (N,C,H,W) -> (N,C,H,W), C in {1, 3}. A 4-D array is NCHW
+    when axis 1 is 1 or 3 and axes 2, 3 are equal; else NHWC when axis 3 is 1 or 3 and axes 1, 2 are
+    equal (NCHW wins if both fit)."""
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4:
@@ -167,6 +171,15 @@ def _class_dirs(root: Path) -> list[Path]:
 def _image_files(class_dir: Path) -> list[Path]:
     return sorted(p for p in class_dir.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_class_folders(root: Path):
+    """An image folder root/<class>/*.png|jpg|jpeg: (uint8 images (N,C,S,S), labels, the sorted class
+    folder names the labels index)."""
+    classes, files, labels = _scan_tree(root, None)
+    if not files:
+        raise DataError(f"{root}: no .png/.jpg/.jpeg images in its class folders")
+    return _read_image_files(files), labels, classes
 
 
 def _scan_tree(root: Path, classes: list[str] | None):
