@@ -397,6 +397,12 @@ def idc_lr_img(dataset: str, ipc: int, size: int, size_base: int, num_classes: i
     return base * (ipc / 10) * (size / size_base) ** 2
 
 
+def arch_eval_epochs(arch: str, epochs: int, ipc: int, factor: int) -> int:
+    """IDC's test.py per architecture: DenseNet trains 400 epochs on a set of IPC 50 and more stored at factor > 1
+    (its other networks, and DenseNet otherwise, the run's epochs)."""
+    return 400 if arch == "densenet" and ipc >= 50 and factor > 1 else epochs
+
+
 def ipc_epoch(ipc: int, factor: int, num_classes: int = 10, bound: int = -1) -> int:
     """IDC's evaluation epochs on ImageNet (argument.py ipc_epoch): by the decoded images per class."""
     n = ipc * max(factor, 1) ** 2

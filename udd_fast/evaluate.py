@@ -11,7 +11,7 @@ import torch
 
 from . import foreign
 from .artifacts import ArtifactError, RunDirLock, WriteError, write_json
-from .config import UsageError
+from .config import UsageError, arch_eval_epochs
 from .data import NO_TEST_IMAGES, ArrayDataset, DataError, DataSource, RealData, load_dataset
 from .logs import sigterm_as_interrupt
 from .models import ARCHS
@@ -81,11 +81,26 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
         check_same_data(result, real, where, allow_data_mismatch, warnings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    ev = dataclasses.replace(cfg.eval, eval_arch=arch or cfg.eval.eval_arch, eval_runs=runs,
-                             eval_epochs=cfg.eval.eval_epochs if epochs is None else epochs)
+    arch = arch or cfg.eval.eval_arch
+    if arch not in ARCHS:
+        raise UsageError(f"--arch {arch}: one of {', '.join(ARCHS)}")
+    if epochs is None:  # the run's, or IDC's rule for this network
+        epochs = arch_eval_epochs(arch, cfg.eval.eval_epochs, cfg.run.ipc, result.factor)
+    ev = dataclasses.replace(cfg.eval, eval_arch=arch, eval_runs=runs, eval_epochs=epochs)
     res = accuracy_of(result, real, ev, cfg.run.seed if seed is None else seed, progress, with_region_views=views)
     res.update(warnings=warnings, format=fmt, notes=notes)
     return res
+
+
+def _arch_list(text):
+    """--arch a,b,c: the networks to evaluate with, one after the other, each with IDC's protocol for it."""
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    bad = [a for a in archs if a not in ARCHS]
+    if not archs or bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(bad) or repr(text)}: choose from {', '.join(ARCHS)}")
+    if len(set(archs)) != len(archs):
+        raise argparse.ArgumentTypeError(f"{text}: an architecture named twice")
+    return archs
 
 
 def _parser():
@@ -107,8 +122,10 @@ def _parser():
     p.add_argument("--out", default=None,
                    help="another tool's set: also write eval_<arch>.json into this directory (a udd_fast run "
                         "writes into its own directory)")
-    p.add_argument("--arch", default=None, choices=ARCHS,
-                   help="default: the run's own evaluation network (convnet; IDC's resnet_ap10 on ImageNet)")
+    p.add_argument("--arch", "--eval-arch", default=None, type=_arch_list, metavar="ARCH[,ARCH...]",
+                   help="the networks to evaluate with, comma-separated, each with IDC's protocol for it (DenseNet: "
+                        "400 epochs at IPC >= 50 and factor > 1, as IDC's test.py); default: the run's own evaluation "
+                        "network (convnet; IDC's resnet_ap10 on ImageNet)")
     p.add_argument("--eval-runs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--eval-epochs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -187,6 +204,8 @@ def main(argv=None):
 
 
 def _main(args, fmt, out_dir):
+    """Each --arch in turn (the run's own network when none is given); each one's result printed and written
+    as it ends, so that an interrupted call keeps the ones done."""
     try:
         for name in ("eval_runs", "eval_epochs"):
             v = getattr(args, name)
@@ -194,27 +213,36 @@ def _main(args, fmt, out_dir):
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {v})")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise UsageError("--device cuda was asked for, but this torch build sees no CUDA device")
-        res = evaluate_distilled(args.path, data=args.dataset, data_dir=args.data_dir, download=not args.no_download,
-                                 arch=args.arch, runs=args.eval_runs, epochs=args.eval_epochs, seed=args.seed,
-                                 with_region_views=None if args.eval_region_views is None else
-                                 args.eval_region_views == "on",
-                                 device=args.device, progress=not args.no_progress,
-                                 allow_data_mismatch=args.allow_data_mismatch, allow_incomplete=args.allow_incomplete,
-                                 fmt=fmt, factor=args.factor, experiment=args.experiment, zca=args.zca)
-    except (DataError, ArtifactError, UsageError, ValueError) as e:
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res["path"] = str(args.path)
-    print(json.dumps(res, indent=2))
-    print(f"{res['arch']}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
-          f"(best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
-    if out_dir is None:
-        return 0
-    try:
-        write_json(out_dir / f"eval_{res['arch']}.json", res)
-    except WriteError as e:
-        print(f"error: {e}; the result is printed above", file=sys.stderr)
-        return 2
+    results = []
+    for arch in args.arch or [None]:
+        try:
+            res = evaluate_distilled(args.path, data=args.dataset, data_dir=args.data_dir,
+                                     download=not args.no_download, arch=arch, runs=args.eval_runs,
+                                     epochs=args.eval_epochs, seed=args.seed,
+                                     with_region_views=None if args.eval_region_views is None else
+                                     args.eval_region_views == "on",
+                                     device=args.device, progress=not args.no_progress,
+                                     allow_data_mismatch=args.allow_data_mismatch,
+                                     allow_incomplete=args.allow_incomplete,
+                                     fmt=fmt, factor=args.factor, experiment=args.experiment, zca=args.zca)
+        except (DataError, ArtifactError, UsageError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        res["path"] = str(args.path)
+        results.append(res)
+        print(f"{res['arch']}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
+              f"of {res['epochs']} epochs (best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
+        if out_dir is not None:
+            try:
+                write_json(out_dir / f"eval_{res['arch']}.json", res)
+            except WriteError as e:
+                print(json.dumps(res, indent=2))
+                print(f"error: {e}; the result is printed above", file=sys.stderr)
+                return 2
+    print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
     return 0
 
 

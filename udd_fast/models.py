@@ -6,6 +6,7 @@
 - `ResNetAP`: IDC's ResNetAP in its ImageNet setting (models/resnet_ap.py, dataset 'imagenet'): widths
   64/128/256/512, downsampling by average pooling, instance norm (the network IDC condenses and
   evaluates ImageNet subsets with, depth 10) or batch norm.
+- `DenseNet`: IDC's DenseNet for CIFAR (DenseNet-121's blocks, growth rate 12; an evaluation network).
 - `ResNet18`: IDC's ResNet in its ImageNet setting (models/resnet.py, dataset 'imagenet', depth 18):
   strided convolutions and max pooling, batch norm (an evaluation network).
 
@@ -21,16 +22,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def _norm(planes, norm):
+    if norm == "batch":
+        return nn.BatchNorm2d(planes)
+    if norm == "instance":
+        return nn.GroupNorm(planes, planes)
+    raise ValueError(f"unknown norm {norm!r} (batch or instance)")
+
+
 class ConvNet(nn.Module):
-    """[conv3x3(width) -> GroupNorm(width, width) -> ReLU -> AvgPool2] x depth -> Linear.
+    """[conv3x3(width) -> norm -> ReLU -> AvgPool2] x depth -> Linear; the norm IDC's 'instance' (GroupNorm(width,
+    width), what matching uses) or 'batch' (BatchNorm2d: ConvNet-BN, an evaluation network).
 
     As IDC: a 1-channel input gets padding 3 in the first conv (so 28 px behaves as 32 px and
-    the final map is 4 x 4). PyTorch default initialization.
+    the final map is 4 x 4). PyTorch default initialization. The grouped forms (features_grouped,
+    forward_stacked) are instance norm's.
     """
 
-    def __init__(self, num_classes, channels=3, size=32, width=128, depth=3):
+    def __init__(self, num_classes, channels=3, size=32, width=128, depth=3, norm="instance"):
         super().__init__()
-        self.depth = depth
+        self.depth, self.norm = depth, norm
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         side = size
@@ -38,7 +49,7 @@ class ConvNet(nn.Module):
         for d in range(depth):
             pad = 3 if channels == 1 and d == 0 else 1
             self.convs.append(nn.Conv2d(cin, width, kernel_size=3, padding=pad))
-            self.norms.append(nn.GroupNorm(width, width, affine=True))
+            self.norms.append(_norm(width, norm))
             side = (side + 2 * pad - 2) // 2
             cin = width
         self.feature_shape = (width, side, side)
@@ -83,6 +94,8 @@ class ConvNet(nn.Module):
     def _features_per_group(self, x, weights, biases, norm_w, norm_b):
         """Features [K, n, D]: group k's inputs through conv weights weights[d][k] (biases and norm
         parameters flat, [K * width]), as one grouped convolution per layer."""
+        if self.norm != "instance":
+            raise ValueError("the grouped forms of ConvNet are instance norm's (batch norm mixes the groups' statistics)")
         k, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, k * x.shape[2], *x.shape[3:])
         for conv, norm, w, b, nw, nb in zip(self.convs, self.norms, weights, biases, norm_w, norm_b):
@@ -106,14 +119,6 @@ def idc_init(model):
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-def _norm(planes, norm):
-    if norm == "batch":
-        return nn.BatchNorm2d(planes)
-    if norm == "instance":
-        return nn.GroupNorm(planes, planes)
-    raise ValueError(f"unknown norm {norm!r} (batch or instance)")
 
 
 class BasicBlock(nn.Module):
@@ -388,6 +393,67 @@ class ResNet18(_ImageNetResNet):
         super().__init__(num_classes, channels, size, 18, 64, norm, avg_pool=False)
 
 
+class _DenseLayer(nn.Module):
+    """DenseNet-BC's bottleneck: BN-ReLU-conv1x1(4 x growth), BN-ReLU-conv3x3(growth), its output put before
+    its input (the channel order of IDC's densenet_cifar)."""
+
+    def __init__(self, cin, growth):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, 4 * growth, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4 * growth)
+        self.conv2 = nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        new = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        return torch.cat([new, x], 1)
+
+
+class _Transition(nn.Module):
+    """BN-ReLU-conv1x1 to `cout` channels, then 2 x 2 average pooling."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(cin)
+        self.conv = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x):
+        return F.avg_pool2d(self.conv(F.relu(self.bn(x))), 2)
+
+
+class DenseNet(nn.Module):
+    """IDC's DenseNet for CIFAR (`densenet` in its test.py): DenseNet-121's blocks (6, 12, 24, 16 bottleneck
+    layers) with growth rate 12, compression 0.5, a 3x3 stem of 2 x growth channels, batch norm; the final
+    map averaged (4 x 4 at 32 px, IDC's pool; any side here), linear head. PyTorch's default init."""
+
+    def __init__(self, num_classes, channels=3, blocks=(6, 12, 24, 16), growth=12, reduction=0.5):
+        super().__init__()
+        width = 2 * growth
+        self.conv1 = nn.Conv2d(channels, width, 3, padding=1, bias=False)
+        stages = []
+        for i, n in enumerate(blocks):
+            layers = []
+            for _ in range(n):
+                layers.append(_DenseLayer(width, growth))
+                width += growth
+            stages.append(nn.Sequential(*layers))
+            if i < len(blocks) - 1:
+                out = int(math.floor(width * reduction))
+                stages.append(_Transition(width, out))
+                width = out
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(width)
+        self.num_features = width
+        self.classifier = nn.Linear(width, num_classes)
+
+    def features(self, x):
+        h = F.relu(self.bn(self.stages(self.conv1(x))))
+        return F.avg_pool2d(h, h.shape[-1]).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
 def convnet_depth(size):
     """ConvNet depth by resolution, as DC/DM/MTT use it: 3 up to 32 px (MNIST's 28 px included, with
     IDC's padding-3 first conv for one channel), 4 up to 64 (Tiny ImageNet), 5 up to 128 (ImageNet
@@ -401,7 +467,8 @@ def convnet_depth(size):
     return 6
 
 
-ARCHS = ("convnet", "resnet10_bn", "resnet10_in", "resnet_ap10", "resnet_ap10_bn", "resnet18_bn")
+ARCHS = ("convnet", "convnet_bn", "resnet10_bn", "resnet10_in", "resnet_ap10", "resnet_ap10_bn", "resnet18_bn",
+         "densenet")
 
 
 def make_model(arch, num_classes, channels, size, width=128):
@@ -409,9 +476,13 @@ def make_model(arch, num_classes, channels, size, width=128):
     ConvNet's; the ResNets have IDC's fixed widths.
 
     convnet: ConvNet of depth convnet_depth(size); resnet10_bn / resnet10_in: the CIFAR-style ResNet10;
-    resnet_ap10 / resnet_ap10_bn: ResNetAP-10 with instance / batch norm; resnet18_bn: ResNet18."""
-    if arch == "convnet":
-        return ConvNet(num_classes, channels, size, width=width, depth=convnet_depth(size))
+    resnet_ap10 / resnet_ap10_bn: ResNetAP-10 with instance / batch norm; resnet18_bn: ResNet18; convnet_bn:
+    the ConvNet with batch norm; densenet: IDC's DenseNet for CIFAR."""
+    if arch in ("convnet", "convnet_bn"):
+        return ConvNet(num_classes, channels, size, width=width, depth=convnet_depth(size),
+                       norm="batch" if arch == "convnet_bn" else "instance")
+    if arch == "densenet":
+        return DenseNet(num_classes, channels)
     if arch == "resnet10_bn":
         return ResNet10(num_classes, channels, size, norm="batch")
     if arch == "resnet10_in":

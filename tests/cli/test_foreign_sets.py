@@ -163,3 +163,30 @@ def test_evaluate_command_on_other_tools_sets(mnist_set, mnist_arrays, real_data
     assert 10.0 < res["accuracy_mean"] <= 100.0  # 20 real digits, 2 epochs: above chance
     assert json.loads((out / "eval_convnet.json").read_text())["accuracy_runs"] == res["accuracy_runs"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.pt", "evals"]  # nothing written beside the set
+
+
+def test_architecture_lists_and_idcs_epochs_per_network(capsys):
+    from udd_fast.config import arch_eval_epochs
+    assert arch_eval_epochs("densenet", 1000, 50, 2) == 400  # IDC's test.py
+    assert arch_eval_epochs("densenet", 1000, 50, 1) == arch_eval_epochs("densenet", 1000, 10, 2) == 1000
+    assert arch_eval_epochs("resnet10_bn", 1000, 50, 2) == 1000
+    for bad, says in (("convnet,vgg11", "vgg11: choose from"), ("convnet,convnet", "an architecture named twice"),
+                      (",", "choose from")):
+        with pytest.raises(SystemExit) as e:
+            evaluate_main(["somewhere", "--eval-arch", bad])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_several_architectures_in_one_call(mnist_set, mnist_arrays, real_data_dir, tmp_path, capsys):
+    x, y = mnist_set
+    np.savez(tmp_path / "set.npz", images=(x * 255).round().byte().numpy(), labels=y.numpy())
+    out = tmp_path / "evals"
+    assert evaluate_main([str(tmp_path / "set.npz"), "--dataset", "mnist", "--eval-arch", "convnet,convnet_bn",
+                          "--out", str(out), "--data-dir", str(real_data_dir), *QUICK]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out[captured.out.index("["):captured.out.rindex("]") + 1])
+    assert [r["arch"] for r in printed] == ["convnet", "convnet_bn"] and all(r["format"] == "npz" for r in printed)
+    for r in printed:
+        assert json.loads((out / f"eval_{r['arch']}.json").read_text())["accuracy_runs"] == r["accuracy_runs"]
+        assert f"{r['arch']}: {r['accuracy_mean']:.2f} +- " in captured.err

@@ -622,7 +622,8 @@ def test_make_model_convnet_depth_by_size(channels, size, depth, side):
 
 
 def test_make_model():
-    assert set(ARCHS) == {"convnet", "resnet10_bn", "resnet10_in", "resnet_ap10", "resnet_ap10_bn", "resnet18_bn"}
+    assert set(ARCHS) == {"convnet", "convnet_bn", "resnet10_bn", "resnet10_in", "resnet_ap10", "resnet_ap10_bn",
+                          "resnet18_bn", "densenet"}
     m = make_model("convnet", 10, 1, 28)
     assert isinstance(m, ConvNet) and m.num_features == 2048 and m.convs[0].padding == (3, 3)
     m = make_model("convnet", 100, 3, 32, width=64)
@@ -644,3 +645,90 @@ def test_make_model():
             make_model(bad, 10, 3, 32)
     with pytest.raises(ValueError):
         ResNet10(10, 3, 32, norm="layer")
+
+
+# ----------------------------------------------------------------------------
+# ConvNet-BN and IDC's DenseNet for CIFAR (evaluation networks)
+# ----------------------------------------------------------------------------
+
+def densenet_param_count(channels, num_classes, blocks=(6, 12, 24, 16), growth=12):
+    """By hand: a bottleneck layer on c channels has BN(c) 2c, conv1x1 c*4g, BN(4g) 8g, conv3x3 4g*g*9; a
+    transition from c to floor(c/2) has BN(c) 2c and conv c*floor(c/2); the head BN(c) 2c and linear (c+1)*K."""
+    c = 2 * growth
+    total = channels * c * 9
+    for i, n in enumerate(blocks):
+        for _ in range(n):
+            total += 2 * c + c * 4 * growth + 8 * growth + 4 * growth * growth * 9
+            c += growth
+        if i < len(blocks) - 1:
+            total += 2 * c + c * (c // 2)
+            c //= 2
+    return total + 2 * c + (c + 1) * num_classes, c
+
+
+def test_densenet_structure():
+    m = make_model("densenet", 10, 3, 32)
+    count, width = densenet_param_count(3, 10)
+    assert width == 384 and m.num_features == 384  # 24 + 6*12 = 96 -> 48, + 12*12 = 192 -> 96, + 24*12 = 384 -> 192, + 16*12
+    assert sum(p.numel() for p in m.parameters()) == count == 1_000_618
+    assert [len(s) for s in m.stages if isinstance(s, nn.Sequential)] == [6, 12, 24, 16]
+    x = torch.randn(2, 3, 32, 32, generator=_gen(60))
+    h = m.stages(m.conv1(x))
+    assert h.shape == (2, 384, 4, 4)  # three transitions halve 32 px to 4
+    torch.testing.assert_close(m(x), m.classifier(F.relu(m.bn(h)).mean((2, 3))), rtol=1e-5, atol=1e-6)
+    assert make_model("densenet", 100, 1, 28)(torch.randn(2, 1, 28, 28)).shape == (2, 100)
+
+
+def test_convnet_bn():
+    m = make_model("convnet_bn", 10, 3, 32)
+    assert all(isinstance(n, nn.BatchNorm2d) for n in m.norms) and m.num_features == 2048
+    ref = make_model("convnet", 10, 3, 32)
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in ref.parameters())
+    x = torch.randn(4, 3, 32, 32, generator=_gen(61))
+    m.load_state_dict({k: v for k, v in ref.state_dict().items()}, strict=False)
+    m.eval()  # running statistics 0 and 1: the norm is its affine map
+    h = x
+    for conv, norm in zip(ref.convs, ref.norms):
+        h = F.avg_pool2d(F.relu((conv(h) - 0) / (1 + 1e-5) ** 0.5 * norm.weight.view(1, -1, 1, 1)
+                                + norm.bias.view(1, -1, 1, 1)), 2)
+    torch.testing.assert_close(m(x), ref.classifier(h.flatten(1)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="instance norm's"):
+        m.features_grouped(x.view(2, 2, 3, 32, 32), [c.weight.unsqueeze(0).repeat(2, 1, 1, 1, 1) for c in m.convs])
+
+
+@pytest.fixture(scope="module")
+def idc_cifar_models(idc_src):
+    """IDC's models/densenet_cifar.py and models/convnet.py, executed as they are (torch and math only)."""
+    root = Path(idc_src)
+    mods = {}
+    for rel in ("models/densenet_cifar.py", "models/convnet.py"):
+        mod = types.ModuleType("idc_" + rel.replace("/", "_")[:-3])
+        exec(compile(idc_source(root, rel), f"{root}/{rel}", "exec"), mod.__dict__)
+        mods[rel] = mod
+    return types.SimpleNamespace(DN=mods["models/densenet_cifar.py"], CN=mods["models/convnet.py"])
+
+
+@pytest.mark.idc
+def test_densenet_and_convnet_bn_equal_idc(idc_cifar_models):
+    """Under the same seed: every parameter IDC's densenet_cifar / ConvNet(net_norm='batch') draws, and the same
+    output in training and evaluation mode (float64)."""
+    x = torch.randn(3, 3, 32, 32, generator=_gen(62), dtype=torch.float64)
+    torch.manual_seed(43)
+    theirs = idc_cifar_models.DN.densenet_cifar(10)
+    torch.manual_seed(43)
+    ours = make_model("densenet", 10, 3, 32)
+    a, b = list(theirs.parameters()), list(ours.parameters())
+    assert [p.shape for p in a] == [p.shape for p in b] and all(torch.equal(p, q) for p, q in zip(a, b))
+    torch.manual_seed(44)
+    theirs_cn = idc_cifar_models.CN.ConvNet(10, net_norm="batch", channel=3)
+    torch.manual_seed(44)
+    ours_cn = make_model("convnet_bn", 10, 3, 32)
+    a, b = list(theirs_cn.parameters()), list(ours_cn.parameters())
+    assert [p.shape for p in a] == [p.shape for p in b] and all(torch.equal(p, q) for p, q in zip(a, b))
+    for (t, o) in ((theirs, ours), (theirs_cn, ours_cn)):
+        t.double(), o.double()
+        o.load_state_dict(dict(zip(o.state_dict().keys(), t.state_dict().values())))
+        for training in (True, False):
+            t.train(training)
+            o.train(training)
+            torch.testing.assert_close(o(x), t(x), rtol=0, atol=1e-10)
