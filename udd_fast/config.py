@@ -67,6 +67,21 @@ def _strategy_problem(value):
     return None
 
 
+def eval_archs(value: str) -> list:
+    """The networks of an eval_arch setting ("convnet,resnet10_bn,densenet"), in order."""
+    return [a.strip() for a in str(value).split(",") if a.strip()]
+
+
+def _archs_problem(value):
+    archs = eval_archs(value)
+    bad = [a for a in archs if a not in ARCHS]
+    if not archs or bad:
+        return f"must be one of {', '.join(ARCHS)} (or several, comma-separated), not {', '.join(bad) or repr(value)}"
+    if len(set(archs)) != len(archs):
+        return "names a network twice"
+    return None
+
+
 def _dsa_strategy_problem(value):
     """Matching and the network update augment with DSA strategies (differentiable, siamese)."""
     problem = _strategy_problem(value)
@@ -272,7 +287,9 @@ class EvalConfig(_Group):
     """IDC's evaluation protocol (udd_fast.evaluate)."""
     eval_runs: int = setting(5, "0 skips evaluation", flag=PRESET, at_least=0)
     eval_epochs: int = setting(1000, flag=PRESET, at_least=1)
-    eval_arch: str = setting("convnet", flag=PRESET, choices=ARCHS)
+    eval_arch: str = setting("convnet", "the evaluation networks, comma-separated (the first is the run's accuracy; "
+                                        f"each with IDC's protocol for it): {', '.join(ARCHS)}", flag=PRESET,
+                             metavar="ARCH[,ARCH...]", check=lambda v: _archs_problem(v))
     eval_batch: int = setting(64, at_least=1)
     eval_lr: float = setting(0.01, above=0)  # IDC's --lr and --weight-decay (0.1 and 1e-4 for 100 ImageNet classes)
     eval_wd: float = setting(5e-4, at_least=0)

@@ -11,7 +11,7 @@ import torch
 
 from . import foreign
 from .artifacts import ArtifactError, RunDirLock, WriteError, write_json
-from .config import UsageError, arch_eval_epochs
+from .config import UsageError, arch_eval_epochs, eval_archs
 from .data import NO_TEST_IMAGES, ArrayDataset, DataError, DataSource, RealData, load_dataset
 from .logs import sigterm_as_interrupt
 from .models import ARCHS
@@ -81,7 +81,7 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
         check_same_data(result, real, where, allow_data_mismatch, warnings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    arch = arch or cfg.eval.eval_arch
+    arch = arch or eval_archs(cfg.eval.eval_arch)[0]
     if arch not in ARCHS:
         raise UsageError(f"--arch {arch}: one of {', '.join(ARCHS)}")
     if epochs is None:  # the run's, or IDC's rule for this network

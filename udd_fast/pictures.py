@@ -107,10 +107,12 @@ def grid_png(images, labels, factor, class_names, title="", region_views=None) -
     return buf.getvalue()
 
 
-def curves_png(history: dict, title: str = "") -> bytes:
+def curves_png(history: dict, title: str = "", architectures: dict = None) -> bytes:
     """The PNG bytes of curves.png: the matching loss per outer iteration, mUE over the run (UDD) and
     the test accuracy of short evaluations during distillation (--eval-every), each a panel when its
-    series is there. history: {"loss": [[outer, value], ...], "mue": [...], "accuracy": [...]}."""
+    series is there; with `architectures` ({network: {"accuracy_mean", "accuracy_std", ...}}, several), a last
+    panel of the final accuracy per evaluation network, mean with its std as an error bar.
+    history: {"loss": [[outer, value], ...], "mue": [...], "accuracy": [...]}."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen needed
@@ -121,7 +123,18 @@ def curves_png(history: dict, title: str = "") -> bytes:
                                                ("mue", "mUE (mean usage entropy of the formations)"),
                                                ("accuracy", "test accuracy % (short evaluation)"))
               if history.get(key)]
-    fig, axes = plt.subplots(len(panels) or 1, 1, figsize=(7, 2.6 * max(1, len(panels))), squeeze=False)
+    archs = architectures if architectures and len(architectures) > 1 else None
+    rows = max(1, len(panels)) + (archs is not None)
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 2.6 * rows), squeeze=False)
+    if archs is not None:
+        ax = axes[-1, 0]
+        names = list(archs)
+        ax.bar(names, [archs[a]["accuracy_mean"] for a in names], yerr=[archs[a].get("accuracy_std") or 0.0
+                                                                         for a in names], capsize=4, color="#4c72b0")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title("final accuracy per evaluation network (mean, std as error bar)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        axes = axes[:-1]
     for ax, (key, label) in zip(axes[:, 0], panels):
         xs, ys = zip(*history[key])
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
@@ -132,7 +145,7 @@ def curves_png(history: dict, title: str = "") -> bytes:
         ax.ticklabel_format(axis="y", useOffset=False)  # mUE moves in the 5th digit: show the values
     if not panels:
         axes[0, 0].text(0.5, 0.5, "no outer iterations ran", ha="center", va="center")
-    axes[-1, 0].set_xlabel("outer iteration")
+    axes[-1, 0].set_xlabel("outer iteration")  # (the last panel of the run's curves)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

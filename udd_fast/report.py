@@ -41,6 +41,12 @@ def _accuracy(summary) -> str:
            f'best of the validations: {_num(summary.get("best_mean"))} %</p>']
     rows = [(i + 1, _num(a), _num(best[i]) if i < len(best) else "-") for i, a in enumerate(runs)]
     out.append(_table(["run", "last epoch %", "best validation %"], rows))
+    archs = summary.get("architectures") or {}
+    if len(archs) > 1:
+        out.append("<p>Per evaluation network, each with IDC's protocol for it (<code>--eval-arch</code>):</p>")
+        out.append(_table(["network", "mean %", "std %", "runs", "epochs"],
+                          [(a, _num(r["accuracy_mean"]), _num(r.get("accuracy_std") or 0.0), len(r["accuracy_runs"]),
+                            r.get("epochs", "-")) for a, r in archs.items()]))
     other = summary.get("without_region_views") or summary.get("with_region_views")
     if other:
         which = "without" if "without_region_views" in summary else "with"

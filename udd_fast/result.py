@@ -156,7 +156,7 @@ def write_run(out: Path, r: Result, parts=RUN_PARTS):
         write_bytes(out / "grid.png", grid_png(r.images, r.labels, r.factor, r.class_names,
                                                region_views=r.region_views))
     if "outcome" in parts:
-        curves = curves_png(r.history, _title(r))
+        curves = curves_png(r.history, _title(r), r.summary.get("architectures"))
         write_bytes(out / "curves.png", curves)
         grid = (out / "grid.png").read_bytes()
         write_text(out / "report.html", report_html(r.summary, r.config.to_dict(),

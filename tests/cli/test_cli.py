@@ -232,3 +232,28 @@ def test_evaluate_refuses_a_corrupt_set(tmp_path, capsys, real_data_dir):
     assert "not a readable distilled set" in capsys.readouterr().err
     assert evaluate_main([str(tmp_path / "nothing"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_several_evaluation_networks_in_a_run(tmp_path, real_data_dir):
+    """--eval-arch convnet,convnet_bn: the summary's accuracy is the first network's, `architectures` gives
+    each one's mean +- std, the report page a row per network and curves.png a panel more."""
+    rc, out = _distill(tmp_path, real_data_dir, "--dataset", "mnist", "--ipc", "1", "--iterations", "1",
+                       "--eval-arch", "convnet,convnet_bn")
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    archs = summary["architectures"]
+    assert list(archs) == ["convnet", "convnet_bn"] and summary["eval"]["arch"] == "convnet"
+    assert archs["convnet"]["accuracy_runs"] == summary["accuracy_runs"]
+    for r in archs.values():
+        assert len(r["accuracy_runs"]) == 2 and r["accuracy_mean"] == pytest.approx(np.mean(r["accuracy_runs"]))
+    assert archs["convnet_bn"]["accuracy_runs"] != archs["convnet"]["accuracy_runs"]
+    html = (out / "report.html").read_text()
+    assert "<td>convnet_bn</td>" in html and "Per evaluation network" in html
+    one = tmp_path / "one"
+    assert distill_main(["--preset", "smoke", "--data-dir", str(real_data_dir), "--out", str(one), "--no-progress",
+                         "--no-download", "--dataset", "mnist", "--ipc", "1", "--iterations", "1"]) == 0
+    assert list(json.loads((one / "summary.json").read_text())["architectures"]) == ["convnet"]
+    assert Image.open(out / "curves.png").size[1] > Image.open(one / "curves.png").size[1]  # the extra panel
+    rc, bad = _distill(tmp_path, real_data_dir, "--dataset", "mnist", "--eval-arch", "convnet,vgg", name="bad")
+    assert rc == 2 and not bad.exists()

@@ -9,6 +9,7 @@ import torch
 
 from .. import distributed, logs, rng
 from ..checkpoint import CheckpointError, save_checkpoint
+from ..config import eval_archs
 from ..distributed import RankFailure
 from ..engine import Engine
 from ..protocol import accuracy_of, test_count
@@ -187,7 +188,8 @@ class LoopDriver:
 def short_evaluation(run: Run, report) -> float:
     """--eval-every: the set as it stands, trained on once for a fifth of the evaluation epochs (the same
     network initialization and batches each time, so the points compare); the test accuracy in %."""
-    ev = dataclasses.replace(run.cfg.eval, eval_runs=1, eval_epochs=max(1, run.cfg.eval.eval_epochs // 5))
+    ev = dataclasses.replace(run.cfg.eval, eval_runs=1, eval_epochs=max(1, run.cfg.eval.eval_epochs // 5),
+                             eval_arch=eval_archs(run.cfg.eval.eval_arch)[0])
     result = Result(report.images, report.labels, run.cfg.match.factor, report.region_views, run.data.info, run.cfg)
     res = accuracy_of(result, run.data, ev, run.cfg.run.seed, progress=False)
     run.log(f"outer {report.outer_done}: short evaluation ({ev.eval_arch}, {ev.eval_epochs} epochs, 1 run) "

@@ -1,9 +1,11 @@
 """The end of a run: the Result made from the loop's outcome, its evaluation (with and without UDD's
 region views) and summary.json's fields."""
+import dataclasses
 import datetime
 
 import torch
 
+from ..config import arch_eval_epochs, eval_archs
 from ..protocol import accuracy_of
 from ..result import Result
 from ..version import __version__
@@ -20,29 +22,44 @@ def to_result(run: Run, outcome: LoopOutcome) -> Result:
 
 
 def accuracy_fields(run: Run, result: Result) -> dict:
-    """The summary's evaluation fields ({} with --eval-runs 0). With UDD's region views both readings
-    are reported: with them and without (views raise the decoded count)."""
+    """The summary's evaluation fields ({} with --eval-runs 0), from the first of --eval-arch's networks. With
+    UDD's region views both readings are reported: with them and without (views raise the decoded count).
+    `architectures` gives every network's mean +- std (the first's again), each with IDC's protocol for it."""
     if not run.cfg.eval.eval_runs:
         return {}
+    archs = eval_archs(run.cfg.eval.eval_arch)
     use_views = result.region_views is not None and run.cfg.eval.eval_region_views
-    res = _accuracy(run, result, use_views)
+    res = _accuracy(run, result, use_views, archs[0])
     out = {k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean", "best_runs",
                                "eval_seconds", "num_train")}
     out["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
                                        "num_test", "region_views", "batch", "lr", "weight_decay", "cutmix_p")}
     if result.region_views is not None:
-        other = _accuracy(run, result, not use_views)
+        other = _accuracy(run, result, not use_views, archs[0])
         key = "without_region_views" if use_views else "with_region_views"
         out[key] = {k: other[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "num_train")}
+        out["eval_seconds"] += other["eval_seconds"]
+    out["architectures"] = {archs[0]: _arch_fields(res)}
+    for arch in archs[1:]:
+        other = _accuracy(run, result, use_views, arch)
+        out["architectures"][arch] = _arch_fields(other)
         out["eval_seconds"] += other["eval_seconds"]
     return out
 
 
-def _accuracy(run: Run, result: Result, with_views: bool):
-    ev, views = run.cfg.eval, ("with region views" if with_views else "formations only")
-    run.log(f"evaluating ({views}): {ev.eval_arch}, {ev.eval_epochs} epochs x {ev.eval_runs} runs")
-    res = accuracy_of(result, run.data, ev, run.cfg.run.seed, run.progress, with_region_views=with_views)
-    run.log(f"accuracy ({ev.eval_arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- "
+def _arch_fields(res: dict) -> dict:
+    return {k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean", "epochs", "runs",
+                                "eval_seconds")}
+
+
+def _accuracy(run: Run, result: Result, with_views: bool, arch: str):
+    cfg = run.cfg
+    ev = dataclasses.replace(cfg.eval, eval_arch=arch,
+                             eval_epochs=arch_eval_epochs(arch, cfg.eval.eval_epochs, cfg.run.ipc, result.factor))
+    views = "with region views" if with_views else "formations only"
+    run.log(f"evaluating ({views}): {arch}, {ev.eval_epochs} epochs x {ev.eval_runs} runs")
+    res = accuracy_of(result, run.data, ev, cfg.run.seed, run.progress, with_region_views=with_views)
+    run.log(f"accuracy ({arch}, {views}, last epoch): {res['accuracy_mean']:.2f} +- "
             f"{res['accuracy_std']:.2f} % over {ev.eval_runs} runs {['%.2f' % a for a in res['accuracy_runs']]}; "
             f"best of {res['validations']} tests {res['best_mean']:.2f}; {res['eval_seconds']:.1f} s")
     return res
