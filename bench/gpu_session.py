@@ -12,8 +12,8 @@ Stages, in order, each logged under DIR (at most 8 files, so the device tool bri
   loop       bench/loop_timing.py: time per inner iteration at CIFAR-10 shapes, IPC 1 and 10, eager,
              CUDA graphs, bf16 and compiled; a torch.profiler record of one inner iteration (wall ms
              against GPU-busy ms, kernel launches, by kernel family); the host's work per inner
-             iteration (--host); the network update trained ahead, N = 1, 2, 4 (trajectory_timing.py)
-                                                                    -> loop.log
+             iteration (--host); the network update trained ahead, N = 1, 2, 4 (trajectory_timing.py);
+             an evaluation's 5 runs one by one and grouped (eval_timing.py, on MNIST)  -> loop.log
   large      bench/loop_timing.py --shape tinyimagenet and imagenet10 --staged: the loop beyond 32 px, IPC 1, the
              static modes also with the training images staged from host memory  -> large.log
   gpu_check  bench/gpu_check.py: correctness, time vs eager, bytes vs a copy -> gpu_check.log
@@ -91,7 +91,10 @@ def stages(args):
     loop = [[PY, "bench/loop_timing.py", "--device", dev, "--profile"] + (["--tiny"] if dry else ["--ipc", "1", "10"]),
             [PY, "bench/loop_timing.py", "--host", "--ipc", "1"] + ([] if dry else ["10", "50"]),
             [PY, "bench/trajectory_timing.py", "--device", dev] + (["--tiny"] if dry else ["--ahead", "1", "2", "4",
-                                                                                           "--compile", "off"])]
+                                                                                           "--compile", "off"]),
+            # an evaluation's 5 runs trained one by one and grouped (--eval-group)
+            [PY, "bench/eval_timing.py", "--device", dev, "--dataset", "mnist", "--data-dir", str(args.data_dir)]
+            + (["--ipc", "1", "--epochs", "1", "--rounds", "1"] if dry else ["--epochs", "30", "--rounds", "2"])]
     # beyond 32 px: Tiny-ImageNet's shapes (200 classes, 64 px, ConvNet-4) and ImageNet-10's (224 px, ResNetAP-10)
     large = [[PY, "bench/loop_timing.py", "--device", dev, "--shape", shape, "--staged"]
              + (["--tiny"] if dry else ["--ipc", "1", "--inner", "3"]) for shape in ("tinyimagenet", "imagenet10")]

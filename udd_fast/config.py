@@ -300,6 +300,12 @@ class EvalConfig(_Group):
     eval_validations: int = setting(4, at_least=1)
     # 0: the whole test set; smoke tests use a prefix to stay fast
     eval_test_limit: int = setting(0, at_least=0)
+    # '' = by measurement (protocol.grouped_runs): the runs of an instance-norm ConvNet train as one grouped model
+    eval_group: str = setting("", "on or off: train the evaluation runs of the ConvNet together as one grouped "
+                                  "model, each with its own init, batches and augmentation (the same results to "
+                                  "float round-off); default: on with CUDA, off on the CPU (measured slower there)",
+                              flag=PRESET,
+                              flag_choices=("on", "off"), choices=("", "on", "off"))
     eval_every: int = setting(0, "a short evaluation (1 run, a fifth of the evaluation epochs) every N outer "
                                  "iterations, plotted in curves.png and recorded in summary.json (default 0: none)",
                               flag=MAIN, metavar="N", distill_only=True, at_least=0)

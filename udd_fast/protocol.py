@@ -20,7 +20,8 @@ from .augment import Strategy
 from .config import EvalConfig
 from .models import ARCHS, make_model
 from .sampling import EpochBatches
-from .train import accuracy, fit, normalize
+from .engine.network_update import sgd_
+from .train import accuracy, batch_inputs, batch_loss, cutmix_draw, fit, normalize
 
 
 def test_count(data, test_limit: int) -> int:
@@ -29,14 +30,15 @@ def test_count(data, test_limit: int) -> int:
     return min(test_limit, n) if test_limit else n
 
 
-def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, desc: str = ""):
-    """Train a fresh ev.eval_arch on normalized x; test ev.eval_validations times, evenly spaced, the last
-    at the final epoch (IDC: 4). Returns (last accuracy, best validation accuracy)."""
+def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, desc: str = "", final: list = None):
+    """Train a fresh ev.eval_arch on normalized x (in x's dtype); test ev.eval_validations times, evenly spaced,
+    the last at the final epoch (IDC: 4). Returns (last accuracy, best validation accuracy); the trained
+    network's parameters are appended to `final` when given (comparisons)."""
     info, epochs, validations = data.info, ev.eval_epochs, ev.eval_validations
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.key(key, "init") & 0x7FFF_FFFF_FFFF_FFFF)
         model = make_model(ev.eval_arch, info.num_classes, info.channels, info.size)
-    model = model.to(x.device).train()
+    model = model.to(x.device, x.dtype).train()
     batches = EpochBatches(x.shape[0], ev.eval_batch, key, "batches", x.device)
     val_every = max(1, epochs // max(1, validations))
     n_test = test_count(data, ev.eval_test_limit)
@@ -54,7 +56,86 @@ def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, des
         Strategy.parse(ev.eval_aug), ev.eval_cutmix, lambda b: rng.key(key, "step", b), schedule="epoch",
         on_epoch=validate, lr=ev.eval_lr, weight_decay=ev.eval_wd, cutmix_p=ev.eval_cutmix_p)
     bar.close()
+    if final is not None:
+        final.append([p.detach() for p in model.parameters()])
     return acc["last"], acc["best"]
+
+
+def grouped_runs(ev: EvalConfig, device) -> bool:
+    """Whether an evaluation's runs train together as one grouped model (--eval-group): only the instance-norm
+    ConvNet groups (ConvNet.forward_stacked), and only several runs. '' (auto), by measurement
+    (bench/eval_timing.py, bench/RESULTS.md): one by one on the CPU, where 5 grouped runs took 1.15x as long
+    (grouped convolutions are slower there, as for the networks trained ahead); grouped on CUDA, one launch per
+    layer for all runs (to be measured there: the GPU session runs eval_timing.py)."""
+    if ev.eval_arch != "convnet" or ev.eval_runs < 2:
+        return False
+    return ev.eval_group == "on" or (ev.eval_group == "" and torch.device(device).type == "cuda")
+
+
+def train_grouped(x, y, data, ev: EvalConfig, keys: list, progress: bool = False, desc: str = "", final: list = None):
+    """The runs of train_once for `keys`, trained together: each run's network from its own keyed init, its
+    own batch order, augmentation and CutMix (drawn as train_once draws them), through one grouped forward
+    and backward per batch (ConvNet.forward_stacked) and one SGD step of all their parameters (sgd_, torch's
+    SGD step); the same lr schedule. Returns [(last accuracy, best validation accuracy)] per run: train_once's,
+    up to the order of floating-point sums (tests/engine/test_eval_group.py); each run's parameters are
+    appended to `final` when given."""
+    info, epochs, validations = data.info, ev.eval_epochs, ev.eval_validations
+    nets = []
+    for key in keys:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(rng.key(key, "init") & 0x7FFF_FFFF_FFFF_FFFF)
+            nets.append(make_model(ev.eval_arch, info.num_classes, info.channels, info.size).to(x.device, x.dtype))
+    template = nets[0].train()
+    params = [torch.stack([list(n.parameters())[i].detach() for n in nets]).requires_grad_(True)
+              for i in range(len(list(template.parameters())))]
+    momentum = [torch.zeros_like(p) for p in params]
+    batches = [EpochBatches(x.shape[0], ev.eval_batch, key, "batches", x.device) for key in keys]
+    per_epoch, size, strategy = batches[0].per_epoch, x.shape[-1], Strategy.parse(ev.eval_aug)
+    milestones = [2 * epochs // 3, 5 * epochs // 6]  # fit's MultiStepLR (gamma 0.2) at an epoch's end
+    lr = ev.eval_lr
+    val_every = max(1, epochs // max(1, validations))
+    n_test = test_count(data, ev.eval_test_limit)
+    last, best = [0.0] * len(keys), [0.0] * len(keys)
+    bar = logs.bar(epochs, desc, progress, leave=False)
+    for b in range(epochs * per_epoch):
+        parts = []
+        for key, batch in zip(keys, batches):
+            idx, step_key = batch.indices(b), rng.key(key, "step", b)
+            n = idx.shape[0]
+            draw = (cutmix_draw(rng.key(step_key, "cutmix"), n, size, size, x.device, ev.eval_cutmix_p)
+                    if ev.eval_cutmix else None)
+            parts.append(batch_inputs(lambda pos, idx=idx: (x[idx[pos]], y[idx[pos]]),
+                                      torch.arange(n, device=x.device), n, strategy, draw, step_key))
+        out = template.forward_stacked(torch.stack([q[0] for q in parts]), params)
+        loss = sum(batch_loss(out[k], *q[1:]) for k, q in enumerate(parts))
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            sgd_(params, grads, momentum, lr, 0.9, ev.eval_wd)
+        if (b + 1) % per_epoch == 0:
+            epoch = (b + 1) // per_epoch
+            lr *= 0.2 ** milestones.count(epoch)
+            bar.update(1)
+            if (epoch % val_every == 0 and epoch // val_every <= validations) or epoch == epochs:
+                for k in range(len(keys)):
+                    last[k] = _stacked_accuracy(template, params, k, data, n_test)
+                    best[k] = max(best[k], last[k])
+                bar.set_postfix(acc=f"{statistics.fmean(last):.1f}")
+    bar.close()
+    if final is not None:
+        final.extend([p[k].detach() for p in params] for k in range(len(keys)))
+    return list(zip(last, best))
+
+
+@torch.no_grad()
+def _stacked_accuracy(template, params, k, data, n_test, batch=500):
+    """Test accuracy (%) of run k of stacked parameters, as train.accuracy measures one network."""
+    stacked = [p[k:k + 1] for p in params]
+    correct = 0
+    for i in range(0, n_test, batch):
+        xb = normalize(data.test_images[i:min(i + batch, n_test)].float() / 255.0, data.mean, data.std)
+        out = template.forward_stacked(xb.to(stacked[0].dtype).unsqueeze(0), stacked)[0]
+        correct += (out.argmax(1) == data.test_labels[i:min(i + batch, n_test)]).sum().item()
+    return 100.0 * correct / n_test
 
 
 def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = True) -> dict:
@@ -68,12 +149,16 @@ def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = T
     x = normalize(x.to(data.device), data.mean, data.std)
     y = y.to(data.device)
     t0 = time.time()
-    last, best = [], []
-    for r in range(runs):
-        a, b = train_once(x, y, data, ev, rng.key(seed, "eval", arch, r), progress,
-                          desc=f"eval {arch} run {r + 1}/{runs}")
-        last.append(a)
-        best.append(b)
+    keys = [rng.key(seed, "eval", arch, r) for r in range(runs)]
+    grouped = grouped_runs(ev, x.device)
+    if grouped:
+        last, best = map(list, zip(*train_grouped(x, y, data, ev, keys, progress, desc=f"eval {arch} {runs} runs")))
+    else:
+        last, best = [], []
+        for r, key in enumerate(keys):
+            a, b = train_once(x, y, data, ev, key, progress, desc=f"eval {arch} run {r + 1}/{runs}")
+            last.append(a)
+            best.append(b)
     return {
         "arch": arch, "epochs": epochs, "runs": runs, "num_train": int(x.shape[0]),
         "accuracy_runs": last,
@@ -86,6 +171,7 @@ def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = T
         "eval_seconds": time.time() - t0,
         "augmentation": str(Strategy.parse(ev.eval_aug)), "cutmix": bool(ev.eval_cutmix),
         "batch": ev.eval_batch, "lr": ev.eval_lr, "weight_decay": ev.eval_wd, "cutmix_p": ev.eval_cutmix_p,
+        "grouped": grouped,
     }
 
 

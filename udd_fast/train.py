@@ -116,25 +116,10 @@ def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutm
     opt.zero_grad(set_to_none=True)
     loss = None
     if m:
-        x, y = load(need)
-        with torch.no_grad():
-            x = augment_batch(x, strategy, rng.key(key, "aug"), positions=need)
-        y_b = None
-        if draw is not None:
-            (x1, x2, y1, y2), perm, ratio = draw
-            if part is None:
-                box, y_b = x[perm, :, x1:x2, y1:y2], y[perm]
-            else:
-                box, y_b = x[m:, :, x1:x2, y1:y2], y[m:]
-            x = x[:m].clone()
-            x[:, :, x1:x2, y1:y2] = box
-        y = y[:m]
+        x, y, y_b, ratio = batch_inputs(load, need, m, strategy, draw, key, whole=part is None)
         out = model(x)
         if part is None:
-            # the batch mean as F.cross_entropy sums it (a share's sum / n adds in another order)
-            loss = F.cross_entropy(out, y)
-            if y_b is not None:
-                loss = loss * ratio + F.cross_entropy(out, y_b) * (1.0 - ratio)
+            loss = batch_loss(out, y, y_b, ratio)
         else:
             loss = F.cross_entropy(out, y, reduction="sum") / n
             if y_b is not None:
@@ -144,6 +129,33 @@ def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutm
         reduce_grads(model)
     opt.step()
     return None if loss is None else loss.detach()
+
+
+def batch_inputs(load, need, m: int, strategy: Strategy, draw, key: int, whole: bool = True):
+    """A batch's training inputs as train_step makes them: (x, y, y_b or None, kept ratio or None) for its m
+    samples, `need` the positions loaded (the whole batch, or a share followed by its CutMix partners),
+    augmented per position, then mixed by `draw` (cutmix_draw's, or None)."""
+    x, y = load(need)
+    with torch.no_grad():
+        x = augment_batch(x, strategy, rng.key(key, "aug"), positions=need)
+    y_b, ratio = None, None
+    if draw is not None:
+        (x1, x2, y1, y2), perm, ratio = draw
+        if whole:
+            box, y_b = x[perm, :, x1:x2, y1:y2], y[perm]
+        else:
+            box, y_b = x[m:, :, x1:x2, y1:y2], y[m:]
+        x = x[:m].clone()
+        x[:, :, x1:x2, y1:y2] = box
+    return x, y[:m], y_b, ratio
+
+
+def batch_loss(out, y, y_b, ratio):
+    """The batch mean as F.cross_entropy sums it, CutMix's mix of the two labels' where y_b is given (IDC's)."""
+    loss = F.cross_entropy(out, y)
+    if y_b is not None:
+        loss = loss * ratio + F.cross_entropy(out, y_b) * (1.0 - ratio)
+    return loss
 
 
 def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Strategy, use_cutmix: bool, step_key,
@@ -190,6 +202,6 @@ def accuracy(model, images_u8, labels, mean, std, batch=500):
     correct = 0
     for i in range(0, images_u8.shape[0], batch):
         x = normalize(images_u8[i:i + batch].float() / 255.0, mean, std)
-        correct += (model(x).argmax(1) == labels[i:i + batch]).sum().item()
+        correct += (model(x.to(next(model.parameters()).dtype)).argmax(1) == labels[i:i + batch]).sum().item()
     model.train(was_training)
     return 100.0 * correct / images_u8.shape[0]

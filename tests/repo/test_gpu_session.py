@@ -44,6 +44,8 @@ def test_dry_run_passes_every_stage(tmp_path, real_data_dir):
     assert re.search(r"^\| off \| 2 \| \d+ \| \d+\.\d\dx \|$", loop, re.M), loop  # networks trained ahead
     large = (out / "large.log").read_text()  # Tiny-ImageNet's and ImageNet-10's shapes (tiny: 16 px, 3 classes)
     assert large.count("| 1 | batched, static | fp32 |") == 4  # 2 shapes; each row printed as it comes, then in its table
+    assert large.count("| 1 | batched, static, staged from host memory | fp32 |") == 4  # and staged from host memory
+    assert re.search(r"^\| together, grouped \(on\) \| \d+\.\d \|$", loop, re.M), loop  # an evaluation's runs grouped
     engine = (out / "engine.log").read_text()
     assert engine.count("distillation done") == 2 and "mUE" in engine
     assert "| loop | ok |" in (out / "session.md").read_text()
