@@ -22,7 +22,12 @@ from .fields import is_int
 from .models import ARCHS
 from .region_search import POLICIES
 
-METHODS = ("idc", "udd", "random")
+METHODS = ("idc", "udd", "random", "herding", "kcenter")
+# the methods that select real images (stored whole, factor 1, no distillation); herding and k-center choose
+# by the features of a network trained on the real data (UDD's proxy network, its settings theirs too)
+SELECTIONS = ("random", "herding", "kcenter")
+USES_PROXY = ("udd", "herding", "kcenter")
+PROXY_SETTINGS = ("proxy_epochs", "proxy_cache")
 DECODE_TYPES = ("single", "multi", "bound")
 NET_ARCHS = ("convnet", "resnet_ap10")
 FORMS = ("batched", "sequential")
@@ -372,13 +377,14 @@ def check_settings(values: dict, given, spell):
             raise UsageError(f"{spell(f.name)} {problem} (got {v!r})")
     if values["ipc"] > 50:
         print(f"note: IPC {values['ipc']} is beyond the 1-50 range this tool is tuned for", file=sys.stderr)
-    udd = [f.name for f in option_settings() if f.metadata["flag"] == UDD and values.get(f.name) is not None]
+    udd = [f.name for f in option_settings() if f.metadata["flag"] == UDD and values.get(f.name) is not None
+           and not (f.name in PROXY_SETTINGS and values["method"] in USES_PROXY)]
     if udd and values["method"] != "udd":
         raise UsageError(f"{spell(udd[0])} is a UDD setting: it needs {spell('method', 'udd')}")
     unused = [f.name for f in option_settings() if f.metadata["distill_only"] and f.name in given]
-    if values["method"] == "random" and unused:
-        raise UsageError(f"{spell(unused[0])} does not apply to {spell('method', 'random')}: it stores IPC real images per "
-                         f"class, without distillation (factor 1, no iterations)")
+    if values["method"] in SELECTIONS and unused:
+        raise UsageError(f"{spell(unused[0])} does not apply to {spell('method', values['method'])}: it stores IPC "
+                         f"real images per class, without distillation (factor 1, no iterations)")
     if str(values["device"]).startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"{spell('device', 'cuda')} was asked for, but this torch build sees no CUDA device; use "
                          f"{spell('device', 'cpu')}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..artifacts import ArtifactError, RunDirLock, WriteError, check_out_dir, claim_run_dir
 from ..checkpoint import check_data
+from ..config import USES_PROXY
 from ..data import ArrayDataset, DataError, RealData, data_facts, load_dataset, resolve_data_dir
 from ..distributed import Comm
 from ..result import Result, write_run
@@ -105,7 +106,7 @@ def _execute(run: Run) -> Result:
         if stale:
             run.log(f"removed temporary files a stopped run left in {out}: {', '.join(stale)}")
         log_start(run)
-        if run.cfg.run.method == "udd":
+        if run.cfg.run.method in USES_PROXY:  # UDD's regions, herding's and k-center's features
             load_proxy(run)
         outcome = drive(run)
         if not comm.is_main:

@@ -9,7 +9,8 @@ import torch
 
 from .. import distributed, logs, rng
 from ..checkpoint import CheckpointError, save_checkpoint
-from ..config import eval_archs
+from .. import coreset
+from ..config import SELECTIONS, eval_archs
 from ..distributed import RankFailure
 from ..engine import Engine
 from ..protocol import accuracy_of, test_count
@@ -64,10 +65,13 @@ def random_selection(data, ipc, seed):
 
 def drive(run: Run) -> LoopOutcome:
     """The loop's outcome (None on ranks other than 0): IPC real images per class for --method random,
-    else the outer iterations from where the run stands (LoopDriver)."""
+    herding or kcenter (udd_fast/coreset.py, by the proxy network's features), else the outer iterations from where the run stands (LoopDriver)."""
     cfg, t0 = run.cfg, time.time()
-    if cfg.run.method == "random":
-        images, labels = random_selection(run.data, cfg.run.ipc, cfg.run.seed)
+    if cfg.run.method in SELECTIONS:
+        if cfg.run.method == "random":
+            images, labels = random_selection(run.data, cfg.run.ipc, cfg.run.seed)
+        else:
+            images, labels = coreset.select(cfg.run.method, run.proxy.to(run.data.device), run.data, cfg.run.ipc)
         seconds = time.time() - t0
         run.log(f"distillation done in {seconds:.1f} s")
         return LoopOutcome(images, labels, None, 0, None, seconds, None)
