@@ -19,6 +19,17 @@ from .protocol import accuracy_of
 from .result import Result, incomplete_message
 
 
+def format_of(path) -> str:
+    """The set's format (foreign.detect); a directory holding none is read as a udd_fast run directory, perhaps
+    still being written, whose lock and Result.load then say what is wrong."""
+    try:
+        return foreign.detect(path)
+    except ArtifactError:
+        if Path(path).is_dir():
+            return "udd_fast"
+        raise
+
+
 def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=None, runs=None, epochs=None,
                        seed=None, with_region_views=None, device="cpu", progress=True, allow_data_mismatch=False,
                        allow_incomplete=False, fmt=None, factor=None, experiment=None, zca=None) -> dict:
@@ -41,7 +52,7 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} was asked for, but this torch build sees no CUDA device")
     warnings, notes = [], []
-    fmt = "udd_fast" if isinstance(source, Result) else (fmt or foreign.detect(source))
+    fmt = "udd_fast" if isinstance(source, Result) else (fmt or format_of(source))
     if fmt not in foreign.FORMATS:
         raise UsageError(f"--format {fmt}: one of {', '.join(foreign.FORMATS)}")
     if fmt == "udd_fast":
@@ -169,7 +180,7 @@ def check_same_data(result: Result, data, path, allow: bool, warnings: list):
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        fmt = args.format or foreign.detect(args.path)
+        fmt = args.format or format_of(args.path)
         if fmt == "udd_fast":
             if args.out is not None:
                 raise UsageError("--out is for other tools' sets: a udd_fast run's evaluation goes into its directory")
