@@ -353,17 +353,22 @@ def _check_distilled(d, path):
         raise bad("data_dir must be a string")
 
 
-def read_tensors(path, what: str, error=ArtifactError):
-    """torch.load of a udd_fast file: tensors and plain containers only, never pickled code. A file that
-    is not one is refused in one line naming it (torch's advice to load it unsafely is never relayed)."""
+def read_tensors(path, what: str, error=ArtifactError, allow=(), ours: bool = True):
+    """torch.load of a udd_fast file (`ours`), or of another tool's (udd_fast.foreign): tensors and plain
+    containers only, never pickled code; `allow` names the few data-only globals a foreign file may hold
+    (numpy scalars). A file that is not one is refused in one line naming it (torch's advice to load it
+    unsafely is never relayed)."""
+    origin = " (not a udd_fast artifact)" if ours else ""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise error(f"{path} is not a readable {what}: it holds Python objects, which udd_fast never unpickles "
-                    f"(not a udd_fast artifact)") from None
+        raise error(f"{path} is not a readable {what}: it holds Python objects other than tensors, which udd_fast "
+                    f"never unpickles{origin}") from None
     except Exception as e:  # truncated, random bytes, not a torch file
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise error(f"{path} is not a readable {what}: not a udd_fast artifact ({type(e).__name__}: {first})") from None
+        raise error(f"{path} is not a readable {what}{': not a udd_fast artifact' if ours else ''} "
+                    f"({type(e).__name__}: {first})") from None
 
 
 def load_distilled(path) -> dict:

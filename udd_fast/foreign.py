@@ -21,14 +21,13 @@ Normalized sets are un-normalized with their tool's statistics; the protocol the
 dataset's, as it does the test images. Values outside [0, 1] after that are clamped by the protocol (IDC's
 evaluation clamps its own sets): the share of them is reported.
 """
-import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .artifacts import ArtifactError
+from .artifacts import ArtifactError, read_tensors
 from .config import UsageError, build_config
 from .data import nchw, read_class_folders
 from .result import Result
@@ -54,15 +53,7 @@ def _numpy_scalars():
 
 
 def _load(path: Path, fmt: str):
-    try:
-        with torch.serialization.safe_globals(_numpy_scalars()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ArtifactError(f"{path} is not a readable {fmt} set: it holds Python objects other than tensors, "
-                            f"which udd_fast never unpickles") from None
-    except Exception as e:  # truncated, random bytes, not a torch file
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ArtifactError(f"{path} is not a readable {fmt} set ({type(e).__name__}: {first})") from None
+    return read_tensors(path, f"{fmt} set", allow=_numpy_scalars(), ours=False)
 
 
 def detect(path) -> str:

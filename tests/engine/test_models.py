@@ -526,13 +526,19 @@ def idc_src():
 def idc_models(idc_src):
     """IDC's models/resnet_ap.py and models/resnet.py, executed as they are: they import only torch and
     math (no torchvision), so no stub is needed."""
+    mods = _idc_modules(idc_src, ("models/resnet_ap.py", "models/resnet.py"))
+    return types.SimpleNamespace(RNAP=mods["models/resnet_ap.py"], RN=mods["models/resnet.py"])
+
+
+def _idc_modules(idc_src, rels):
+    """IDC's model files, each executed as is into a module of its own."""
     root = Path(idc_src)
     mods = {}
-    for rel in ("models/resnet_ap.py", "models/resnet.py"):
+    for rel in rels:
         mod = types.ModuleType("idc_" + rel.replace("/", "_")[:-3])
         exec(compile(idc_source(root, rel), f"{root}/{rel}", "exec"), mod.__dict__)
         mods[rel] = mod
-    return types.SimpleNamespace(RNAP=mods["models/resnet_ap.py"], RN=mods["models/resnet.py"])
+    return mods
 
 
 def _idc_name(key):
@@ -699,12 +705,7 @@ def test_convnet_bn():
 @pytest.fixture(scope="module")
 def idc_cifar_models(idc_src):
     """IDC's models/densenet_cifar.py and models/convnet.py, executed as they are (torch and math only)."""
-    root = Path(idc_src)
-    mods = {}
-    for rel in ("models/densenet_cifar.py", "models/convnet.py"):
-        mod = types.ModuleType("idc_" + rel.replace("/", "_")[:-3])
-        exec(compile(idc_source(root, rel), f"{root}/{rel}", "exec"), mod.__dict__)
-        mods[rel] = mod
+    mods = _idc_modules(idc_src, ("models/densenet_cifar.py", "models/convnet.py"))
     return types.SimpleNamespace(DN=mods["models/densenet_cifar.py"], CN=mods["models/convnet.py"])
 
 
