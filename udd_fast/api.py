@@ -51,6 +51,10 @@ def distill_dataset(data, labels=None, *, test_images=None, test_labels=None, cl
         raise TypeError(f"unknown setting {unknown[0]!r}; the settings are {', '.join(sorted(known))}")
     values = {**option_defaults(), **settings}
     check_settings(values, set(settings), _spell)
+    if values["method"] == "full":  # nothing to return: its run directory holds the accuracy alone
+        raise UsageError("method='full' stores no set, and distill_dataset returns one: run `python -m "
+                         "udd_fast.distill --method full` (its summary.json holds the accuracy) or call "
+                         "udd_fast.reference.full_data_accuracy(data, eval_config, seed)")
     if isinstance(data, (str, Path)):
         if labels is not None or test_images is not None or class_names is not None:
             raise UsageError("labels, test_images and class_names go with images in memory, not a dataset name")

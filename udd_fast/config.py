@@ -22,10 +22,17 @@ from .fields import is_int
 from .models import ARCHS
 from .region_search import POLICIES
 
-METHODS = ("idc", "udd", "random", "herding", "kcenter")
+METHODS = ("idc", "udd", "random", "herding", "kcenter", "full")
 # the methods that select real images (stored whole, factor 1, no distillation); herding and k-center choose
 # by the features of a network trained on the real data (UDD's proxy network, its settings theirs too)
 SELECTIONS = ("random", "herding", "kcenter")
+# the reference points that distill nothing: the selections, and `full`, the evaluation protocol trained on
+# the whole real training set (udd_fast/reference.py), which stores no set
+NOT_DISTILLED = SELECTIONS + ("full",)
+# --method full's evaluation epochs where --eval-epochs is not given. paper: IDC's ipc_epoch for more than
+# 500 images per class (300); the short presets keep to their minutes (an epoch of CIFAR-10's 50,000 images
+# is about a minute of a 2-core CPU)
+FULL_EPOCHS = {"paper": 300, "quick": 2, "smoke": 1}
 USES_PROXY = ("udd", "herding", "kcenter")
 PROXY_SETTINGS = ("proxy_epochs", "proxy_cache")
 DECODE_TYPES = ("single", "multi", "bound")
@@ -382,9 +389,16 @@ def check_settings(values: dict, given, spell):
     if udd and values["method"] != "udd":
         raise UsageError(f"{spell(udd[0])} is a UDD setting: it needs {spell('method', 'udd')}")
     unused = [f.name for f in option_settings() if f.metadata["distill_only"] and f.name in given]
-    if values["method"] in SELECTIONS and unused:
-        raise UsageError(f"{spell(unused[0])} does not apply to {spell('method', values['method'])}: it stores IPC "
-                         f"real images per class, without distillation (factor 1, no iterations)")
+    if values["method"] == "full":
+        unused += [name for name in ("ipc",) if name in given]
+        if values.get("eval_runs") == 0:
+            raise UsageError(f"{spell('eval_runs', 0)} with {spell('method', 'full')}: the full-data reference is "
+                             f"an evaluation, and this one would run none")
+    if values["method"] in NOT_DISTILLED and unused:
+        what = ("trains the evaluation networks on every real training image, storing no set" if
+                values["method"] == "full" else "stores IPC real images per class")
+        raise UsageError(f"{spell(unused[0])} does not apply to {spell('method', values['method'])}: it {what}, "
+                         f"without distillation (factor 1, no iterations)")
     if str(values["device"]).startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"{spell('device', 'cuda')} was asked for, but this torch build sees no CUDA device; use "
                          f"{spell('device', 'cpu')}")
@@ -501,6 +515,8 @@ def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int,
                                                             bound if decode == "bound" else -1))
     elif preset != "paper":  # the short presets keep their budget: IDC's pretraining epochs are the paper's
         values["early"] = 0
+    if overrides.get("method") == "full":
+        values["eval_epochs"] = FULL_EPOCHS[preset]
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values.get("method", "idc") != "udd":  # `idc` (and `random`) switch every UDD part off
         values.update(policy="none", cfc_weight=0.0, eval_region_views=False)

@@ -126,10 +126,11 @@ def _explicit_flags(argv):
 
 
 def _default_out(source: DataSource, args) -> Path:
-    """runs/<name>-ipc<N>-<method>-<preset>-s<seed>, <name> the dataset's own: a built-in's name, an .npz
+    """runs/<name>-ipc<N>-<method>-<preset>-s<seed> (--method full: no -ipc<N>), <name> the dataset's own: a built-in's name, an .npz
     file's stem, a folder's name."""
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", source.stem).strip("._") or "data"
-    return Path("runs") / f"{name}-ipc{args.ipc}-{args.method}-{args.preset}-s{args.seed}"
+    ipc = "" if args.method == "full" else f"-ipc{args.ipc}"  # the full-data reference has no IPC
+    return Path("runs") / f"{name}{ipc}-{args.method}-{args.preset}-s{args.seed}"
 
 
 def _resume_config(args, given, ck):

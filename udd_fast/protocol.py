@@ -138,16 +138,39 @@ def _stacked_accuracy(template, params, k, data, n_test, batch=500):
     return 100.0 * correct / n_test
 
 
+class RealImages:
+    """The real training set as train_once reads a training set (x[idx], shape, device, dtype): rows normalized
+    as they are drawn, never the whole set in float (CIFAR-10's would take 600 MB, an ImageNet subset's more
+    than the machine has)."""
+
+    dtype = torch.float32
+
+    def __init__(self, data):
+        self.data, self.device = data, data.device
+        self.shape = tuple(data.images.shape)
+
+    def __getitem__(self, idx):
+        return normalize(self.data.to_float(idx), self.data.mean, self.data.std)
+
+
 def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = True) -> dict:
     """IDC's protocol as `ev` sets it (architecture, epochs, runs, augmentation, CutMix, batch,
     validations, test images) on a training set x [N, C, H, W] in [0, 1], y [N]; returns the results."""
+    return _train_and_test(normalize(x.to(data.device), data.mean, data.std), y.to(data.device), data, ev, seed,
+                           progress)
+
+
+def train_and_test_real(data, ev: EvalConfig, seed: int = 0, progress: bool = True) -> dict:
+    """train_and_test on the whole real training set (the full-data reference, udd_fast/reference.py)."""
+    return _train_and_test(RealImages(data), data.labels, data, ev, seed, progress)
+
+
+def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool) -> dict:
     arch, epochs, runs = ev.eval_arch, ev.eval_epochs, ev.eval_runs
     if runs < 1 or epochs < 1:
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    x = normalize(x.to(data.device), data.mean, data.std)
-    y = y.to(data.device)
     t0 = time.time()
     keys = [rng.key(seed, "eval", arch, r) for r in range(runs)]
     grouped = grouped_runs(ev, x.device)

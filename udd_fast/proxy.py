@@ -6,7 +6,6 @@ A cache file that is corrupt or whose key does not match is retrained with a war
 """
 import hashlib
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from . import logs, rng
 from .version import __version__
 from .artifacts import WriteError, write_torch
 from .augment import Strategy
-from .data import data_fingerprint
+from .data import cache_dir, data_fingerprint
 from .logs import quiet
 from .models import ConvNet, convnet_depth
 from .sampling import EpochBatches
@@ -24,7 +23,7 @@ from .train import fit, normalize
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("UDD_FAST_CACHE", Path.home() / ".cache" / "udd_fast")) / "proxy"
+    return cache_dir("proxy")
 
 
 def proxy_key(data, epochs: float, seed: int, strategy: str, use_cutmix: bool, arch: str = "convnet") -> dict:

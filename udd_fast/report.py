@@ -85,8 +85,11 @@ def _classes(class_names) -> str:
 def report_html(summary: dict, config: dict, pictures: dict, class_names=()) -> str:
     """The page. pictures: {caption: PNG bytes}, shown in order; class_names: every class by its index
     (grid.png's rows show the index, and the name where its font can draw it)."""
-    title = (f"udd_fast: {summary.get('method')} on {summary.get('dataset')}, IPC {summary.get('ipc')}, "
-             f"preset {summary.get('preset')}")
+    if summary.get("method") == "full":  # no set: the protocol trained on every training image
+        title = f"udd_fast: the full-data reference on {summary.get('dataset')}, preset {summary.get('preset')}"
+    else:
+        title = (f"udd_fast: {summary.get('method')} on {summary.get('dataset')}, IPC {summary.get('ipc')}, "
+                 f"preset {summary.get('preset')}")
     imgs = "".join(f"<h3>{_e(cap)}</h3><img alt='{_e(cap)}' src='data:image/png;base64,"
                    f"{base64.b64encode(png).decode()}'>" for cap, png in pictures.items())
     settings = _table(["setting", "value"], [(k, v) for k, v in sorted(config.items())])

@@ -88,6 +88,10 @@ class Result:
         INCOMPLETE is refused unless allow_incomplete (then `incomplete` says so)."""
         from .data import DatasetInfo
 
+        if Path(path).is_dir() and not (Path(path) / "distilled.pt").exists() and (Path(path) / "summary.json").is_file():
+            if _read_summary(Path(path) / "summary.json").get("method") == "full":
+                raise ArtifactError(f"{path} is a full-data reference run (--method full): it stores no set to "
+                                    f"evaluate; its accuracy is in {Path(path) / 'summary.json'}")
         d = load_distilled(path)
         given = Path(path) if Path(path).is_dir() else Path(path).parent
         run_dir = (given / "distilled.pt").resolve().parent if Path(path).is_dir() else Path(path).resolve().parent
@@ -137,6 +141,16 @@ def _title(r: Result) -> str:
 
 
 RUN_PARTS = ("set", "outcome")
+
+
+def write_reference_run(out: Path, summary: dict, config: dict, class_names):
+    """The run directory of --method full (the full-data reference), which stores no set: report.html and
+    summary.json (the last artifact), then the INCOMPLETE marker goes."""
+    from .report import report_html
+
+    write_text(out / "report.html", report_html(summary, config, {}, class_names))
+    write_json(out / "summary.json", summary)
+    mark_complete(out)
 
 
 def write_run(out: Path, r: Result, parts=RUN_PARTS):

@@ -98,6 +98,8 @@ def test_bad_input_is_refused_before_any_work(real_data_dir, tmp_path):
         udd_fast.distill_dataset("mnist", ipcs=2)
     with pytest.raises(UsageError, match="policy= is a UDD setting: it needs method='udd'"):
         udd_fast.distill_dataset("mnist", policy="jitter")
+    with pytest.raises(UsageError, match="method='full' stores no set"):
+        udd_fast.distill_dataset("mnist", method="full")
     with pytest.raises(UsageError, match=r"ipc= must be >= 1"):
         udd_fast.distill_dataset("mnist", ipc=0)
     with pytest.raises(UsageError, match="need their labels"):

@@ -23,7 +23,8 @@ LAYERS = [
     ("configuration", ["udd_fast.config"]),
     ("engine", ["udd_fast.engine"]),
     ("artifacts and caches", ["udd_fast.artifacts", "udd_fast.checkpoint", "udd_fast.pictures", "udd_fast.result",
-                              "udd_fast.protocol", "udd_fast.proxy", "udd_fast.foreign"]),
+                              "udd_fast.protocol", "udd_fast.proxy", "udd_fast.foreign",
+                              "udd_fast.reference"]),
     ("pipeline", ["udd_fast.pipeline"]),
     ("front doors", ["udd_fast.distill", "udd_fast.evaluate", "udd_fast.export", "udd_fast.api", "udd_fast"]),
 ]

@@ -22,13 +22,14 @@ from .real_data import RealData
 from .download import ensure_files
 from .identity import data_facts, data_fingerprint, data_mismatch
 from .idx import load_idx
+from .image_cache import cache_dir
 from .imagenet import load_jpeg_set
 from .registry import CIFAR_LAYOUT, DATASETS, canonical_name, resolve_data_dir
 from .source import DataSource
 from .svhn import load_svhn
 from .user import NO_TEST_IMAGES, from_arrays, load_folder, load_npz, nchw, read_class_folders
 
-__all__ = ["ArrayDataset", "DATASETS", "DataError", "NO_TEST_IMAGES", "DataSource", "DatasetInfo", "RealData", "canonical_name",
+__all__ = ["ArrayDataset", "DATASETS", "DataError", "NO_TEST_IMAGES", "DataSource", "DatasetInfo", "RealData", "cache_dir", "canonical_name",
            "data_facts", "data_fingerprint", "data_mismatch", "from_arrays", "load_dataset", "nchw", "read_class_folders",
            "resolve_data_dir"]
 

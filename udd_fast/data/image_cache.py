@@ -38,9 +38,15 @@ CHUNK_BYTES = 16 << 20  # decoded images written per step: what the decoding pro
 SPLITS = ("train", "test")
 
 
+def cache_dir(kind: str) -> Path:
+    """Where udd_fast keeps what it computed once (kind: images, proxy, reference): $UDD_FAST_CACHE/<kind>,
+    else ~/.cache/udd_fast/<kind>."""
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "udd_fast").expanduser() / kind
+
+
 def cache_root() -> Path:
     """$UDD_FAST_CACHE/images, else ~/.cache/udd_fast/images."""
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "udd_fast").expanduser() / "images"
+    return cache_dir("images")
 
 
 def resize_center_crop(im, size: int):

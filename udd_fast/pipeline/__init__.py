@@ -10,6 +10,8 @@ its flags, `udd_fast.distill_dataset` from its arguments). This file is the tabl
         accuracy_fields(run, result)  IDC's evaluation, with and without UDD's region views (finish.py)
         build_summary(...)            then curves.png, report.html and summary.json, the last artifact;
                                       the directory is then complete (result.write_run)
+      or, for --method full, the networks trained on every real image (finish.reference_fields, cached),
+      then report.html and summary.json (result.write_reference_run): no set
 
 execute turns a stop or a failed write into a message naming the last checkpoint and the resume
 command. With several ranks (torchrun) every rank runs the phases; rank 0 alone writes files and
@@ -23,11 +25,11 @@ from ..checkpoint import check_data
 from ..config import USES_PROXY
 from ..data import ArrayDataset, DataError, RealData, data_facts, load_dataset, resolve_data_dir
 from ..distributed import Comm
-from ..result import Result, write_run
+from ..result import Result, write_reference_run, write_run
 from .checks import (check_geometry, check_out_beside_data, check_test_split, check_world,
                      note_network_update_cost, run_config)
 from .driver import drive, load_proxy
-from .finish import accuracy_fields, build_summary, to_result
+from .finish import accuracy_fields, build_summary, reference_fields, to_result
 from .records import Interrupted, LoopOutcome, Request, Run
 from .runlog import RunLog, log_start, resume_advice
 
@@ -91,6 +93,17 @@ def execute(run: Run) -> Result:
             run.lock.release()
 
 
+def _full_reference(run: Run):
+    """--method full: the evaluation networks trained on the whole training set (cached), written as a run
+    directory without a set (report.html, summary.json); returns None, there being no Result."""
+    fields = reference_fields(run)
+    summary = build_summary(run, LoopOutcome(None, None, None, 0, None, 0.0, None), fields)  # nothing distilled
+    summary["ipc"] = None  # every training image
+    write_reference_run(run.out, summary, run.cfg.to_dict(), run.data.info.class_names)
+    run.log(f"saved {run.out}/report.html, summary.json, log.txt")
+    return None
+
+
 def _execute(run: Run) -> Result:
     comm, out = run.comm, run.out
     note = f"Once it has written checkpoint.pt, continue it with: {run.launcher} --resume {shlex.quote(str(out))}\n"
@@ -106,6 +119,8 @@ def _execute(run: Run) -> Result:
         if stale:
             run.log(f"removed temporary files a stopped run left in {out}: {', '.join(stale)}")
         log_start(run)
+        if run.cfg.run.method == "full":
+            return _full_reference(run) if comm.is_main else None
         if run.cfg.run.method in USES_PROXY:  # UDD's regions, herding's and k-center's features
             load_proxy(run)
         outcome = drive(run)

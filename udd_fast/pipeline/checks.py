@@ -4,7 +4,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..config import SELECTIONS, Config, UsageError, build_config
+from ..config import NOT_DISTILLED, SELECTIONS, Config, UsageError, build_config
 from ..data import NO_TEST_IMAGES
 from ..decode import factor_problem
 from ..distributed import Comm
@@ -26,7 +26,7 @@ def check_out_beside_data(out: Path, dataset):
 def note_network_update_cost(cfg: Config, data):
     """More network-update images per inner iteration than the data holds is allowed, and its cost said."""
     n, num_train = cfg.net.n_data, int(data.images.shape[0])
-    if cfg.run.method not in SELECTIONS and n > num_train:
+    if cfg.run.method not in NOT_DISTILLED and n > num_train:
         batches = -(-n // cfg.match.batch_real)
         total = batches * cfg.match.inner_loop * cfg.match.iterations
         print(f"note: --n-data {n} is {n / num_train:.1f} epochs of the {num_train} training images in every inner "
@@ -42,7 +42,7 @@ def run_config(settings: dict, info, resumed: bool, distributed: bool = False) -
     if distributed and not values.get("form"):
         values["form"] = "batched"
     ipc, preset, factor = values.pop("ipc"), values.pop("preset"), values.pop("factor")
-    if values["method"] in SELECTIONS:  # real images, stored whole
+    if values["method"] in NOT_DISTILLED:  # real images, stored whole (or the full-data reference)
         factor = 1
     return build_config(info.name, ipc, preset, info.size, info.size_base, factor=factor,
                         num_classes=info.num_classes, **values)
@@ -52,7 +52,7 @@ def check_world(cfg: Config, comm: Comm, num_classes: int):
     """What a distributed run cannot do, said before any work starts."""
     if not comm.distributed:
         return
-    if cfg.run.method in SELECTIONS:
+    if cfg.run.method in NOT_DISTILLED:
         raise UsageError(f"--method {cfg.run.method} has nothing to distribute: run it in one process "
                          f"(not {comm.world})")
     if cfg.match.form != "batched":
@@ -89,6 +89,8 @@ def _check_class_sizes(data, need_per_class, what, fix):
 def check_geometry(cfg: Config, data):
     """The settings against the data: tile and window sizes, images per class. Before any work."""
     size, ipc, factor = data.info.size, cfg.run.ipc, cfg.match.factor
+    if cfg.run.method == "full":  # every training image, whatever the classes hold
+        return
     if cfg.run.method in SELECTIONS:
         _check_class_sizes(data, ipc, f"--method {cfg.run.method} with IPC {ipc}", "lower --ipc")
         return

@@ -7,6 +7,7 @@ import torch
 
 from ..config import arch_eval_epochs, eval_archs
 from ..protocol import accuracy_of
+from ..reference import full_data_accuracy
 from ..result import Result
 from ..version import __version__
 from .records import LoopOutcome, Run
@@ -47,6 +48,30 @@ def accuracy_fields(run: Run, result: Result) -> dict:
     return out
 
 
+def reference_fields(run: Run) -> dict:
+    """--method full: the summary's evaluation fields as accuracy_fields gives them, each network trained on the
+    whole real training set (udd_fast/reference.py, cached), with where its numbers came from."""
+    cfg, out = run.cfg, {}
+    for arch in eval_archs(cfg.eval.eval_arch):
+        ev = dataclasses.replace(cfg.eval, eval_arch=arch)
+        run.log(f"full-data reference: {arch}, {ev.eval_epochs} epochs x {ev.eval_runs} runs")
+        res = full_data_accuracy(run.data, ev, cfg.run.seed, None, run.progress, run.log)  # $UDD_FAST_CACHE
+        run.log(f"accuracy ({arch}, full training set, last epoch): {res['accuracy_mean']:.2f} +- "
+                f"{res['accuracy_std']:.2f} % over {ev.eval_runs} runs ({res['source']})")
+        if not out:
+            out = {k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean", "best_runs",
+                                       "eval_seconds", "num_train")}
+            out["eval"] = {k: res[k] for k in ("arch", "epochs", "runs", "augmentation", "cutmix", "validations",
+                                               "num_test", "batch", "lr", "weight_decay", "cutmix_p")}
+            out["eval"]["region_views"] = False
+            out["architectures"], out["reference"] = {}, {}
+        else:
+            out["eval_seconds"] += res["eval_seconds"]
+        out["architectures"][arch] = _arch_fields(res)
+        out["reference"][arch] = {k: res[k] for k in ("source", "cache", "trained_seconds")}
+    return out
+
+
 def _arch_fields(res: dict) -> dict:
     return {k: res[k] for k in ("accuracy_mean", "accuracy_std", "accuracy_runs", "best_mean", "epochs", "runs",
                                 "eval_seconds")}
@@ -73,7 +98,8 @@ def build_summary(run: Run, outcome: LoopOutcome, evaluation: dict) -> dict:
         "device": cfg.run.device, "seed": cfg.run.seed, "factor": cfg.match.factor, "iterations": outcome.iterations,
         "inner_loop": cfg.match.inner_loop, "form": cfg.match.form, "world_size": run.comm.world,
         "final_matching_loss": outcome.final_loss, "distill_seconds": outcome.seconds,
-        "loop_seconds": outcome.loop_seconds, "num_stored": int(outcome.images.shape[0]), "version": __version__,
+        "loop_seconds": outcome.loop_seconds,
+        "num_stored": 0 if outcome.images is None else int(outcome.images.shape[0]), "version": __version__,
         "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "accuracy_mean": None, "accuracy_std": None, "accuracy_runs": [], "eval_seconds": 0.0,
         "history": outcome.history,

@@ -58,8 +58,12 @@ def log_start(run):
             + (f", {comm.world} ranks ({distributed.backend_name()})" if comm.distributed else ""))
     run.log(f"dataset {info.name}: {run.data.images.shape[0]} train / {run.data.test_images.shape[0]} test, "
             f"{info.num_classes} classes, {info.channels}x{info.size}x{info.size}")
-    run.log(f"method {cfg.run.method}, IPC {cfg.run.ipc}, factor {cfg.match.factor}, preset {cfg.run.preset}: "
-            f"{PRESETS[cfg.run.preset]}")
+    if cfg.run.method == "full":
+        run.log(f"method full (the evaluation trained on every training image), preset {cfg.run.preset}: "
+                f"{cfg.eval.eval_epochs} epochs x {cfg.eval.eval_runs} runs")
+    else:
+        run.log(f"method {cfg.run.method}, IPC {cfg.run.ipc}, factor {cfg.match.factor}, preset {cfg.run.preset}: "
+                f"{PRESETS[cfg.run.preset]}")
     run.log(f"config {cfg.to_dict()}")
 
 

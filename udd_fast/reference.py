@@ -1,0 +1,92 @@
+"""The full-data reference point (`--method full`): IDC's evaluation protocol with the whole real training set
+as the training set, the accuracy a distilled set's is measured against (its recovered share, udd_fast/scores.py).
+
+Training on all the data is the costliest evaluation there is, so its result is cached on disk under
+everything that decides it: the dataset and its fingerprint, the architecture, epochs, runs, seed, every
+evaluation setting and the version. A cache file that is corrupt or whose key does not match is recomputed
+with a warning, never used.
+"""
+import dataclasses
+import hashlib
+import json
+import time
+import warnings
+from pathlib import Path
+
+from .artifacts import WriteError, write_json
+from .augment import Strategy
+from .config import EvalConfig
+from .data import cache_dir, data_fingerprint
+from .logs import quiet
+from .protocol import train_and_test_real
+from .version import __version__
+
+# what the cache keeps of train_and_test's result (the rest says how it was measured, and is in the key)
+KEPT = ("accuracy_runs", "accuracy_mean", "accuracy_std", "best_runs", "best_mean", "eval_seconds", "num_train",
+        "num_test", "grouped")
+
+
+def default_cache_dir() -> Path:
+    return cache_dir("reference")
+
+
+def reference_key(data, ev: EvalConfig, seed: int) -> dict:
+    """What decides the full-data accuracy."""
+    fields = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev) if f.name != "eval_group"}
+    fields["eval_aug"] = str(Strategy.parse(ev.eval_aug))
+    return {"dataset": data.info.name, "fingerprint": data_fingerprint(data), "seed": int(seed),
+            "version": __version__, **fields}
+
+
+def _file_for(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    safe = "".join(ch if ch.isalnum() else "_" for ch in key["dataset"])[-40:]
+    return Path(cache_dir) / f"full-{safe}-{key['eval_arch']}-{key['eval_epochs']}ep-{digest}.json"
+
+
+def _read(path: Path, key: dict) -> dict:
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        raise ValueError(f"its key {saved.get('key') if isinstance(saved, dict) else None} != {key}")
+    res = saved.get("result")
+    if not isinstance(res, dict) or set(res) != set(KEPT):
+        raise ValueError(f"its result holds {sorted(res) if isinstance(res, dict) else type(res).__name__}, "
+                         f"not {sorted(KEPT)}")
+    runs = res["accuracy_runs"]
+    if not (isinstance(runs, list) and len(runs) == key["eval_runs"]
+            and all(isinstance(a, (int, float)) and 0 <= a <= 100 for a in runs)):
+        raise ValueError(f"its accuracy_runs {runs!r} are not {key['eval_runs']} accuracies in [0, 100]")
+    return res
+
+
+def full_data_accuracy(data, ev: EvalConfig, seed: int, cache_dir=None, progress=True, log=quiet) -> dict:
+    """IDC's protocol (`ev`) trained on the whole real training set: train_and_test's result, with "source"
+    ("cached" or "trained") and "cache" (the file). Read from the cache when there, else trained and cached."""
+    key = reference_key(data, ev, seed)
+    path = _file_for(Path(cache_dir) if cache_dir else default_cache_dir(), key)
+    out = {"arch": ev.eval_arch, "epochs": ev.eval_epochs, "runs": ev.eval_runs, "validations": ev.eval_validations,
+           "augmentation": key["eval_aug"], "cutmix": bool(ev.eval_cutmix), "batch": ev.eval_batch, "lr": ev.eval_lr,
+           "weight_decay": ev.eval_wd, "cutmix_p": ev.eval_cutmix_p, "cache": str(path)}
+    t0 = time.time()
+    if path.exists():
+        try:
+            res = _read(path, key)
+            log(f"full-data reference loaded from cache {path} (trained in {res['eval_seconds']:.1f} s)")
+            # eval_seconds: this call's time; the training's own stays beside it
+            return {**out, **res, "source": "cached", "trained_seconds": res["eval_seconds"],
+                    "eval_seconds": time.time() - t0}
+        except (OSError, ValueError) as e:  # corrupt or another key's: never used
+            warnings.warn(f"full-data reference cache {path} is unusable ({type(e).__name__}: {e}); retraining",
+                          stacklevel=2)
+            log(f"warning: full-data reference cache {path} unusable ({type(e).__name__}); retraining")
+    log(f"training on the full training set ({data.images.shape[0]} images): {ev.eval_arch}, {ev.eval_epochs} "
+        f"epochs x {ev.eval_runs} runs")
+    res = {k: v for k, v in train_and_test_real(data, ev, seed, progress).items() if k in KEPT}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"key": key, "result": res})
+        log(f"full-data reference cached at {path}")
+    except (OSError, WriteError) as e:  # a cache: the run goes on without it
+        warnings.warn(f"could not cache the full-data reference at {path}: {e}", stacklevel=2)
+        log(f"warning: could not cache the full-data reference ({e})")
+    return {**out, **res, "source": "trained", "trained_seconds": res["eval_seconds"]}
