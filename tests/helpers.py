@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import time
@@ -289,3 +290,32 @@ def write_imagenet(root: Path, cifar, wnids, per_class=8, per_class_val=3):
         for split, imgs in (("train", train[c % 10]), ("val", val[c % 10])):
             for i, img in enumerate(imgs):
                 jpeg_of(img, IMAGENET_SIZES[(c + i) % len(IMAGENET_SIZES)], base / split / w / f"{w}_{i}.JPEG")
+
+
+# -- pages in a real browser ---------------------------------------------------------------------------
+
+def _browser():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def render(html_path, tmp_path):
+    """Open html_path in headless chromium: (screenshot as an array, console error lines)."""
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no headless browser installed (Debian: apt-get install chromium; .ci/run installs it)")
+    shot = tmp_path / f"{html_path.stem}.png"
+    profile = tmp_path / f"profile-{html_path.stem}"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+           "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", "--window-size=1200,1400",
+           html_path.resolve().as_uri()]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(tmp_path)})
+    assert p.returncode == 0 and shot.exists(), p.stderr[-2000:]
+    # chromium logs every console message at one level (INFO:CONSOLE); the report has no script, so
+    # any message is an error (an uncaught exception, a console.error)
+    console = [line for line in p.stderr.splitlines() if ":CONSOLE" in line]
+    return np.array(Image.open(shot).convert("RGB")), console

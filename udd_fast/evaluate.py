@@ -99,7 +99,9 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
         epochs = arch_eval_epochs(arch, cfg.eval.eval_epochs, cfg.run.ipc, result.factor)
     ev = dataclasses.replace(cfg.eval, eval_arch=arch, eval_runs=runs, eval_epochs=epochs)
     res = accuracy_of(result, real, ev, cfg.run.seed if seed is None else seed, progress, with_region_views=views)
-    res.update(warnings=warnings, format=fmt, notes=notes)
+    # what compare groups sets by: the data, the IPC, and the method (another tool's: its format)
+    res.update(warnings=warnings, format=fmt, notes=notes, dataset=real.info.name, ipc=cfg.run.ipc,
+               method=cfg.run.method if fmt == "udd_fast" else fmt)
     return res
 
 

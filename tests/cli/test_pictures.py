@@ -1,16 +1,11 @@
 """grid.png, curves.png and report.html on real images: every image where the layout says, upscaled
 pixel for pixel; UDD's boxes drawn; the curves' panels; the report opened in a real headless browser
 (Debian's chromium) that must render a non-blank page without console errors."""
-import os
-import shutil
-import subprocess
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import check_grid, png_pixels
+from helpers import check_grid, png_pixels, render
 from udd_fast import pictures
 from udd_fast.decode import RegionViews
 from udd_fast.report import report_html
@@ -67,33 +62,6 @@ def test_curves_have_a_panel_per_series():
 
 
 # -- report.html in a real browser ---------------------------------------------------------------------
-
-def _browser():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def render(html_path, tmp_path):
-    """Open html_path in headless chromium: (screenshot as an array, console error lines)."""
-    browser = _browser()
-    if browser is None:
-        pytest.skip("no headless browser installed (Debian: apt-get install chromium; .ci/run installs it)")
-    shot = tmp_path / f"{html_path.stem}.png"
-    profile = tmp_path / f"profile-{html_path.stem}"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-           "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", "--window-size=1200,1400",
-           html_path.resolve().as_uri()]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "HOME": str(tmp_path)})
-    assert p.returncode == 0 and shot.exists(), p.stderr[-2000:]
-    # chromium logs every console message at one level (INFO:CONSOLE); the report has no script, so
-    # any message is an error (an uncaught exception, a console.error)
-    console = [line for line in p.stderr.splitlines() if ":CONSOLE" in line]
-    return np.array(Image.open(shot).convert("RGB")), console
-
 
 def _drawn(shot) -> float:
     return float((shot.min(axis=2) < 200).mean())

@@ -15,7 +15,7 @@ PACKAGE = REPO / "udd_fast"
 # A module belongs to the longest prefix that names it.
 LAYERS = [
     ("foundations", ["udd_fast.version", "udd_fast.fields", "udd_fast.logs", "udd_fast.rng", "udd_fast.models",
-                     "udd_fast.distributed", "udd_fast.matching", "udd_fast.report"]),
+                     "udd_fast.distributed", "udd_fast.matching", "udd_fast.report", "udd_fast.scores"]),
     ("data", ["udd_fast.data"]),
     ("ops", ["udd_fast.augment", "udd_fast.augment_imagenet", "udd_fast.sampling", "udd_fast.ops"]),
     ("method pieces", ["udd_fast.decode", "udd_fast.region_search", "udd_fast.train", "udd_fast.compat",
@@ -26,7 +26,8 @@ LAYERS = [
                               "udd_fast.protocol", "udd_fast.proxy", "udd_fast.foreign",
                               "udd_fast.reference"]),
     ("pipeline", ["udd_fast.pipeline"]),
-    ("front doors", ["udd_fast.distill", "udd_fast.evaluate", "udd_fast.export", "udd_fast.api", "udd_fast"]),
+    ("front doors", ["udd_fast.distill", "udd_fast.evaluate", "udd_fast.export", "udd_fast.compare", "udd_fast.api",
+                     "udd_fast"]),
 ]
 
 # A must not depend on B, directly or through other modules, because ...
