@@ -55,7 +55,7 @@ def read_entry(path) -> dict:
     if (d / INCOMPLETE).exists():
         raise ArtifactError(f"{path} is marked incomplete ({d / INCOMPLETE}): its run is still going or stopped; "
                             f"compare it once it has finished")
-    entry = {"name": d.resolve().name, "path": str(path), "archs": {}}
+    entry = {"name": d.resolve().name, "path": str(path), "archs": {}, "soft": {}}
     if (d / "summary.json").exists():
         s = _read_json(d / "summary.json")
         entry.update(dataset=s.get("dataset"), ipc=s.get("ipc"), method=s.get("method"))
@@ -64,15 +64,16 @@ def read_entry(path) -> dict:
             entry["archs"][str(arch)] = _accuracies(res, f"{d / 'summary.json'} ({arch})")
     for f in sorted(d.glob("eval_*.json")):
         res = _read_json(f)
-        arch = res.get("arch")
-        if not isinstance(arch, str) or f.name != f"eval_{arch}.json":
-            raise ArtifactError(f"{f}: not an evaluation written by udd_fast.evaluate (its arch is {arch!r})")
+        arch, soft = res.get("arch"), res.get("labels") == "soft"
+        if not isinstance(arch, str) or f.name != f"eval_{arch}{'_soft' if soft else ''}.json":
+            raise ArtifactError(f"{f}: not an evaluation written by udd_fast.evaluate (its arch is {arch!r}, its "
+                                f"labels {res.get('labels')!r})")
         for key in ("dataset", "ipc", "method"):
             if entry.get(key) is None:
                 entry[key] = res.get(key)
-        entry["archs"].setdefault(arch, _accuracies(res, str(f)))
-    if not entry["archs"]:
-        raise ArtifactError(f"{path} holds no evaluation: neither a summary.json with accuracies (a run with "
+        (entry["soft"] if soft else entry["archs"]).setdefault(arch, _accuracies(res, str(f)))
+    if not entry["archs"]:  # soft-label accuracies alone score nothing: HLR needs the hard ones
+        raise ArtifactError(f"{path} holds no evaluation with hard labels: neither a summary.json with accuracies (a run with "
                             f"--eval-runs 0 has none) nor an eval_<arch>.json (python -m udd_fast.evaluate ... --out "
                             f"{path})")
     if not isinstance(entry.get("dataset"), str) or entry.get("method") is None:
@@ -98,7 +99,8 @@ def read_entries(paths) -> list:
 def score_table(entries, weight: float = WEIGHT) -> list:
     """[(entry, arch, random entry or None, full entry or None, scores)] for every set that is not itself
     random or full, per network that a reference shares: the first random run of its dataset and IPC, the
-    first full-data run of its dataset."""
+    first full-data run of its dataset; a second row with soft labels where the set and its random selection
+    were both evaluated with them (evaluate --soft-labels)."""
     rows = []
     for e in entries:
         if e["method"] in ("random", "full"):
@@ -110,8 +112,12 @@ def score_table(entries, weight: float = WEIGHT) -> list:
                          and arch in r["archs"]), None)
             if rand is None and full is None:
                 continue
-            rows.append((e, arch, rand, full, scores(acc["runs"], rand and rand["archs"][arch]["runs"],
-                                                     full and full["archs"][arch]["runs"], weight)))
+            full_runs = full and full["archs"][arch]["runs"]
+            rows.append((e, arch, rand, full, scores(acc["runs"], rand and rand["archs"][arch]["runs"], full_runs,
+                                                     weight)))
+            if rand is not None and arch in e["soft"] and arch in rand["soft"]:
+                rows.append((e, arch, rand, full, scores(acc["runs"], None, full_runs, weight,
+                                                         soft=(e["soft"][arch]["runs"], rand["soft"][arch]["runs"]))))
     return rows
 
 
@@ -190,12 +196,13 @@ def compare_html(entries, rows, png: bytes, weight: float = WEIGHT) -> str:
         parts.append(f"<h2>{_e(ds)}</h2><table><tr><th>set</th><th>method</th><th>IPC</th>{head}</tr>{body}</table>")
     if rows:
         body = "".join(
-            f"<tr><td>{_e(e['name'])}</td><td>{_e(arch)}</td><td>{_e(rand['name'] if rand else '-')}</td>"
+            f"<tr><td>{_e(e['name'])}</td><td>{_e(arch)}</td><td>{_e(s['labels'])}</td>"
+            f"<td>{_e(rand['name'] if rand else '-')}</td>"
             f"<td>{_e(full['name'] if full else '-')}</td>"
             + "".join(f"<td class='num'>{_pm(s[k]['mean'], s[k]['std']) if k in s else '-'}</td>"
                       for k in ("ior", "hlr", "recovered", "lrs"))
             + f"<td class='num'>{s['paired_runs']}</td></tr>" for e, arch, rand, full, s in rows)
-        scores_part = (f"<h2>DD-Ranking's scores (hard labels)</h2><table><tr><th>set</th><th>network</th>"
+        scores_part = (f"<h2>DD-Ranking's scores</h2><table><tr><th>set</th><th>network</th><th>labels</th>"
                        f"<th>random</th><th>full data</th><th>IOR: gain over random (points)</th>"
                        f"<th>HLR: gap to full data (points)</th><th>recovered share %</th><th>LRS %</th>"
                        f"<th>paired runs</th></tr>{body}</table>"
@@ -204,7 +211,9 @@ def compare_html(entries, rows, png: bytes, weight: float = WEIGHT) -> str:
                        f"&minus; Acc(set); recovered share = Acc(set) / Acc(full); LRS = (e<sup>&alpha;</sup> &minus; "
                        f"e<sup>&minus;1</sup>) / (e &minus; e<sup>&minus;1</sup>), &alpha; = {weight}&middot;IOR "
                        f"&minus; {1 - weight:g}&middot;HLR with accuracies as fractions: DD-Ranking's label-robust "
-                       f"score (NUS-HPC-AI-Lab/DD-Ranking; udd_fast's docs/scores.md).</p>")
+                       f"score (NUS-HPC-AI-Lab/DD-Ranking; udd_fast's docs/scores.md). With soft labels, IOR "
+                       f"compares the set's and the random selection's accuracies trained on a teacher's soft labels "
+                       f"(<code>evaluate --soft-labels</code>); HLR and the recovered share stay hard.</p>")
     else:
         scores_part = ("<h2>DD-Ranking's scores</h2><p>None: give a set's <code>--method random</code> run at its IPC "
                        "and a <code>--method full</code> run of its dataset among the directories.</p>")
@@ -252,7 +261,7 @@ def main(argv=None):
         return 2
     for e, arch, rand, full, s in rows:
         got = ", ".join(f"{k} {s[k]['mean']:.2f}" for k in ("ior", "hlr", "recovered", "lrs") if k in s)
-        print(f"{e['name']} ({arch}): {got}", file=sys.stderr)
+        print(f"{e['name']} ({arch}, {s['labels']} labels): {got}", file=sys.stderr)
     print(f"wrote {out / 'compare.html'} and {out / 'compare.png'}", file=sys.stderr)
     return 0
 

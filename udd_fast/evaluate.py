@@ -4,6 +4,7 @@ distilled set evaluated with IDC's protocol (udd_fast.protocol), on the data it 
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,12 +12,14 @@ import torch
 
 from . import foreign
 from .artifacts import ArtifactError, RunDirLock, WriteError, write_json
-from .config import UsageError, arch_eval_epochs, eval_archs
+from .config import FULL_EPOCHS, UsageError, arch_eval_epochs, eval_archs
 from .data import NO_TEST_IMAGES, ArrayDataset, DataError, DataSource, RealData, load_dataset
 from .logs import sigterm_as_interrupt
 from .models import ARCHS
 from .protocol import accuracy_of
+from .reference import teacher_network
 from .result import Result, incomplete_message
+from .train import SoftLabels
 
 
 def format_of(path) -> str:
@@ -32,7 +35,8 @@ def format_of(path) -> str:
 
 def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=None, runs=None, epochs=None,
                        seed=None, with_region_views=None, device="cpu", progress=True, allow_data_mismatch=False,
-                       allow_incomplete=False, fmt=None, factor=None, experiment=None, zca=None) -> dict:
+                       allow_incomplete=False, fmt=None, factor=None, experiment=None, zca=None, soft_labels=False,
+                       teacher_epochs=None, temperature=1.2) -> dict:
     """Evaluate a distilled set with IDC's protocol; returns the results (accuracy per run, mean, std,
     ...; "warnings" lists what was allowed, "format" and "notes" what was read).
 
@@ -45,7 +49,16 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
       required for another tool's set, which does not name it.
     arch, runs, epochs, seed, with_region_views: default the run's own settings (IDC's for the data,
       paper preset, for another tool's set).
+    soft_labels: train on a teacher's soft labels instead of the set's (train.SoftLabels, as DD-Ranking does,
+      at `temperature`); the teacher is `arch` trained on the full training set for `teacher_epochs` (default
+      --method full's for the run's preset) with the same protocol, cached (reference.teacher_network).
     """
+    if teacher_epochs is not None and teacher_epochs < 1:
+        raise UsageError(f"--teacher-epochs must be >= 1 (got {teacher_epochs})")
+    if not soft_labels and (teacher_epochs is not None or temperature != 1.2):
+        raise UsageError("--teacher-epochs and --temperature are for --soft-labels")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise UsageError(f"--temperature must be a finite number > 0 (got {temperature})")
     for name, v in (("runs", runs), ("epochs", epochs)):
         if v is not None and v < 1:
             raise UsageError(f"{name} must be >= 1 (got {v})")
@@ -98,10 +111,16 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
     if epochs is None:  # the run's, or IDC's rule for this network
         epochs = arch_eval_epochs(arch, cfg.eval.eval_epochs, cfg.run.ipc, result.factor)
     ev = dataclasses.replace(cfg.eval, eval_arch=arch, eval_runs=runs, eval_epochs=epochs)
-    res = accuracy_of(result, real, ev, cfg.run.seed if seed is None else seed, progress, with_region_views=views)
+    seed = cfg.run.seed if seed is None else seed
+    soft, teacher = None, None
+    if soft_labels:
+        tev = dataclasses.replace(ev, eval_runs=1, eval_epochs=teacher_epochs or FULL_EPOCHS[cfg.run.preset])
+        model, teacher = teacher_network(real, tev, seed, progress=progress)
+        soft, teacher["temperature"] = SoftLabels(model, temperature), temperature
+    res = accuracy_of(result, real, ev, seed, progress, with_region_views=views, soft=soft)
     # what compare groups sets by: the data, the IPC, and the method (another tool's: its format)
     res.update(warnings=warnings, format=fmt, notes=notes, dataset=real.info.name, ipc=cfg.run.ipc,
-               method=cfg.run.method if fmt == "udd_fast" else fmt)
+               method=cfg.run.method if fmt == "udd_fast" else fmt, teacher=teacher)
     return res
 
 
@@ -139,6 +158,15 @@ def _parser():
                    help="the networks to evaluate with, comma-separated, each with IDC's protocol for it (DenseNet: "
                         "400 epochs at IPC >= 50 and factor > 1, as IDC's test.py); default: the run's own evaluation "
                         "network (convnet; IDC's resnet_ap10 on ImageNet)")
+    p.add_argument("--soft-labels", action="store_true",
+                   help="train on a teacher's soft labels instead of the set's, as DD-Ranking evaluates (the teacher "
+                        "labels every augmented batch; KL loss at --temperature): the teacher is the evaluation "
+                        "network trained on the full training set, cached; written as eval_<arch>_soft.json")
+    p.add_argument("--teacher-epochs", type=int, default=None,
+                   help="--soft-labels: the teacher's epochs on the full data (default --method full's for the run's "
+                        "preset: 300 paper, 2 quick, 1 smoke)")
+    p.add_argument("--temperature", type=float, default=1.2,
+                   help="--soft-labels: the KL loss's temperature (default 1.2, DD-Ranking's)")
     p.add_argument("--eval-runs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--eval-epochs", type=int, default=None, help="default: the run's own setting")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -240,17 +268,20 @@ def _main(args, fmt, out_dir):
                                      device=args.device, progress=not args.no_progress,
                                      allow_data_mismatch=args.allow_data_mismatch,
                                      allow_incomplete=args.allow_incomplete,
-                                     fmt=fmt, factor=args.factor, experiment=args.experiment, zca=args.zca)
+                                     fmt=fmt, factor=args.factor, experiment=args.experiment, zca=args.zca,
+                                     soft_labels=args.soft_labels, teacher_epochs=args.teacher_epochs,
+                                     temperature=args.temperature)
         except (DataError, ArtifactError, UsageError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         res["path"] = str(args.path)
         results.append(res)
-        print(f"{res['arch']}: {res['accuracy_mean']:.2f} +- {res['accuracy_std']:.2f} % over {res['runs']} runs "
-              f"of {res['epochs']} epochs (best of {res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
+        print(f"{res['arch']}{' (soft labels)' if args.soft_labels else ''}: {res['accuracy_mean']:.2f} +- "
+              f"{res['accuracy_std']:.2f} % over {res['runs']} runs of {res['epochs']} epochs (best of "
+              f"{res['validations']} tests {res['best_mean']:.2f})", file=sys.stderr)
         if out_dir is not None:
             try:
-                write_json(out_dir / f"eval_{res['arch']}.json", res)
+                write_json(out_dir / f"eval_{res['arch']}{'_soft' if args.soft_labels else ''}.json", res)
             except WriteError as e:
                 print(json.dumps(res, indent=2))
                 print(f"error: {e}; the result is printed above", file=sys.stderr)

@@ -30,10 +30,12 @@ def test_count(data, test_limit: int) -> int:
     return min(test_limit, n) if test_limit else n
 
 
-def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, desc: str = "", final: list = None):
+def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, desc: str = "", final: list = None,
+               soft=None, trained: list = None):
     """Train a fresh ev.eval_arch on normalized x (in x's dtype); test ev.eval_validations times, evenly spaced,
     the last at the final epoch (IDC: 4). Returns (last accuracy, best validation accuracy); the trained
-    network's parameters are appended to `final` when given (comparisons)."""
+    network's parameters are appended to `final` when given (comparisons), the network itself to `trained`
+    (the soft labels' teacher). soft: a train.SoftLabels, learnt in place of the labels y."""
     info, epochs, validations = data.info, ev.eval_epochs, ev.eval_validations
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(rng.key(key, "init") & 0x7FFF_FFFF_FFFF_FFFF)
@@ -54,10 +56,12 @@ def train_once(x, y, data, ev: EvalConfig, key: int, progress: bool = False, des
 
     fit(model, lambda idx: (x[idx], y[idx]), batches, epochs * batches.per_epoch, x.shape[-1],
         Strategy.parse(ev.eval_aug), ev.eval_cutmix, lambda b: rng.key(key, "step", b), schedule="epoch",
-        on_epoch=validate, lr=ev.eval_lr, weight_decay=ev.eval_wd, cutmix_p=ev.eval_cutmix_p)
+        on_epoch=validate, lr=ev.eval_lr, weight_decay=ev.eval_wd, cutmix_p=ev.eval_cutmix_p, soft=soft)
     bar.close()
     if final is not None:
         final.append([p.detach() for p in model.parameters()])
+    if trained is not None:
+        trained.append(model.eval())
     return acc["last"], acc["best"]
 
 
@@ -153,11 +157,12 @@ class RealImages:
         return normalize(self.data.to_float(idx), self.data.mean, self.data.std)
 
 
-def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = True) -> dict:
+def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = True, soft=None) -> dict:
     """IDC's protocol as `ev` sets it (architecture, epochs, runs, augmentation, CutMix, batch,
-    validations, test images) on a training set x [N, C, H, W] in [0, 1], y [N]; returns the results."""
+    validations, test images) on a training set x [N, C, H, W] in [0, 1], y [N]; returns the results.
+    soft: a train.SoftLabels, whose teacher labels every batch in place of y (runs one by one)."""
     return _train_and_test(normalize(x.to(data.device), data.mean, data.std), y.to(data.device), data, ev, seed,
-                           progress)
+                           progress, soft)
 
 
 def train_and_test_real(data, ev: EvalConfig, seed: int = 0, progress: bool = True) -> dict:
@@ -165,7 +170,7 @@ def train_and_test_real(data, ev: EvalConfig, seed: int = 0, progress: bool = Tr
     return _train_and_test(RealImages(data), data.labels, data, ev, seed, progress)
 
 
-def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool) -> dict:
+def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool, soft=None) -> dict:
     arch, epochs, runs = ev.eval_arch, ev.eval_epochs, ev.eval_runs
     if runs < 1 or epochs < 1:
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
@@ -173,13 +178,13 @@ def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool) -> di
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     t0 = time.time()
     keys = [rng.key(seed, "eval", arch, r) for r in range(runs)]
-    grouped = grouped_runs(ev, x.device)
+    grouped = soft is None and grouped_runs(ev, x.device)  # the grouped model has no teacher
     if grouped:
         last, best = map(list, zip(*train_grouped(x, y, data, ev, keys, progress, desc=f"eval {arch} {runs} runs")))
     else:
         last, best = [], []
         for r, key in enumerate(keys):
-            a, b = train_once(x, y, data, ev, key, progress, desc=f"eval {arch} run {r + 1}/{runs}")
+            a, b = train_once(x, y, data, ev, key, progress, desc=f"eval {arch} run {r + 1}/{runs}", soft=soft)
             last.append(a)
             best.append(b)
     return {
@@ -194,13 +199,15 @@ def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool) -> di
         "eval_seconds": time.time() - t0,
         "augmentation": str(Strategy.parse(ev.eval_aug)), "cutmix": bool(ev.eval_cutmix),
         "batch": ev.eval_batch, "lr": ev.eval_lr, "weight_decay": ev.eval_wd, "cutmix_p": ev.eval_cutmix_p,
-        "grouped": grouped,
+        "grouped": grouped, "labels": "hard" if soft is None else "soft",
     }
 
 
-def accuracy_of(result, data, ev: EvalConfig, seed: int = 0, progress: bool = True, with_region_views=None) -> dict:
+def accuracy_of(result, data, ev: EvalConfig, seed: int = 0, progress: bool = True, with_region_views=None,
+                soft=None) -> dict:
     """IDC's protocol on a Result's training set (Result.training_set decides the region views:
-    with_region_views None takes the run's setting); the results say whether views were used."""
+    with_region_views None takes the run's setting); the results say whether views were used. soft: a
+    train.SoftLabels in place of the set's labels."""
     views = result.uses_region_views(with_region_views)
     x, y = result.training_set(with_region_views=views, device=data.device)
-    return {**train_and_test(x, y, data, ev, seed, progress), "region_views": views}
+    return {**train_and_test(x, y, data, ev, seed, progress, soft), "region_views": views}

@@ -1,5 +1,7 @@
 """The full-data reference point (`--method full`): IDC's evaluation protocol with the whole real training set
-as the training set, the accuracy a distilled set's is measured against (its recovered share, udd_fast/scores.py).
+as the training set, the accuracy a distilled set's is measured against (its recovered share, udd_fast/scores.py);
+and the teacher of soft-label evaluations (`evaluate --soft-labels`): that protocol's first run on the full data,
+the network itself kept.
 
 Training on all the data is the costliest evaluation there is, so its result is cached on disk under
 everything that decides it: the dataset and its fingerprint, the architecture, epochs, runs, seed, every
@@ -13,12 +15,15 @@ import time
 import warnings
 from pathlib import Path
 
-from .artifacts import WriteError, write_json
+from .artifacts import WriteError, read_tensors, write_json
 from .augment import Strategy
 from .config import EvalConfig
 from .data import cache_dir, data_fingerprint
 from .logs import quiet
-from .protocol import train_and_test_real
+from . import rng
+from .artifacts import write_torch
+from .models import make_model
+from .protocol import RealImages, train_and_test_real, train_once
 from .version import __version__
 
 # what the cache keeps of train_and_test's result (the rest says how it was measured, and is in the key)
@@ -38,10 +43,10 @@ def reference_key(data, ev: EvalConfig, seed: int) -> dict:
             "version": __version__, **fields}
 
 
-def _file_for(cache_dir: Path, key: dict) -> Path:
+def _file_for(cache_dir: Path, key: dict, kind: str = "full", suffix: str = ".json") -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     safe = "".join(ch if ch.isalnum() else "_" for ch in key["dataset"])[-40:]
-    return Path(cache_dir) / f"full-{safe}-{key['eval_arch']}-{key['eval_epochs']}ep-{digest}.json"
+    return Path(cache_dir) / f"{kind}-{safe}-{key['eval_arch']}-{key['eval_epochs']}ep-{digest}{suffix}"
 
 
 def _read(path: Path, key: dict) -> dict:
@@ -90,3 +95,42 @@ def full_data_accuracy(data, ev: EvalConfig, seed: int, cache_dir=None, progress
         warnings.warn(f"could not cache the full-data reference at {path}: {e}", stacklevel=2)
         log(f"warning: could not cache the full-data reference ({e})")
     return {**out, **res, "source": "trained", "trained_seconds": res["eval_seconds"]}
+
+
+def teacher_network(data, ev: EvalConfig, seed: int, cache_dir=None, progress=True, log=quiet):
+    """The soft labels' teacher: ev.eval_arch trained on the whole real training set with IDC's protocol
+    (`ev`), run 0 of full_data_accuracy's runs (the same keyed initialization and batches, so the same network
+    and accuracy). Returns (network in eval mode on data.device, facts: arch, epochs, test accuracy, source,
+    cache). Cached as a state dict, read back as tensors only."""
+    key = {k: v for k, v in reference_key(data, ev, seed).items() if k != "eval_runs"}
+    path = _file_for(Path(cache_dir) if cache_dir else default_cache_dir(), key, "teacher", ".pt")
+    info = data.info
+    facts = {"arch": ev.eval_arch, "epochs": ev.eval_epochs, "cache": str(path)}
+    if path.exists():
+        try:
+            saved = read_tensors(path, "a cached teacher network")
+            if not isinstance(saved, dict) or saved.get("key") != key:
+                raise ValueError(f"its key {saved.get('key') if isinstance(saved, dict) else None} != {key}")
+            model = make_model(ev.eval_arch, info.num_classes, info.channels, info.size)
+            model.load_state_dict(saved["state_dict"])
+            log(f"teacher network loaded from cache {path}")
+            return model.to(data.device).eval(), {**facts, "test_accuracy": float(saved["test_accuracy"]),
+                                                  "source": "cached"}
+        except Exception as e:  # corrupt or another key's: never used
+            warnings.warn(f"teacher cache {path} is unusable ({type(e).__name__}: {e}); retraining", stacklevel=2)
+            log(f"warning: teacher cache {path} unusable ({type(e).__name__}); retraining")
+    log(f"training the teacher: {ev.eval_arch}, {ev.eval_epochs} epochs on the full training set "
+        f"({data.images.shape[0]} images)")
+    trained = []
+    acc, _ = train_once(RealImages(data), data.labels, data, ev, rng.key(seed, "eval", ev.eval_arch, 0), progress,
+                        desc="teacher", trained=trained)
+    model = trained[0]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_torch(path, {"key": key, "test_accuracy": acc,
+                           "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}})
+        log(f"teacher network cached at {path}")
+    except (OSError, WriteError) as e:  # a cache: the evaluation goes on without it
+        warnings.warn(f"could not cache the teacher network at {path}: {e}", stacklevel=2)
+        log(f"warning: could not cache the teacher network ({e})")
+    return model, {**facts, "test_accuracy": acc, "source": "trained"}

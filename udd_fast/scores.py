@@ -20,9 +20,14 @@ WEIGHT = 0.5  # DD-Ranking's w (lrs_lambda): "By default, we set w = 0.5 on the 
 
 
 def lrs(full: float, syn: float, rand: float, weight: float = WEIGHT) -> float:
-    """The label-robust score of one run, accuracies in percent; returns it as a fraction in [0, 1]."""
-    hlr, ior = (full - syn) / 100.0, (syn - rand) / 100.0
-    alpha = weight * ior - (1.0 - weight) * hlr
+    """The label-robust score of one run with hard labels, accuracies in percent; returns it as a fraction in
+    [0, 1]."""
+    return _lrs_of(full - syn, syn - rand, weight)
+
+
+def _lrs_of(hlr: float, ior: float, weight: float) -> float:
+    """The score from HLR and IOR in percentage points."""
+    alpha = weight * ior / 100.0 - (1.0 - weight) * hlr / 100.0
     return (math.exp(alpha) - math.exp(-1.0)) / (math.exp(1.0) - math.exp(-1.0))
 
 
@@ -31,22 +36,27 @@ def _mean_std(values: list) -> dict:
             "runs": values}
 
 
-def scores(syn_runs: list, random_runs: list = None, full_runs: list = None, weight: float = WEIGHT) -> dict:
-    """The scores a set's per-run accuracies (percent) allow: with random_runs, "ior" (percentage points); with
-    full_runs, "hlr" (points) and "recovered" (percent of the full data's accuracy); with both, "lrs" (percent,
-    100 x the score). Each {"mean", "std", "runs"} over the runs the lists share (the shortest list's count);
-    "paired_runs" says how many."""
-    lists = [x for x in (syn_runs, random_runs, full_runs) if x]
+def scores(syn_runs: list, random_runs: list = None, full_runs: list = None, weight: float = WEIGHT,
+           soft: tuple = None) -> dict:
+    """The scores a set's per-run accuracies (percent, hard labels) allow: with random_runs, "ior" (percentage
+    points); with full_runs, "hlr" (points) and "recovered" (percent of the full data's accuracy); with both,
+    "lrs" (percent, 100 x the score). soft = (the set's, the random selection's accuracies with a teacher's soft
+    labels): IOR from those instead (DD-Ranking's soft-label LRS; HLR stays hard), random_runs then unused.
+    Each {"mean", "std", "runs"} over the runs the lists share (the shortest list's count); "paired_runs" says
+    how many."""
+    ior_syn, ior_rand = soft if soft is not None else (syn_runs, random_runs)
+    lists = [x for x in (syn_runs, ior_syn, ior_rand, full_runs) if x]
     n = min(len(x) for x in lists)
     if n == 0 or not syn_runs:
         raise ValueError("scores need at least one accuracy of the set")
-    out = {"paired_runs": n, "weight": weight}
+    out = {"paired_runs": n, "weight": weight, "labels": "hard" if soft is None else "soft"}
     syn = syn_runs[:n]
-    if random_runs:
-        out["ior"] = _mean_std([s - r for s, r in zip(syn, random_runs)])
+    if ior_rand:
+        out["ior"] = _mean_std([s - r for s, r in zip(ior_syn, ior_rand)][:n])
     if full_runs:
         out["hlr"] = _mean_std([f - s for s, f in zip(syn, full_runs)])
         out["recovered"] = _mean_std([100.0 * s / f if f > 0 else math.nan for s, f in zip(syn, full_runs)])
-    if random_runs and full_runs:
-        out["lrs"] = _mean_std([100.0 * lrs(f, s, r, weight) for s, r, f in zip(syn, random_runs, full_runs)])
+    if ior_rand and full_runs:  # lrs(full, syn, rand) takes IOR as syn - rand: give it IOR's own pair
+        out["lrs"] = _mean_std([100.0 * _lrs_of(f - s, i_s - i_r, weight)
+                                for s, f, i_s, i_r in zip(syn, full_runs, ior_syn, ior_rand)])
     return out

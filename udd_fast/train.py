@@ -94,8 +94,25 @@ def augment_params(strategy: Strategy, key, positions: torch.Tensor, size: int) 
     return sample_params(rng.subkeys(key, positions), strategy, size, op_key=rng.key(key, "op"))
 
 
+class SoftLabels:
+    """A teacher's soft labels, as DD-Ranking's evaluation uses them (its soft_label_mode 'M' and default
+    criterion): the teacher (in eval mode) labels every augmented, mixed batch afresh, and the student learns
+    KL(softmax(teacher / T) || softmax(student / T)), batch mean, T = 1.2 (its KLDivergenceLoss's default)."""
+
+    def __init__(self, teacher, temperature: float = 1.2):
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"the soft labels' temperature must be a finite number > 0 (got {temperature})")
+        self.teacher, self.temperature = teacher.eval(), float(temperature)
+
+    def loss(self, out, x):
+        with torch.no_grad():
+            target = F.softmax(self.teacher(x.to(next(self.teacher.parameters()).dtype)).to(out.dtype)
+                               / self.temperature, dim=1)
+        return F.kl_div(F.log_softmax(out / self.temperature, dim=1), target, reduction="batchmean")
+
+
 def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutmix: bool, key: int, part=None,
-               reduce_grads=None, cutmix_p: float = CUTMIX_P):
+               reduce_grads=None, cutmix_p: float = CUTMIX_P, soft: SoftLabels = None):
     """One SGD step on a batch of n normalized size x size images: per-sample augmentation, optional
     CutMix, cross-entropy. `load(positions)` gives (images, labels) at batch positions.
 
@@ -105,7 +122,12 @@ def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutm
     Its loss is its share of the batch mean, and `reduce_grads(model)` sums the gradients over the
     ranks before the step: the update of the whole batch, up to the order of the sum over samples.
     Returns the (share of the) loss, or None for an empty share.
+
+    `soft` (a SoftLabels, one process only): the loss is the teacher's soft labels' on the batch as augmented
+    and mixed, in place of the hard labels' (CutMix then mixes the images, the teacher labels the mix).
     """
+    if soft is not None and part is not None:
+        raise ValueError("soft labels train in one process: a batch split across ranks has no teacher")
     device = next(model.parameters()).device
     lo, hi = (0, n) if part is None else part
     m = hi - lo
@@ -118,7 +140,9 @@ def train_step(model, opt, load, n: int, size: int, strategy: Strategy, use_cutm
     if m:
         x, y, y_b, ratio = batch_inputs(load, need, m, strategy, draw, key, whole=part is None)
         out = model(x)
-        if part is None:
+        if soft is not None:
+            loss = soft.loss(out, x)
+        elif part is None:
             loss = batch_loss(out, y, y_b, ratio)
         else:
             loss = F.cross_entropy(out, y, reduction="sum") / n
@@ -160,7 +184,7 @@ def batch_loss(out, y, y_b, ratio):
 
 def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Strategy, use_cutmix: bool, step_key,
         schedule: str, on_epoch=None, on_step=None, lr: float = 0.01, weight_decay: float = 5e-4,
-        cutmix_p: float = CUTMIX_P):
+        cutmix_p: float = CUTMIX_P, soft: SoftLabels = None):
     """Train `model` on `steps` batches of `batches` (batch numbers 0, 1, ...) with IDC's recipe: SGD
     (lr 0.01, momentum 0.9, weight decay 5e-4, IDC's defaults; 0.1 and 1e-4 for 100 ImageNet classes), one
     train_step per batch, the lr x0.2 at 2/3 and 5/6 of
@@ -168,7 +192,8 @@ def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Str
     evaluation) or in batches ('step': the UDD proxy, whose training may be a fraction of an epoch).
 
     load(idx) gives (normalized images, labels) at dataset indices idx; step_key(b) keys batch b's
-    random draws; on_epoch(epoch) follows each whole epoch (from 1), on_step(b, loss) each batch."""
+    random draws; on_epoch(epoch) follows each whole epoch (from 1), on_step(b, loss) each batch; `soft`: a
+    teacher's soft labels in place of the hard ones (train_step)."""
     if schedule not in ("epoch", "step"):
         raise ValueError(f"unknown schedule {schedule!r} (epoch or step)")
     opt = make_sgd(model, lr, weight_decay=weight_decay)
@@ -177,7 +202,7 @@ def fit(model, load, batches: EpochBatches, steps: int, size: int, strategy: Str
     for b in range(steps):
         idx = batches.indices(b)
         loss = train_step(model, opt, lambda pos: load(idx[pos]), idx.shape[0], size, strategy, use_cutmix,
-                          step_key(b), cutmix_p=cutmix_p)
+                          step_key(b), cutmix_p=cutmix_p, soft=soft)
         if on_step:
             on_step(b, loss)
         if schedule == "step":

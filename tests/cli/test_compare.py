@@ -34,7 +34,12 @@ def test_scores_pair_the_runs_the_lists_share():
     assert s["recovered"]["runs"] == [62.5, 65.0]
     assert s["lrs"]["runs"][0] == pytest.approx(24.8191538, abs=1e-6)
     only_random = scores.scores([50.0], [30.0])
-    assert set(only_random) == {"paired_runs", "weight", "ior"}
+    assert set(only_random) == {"paired_runs", "weight", "labels", "ior"}
+    # soft labels: IOR from the soft accuracies (set 60, random 45: 15 points), HLR from the hard ones (30)
+    soft = scores.scores([50.0], [30.0], [80.0], soft=([60.0], [45.0]))
+    assert soft["labels"] == "soft" and soft["ior"]["runs"] == [15.0] and soft["hlr"]["runs"] == [30.0]
+    # alpha = 0.5 * 0.15 - 0.5 * 0.30 = -0.075: (e^-0.075 - e^-1) / (e - e^-1)
+    assert soft["lrs"]["runs"][0] == pytest.approx(100 * (0.927743486 - 0.367879441) / 2.350402387, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,9 @@ def compared_runs(mnist_arrays, tmp_path_factory):
         for method in ("idc", "random", "full"):
             extra = ["--eval-epochs", "2"] if method != "full" else []
             assert distill_main([*common, *extra, "--method", method, "--out", str(tmp / method)]) == 0
+        for method in ("idc", "random"):  # with a teacher's soft labels too (one teacher, cached)
+            assert evaluate_main([str(tmp / method), "--soft-labels", "--teacher-epochs", "1", "--eval-runs", "2",
+                                  "--no-progress"]) == 0
     saved = torch.load(tmp / "idc" / "distilled.pt", weights_only=True)
     np.savez(tmp / "theirs.npz", images=(saved["images"].numpy() * 255).round().astype(np.uint8),
              labels=saved["labels"].numpy())
@@ -87,6 +95,14 @@ def test_compare_page_and_scores_from_real_runs(compared_runs, tmp_path, capsys)
     assert "<script" not in page and "http" not in page.split("</style>")[1]
     err = capsys.readouterr().err
     assert f"lrs {want['lrs']['mean']:.2f}" in err
+    # soft labels: IOR from the soft accuracies, HLR from the hard ones
+    soft_idc, soft_rnd = (json.loads((runs / n / "eval_convnet_soft.json").read_text()) for n in ("idc", "random"))
+    assert soft_idc["labels"] == "soft" and soft_idc["teacher"]["epochs"] == 1
+    assert soft_idc["teacher"]["source"] == "trained" and soft_rnd["teacher"]["source"] == "cached"
+    with_soft = scores.scores(idc["accuracy_runs"], None, full["accuracy_runs"],
+                              soft=(soft_idc["accuracy_runs"], soft_rnd["accuracy_runs"]))
+    assert f"{with_soft['lrs']['mean']:.2f} &plusmn; {with_soft['lrs']['std']:.2f}" in page
+    assert f"lrs {with_soft['lrs']['mean']:.2f}" in err and "(convnet, soft labels)" in err
 
 
 @pytest.mark.integration
@@ -133,3 +149,15 @@ def test_bad_input_is_refused_before_anything_is_written(compared_runs, tmp_path
     assert (out / "compare.html").read_bytes() == before
     assert compare_main([str(runs / "idc"), str(runs / "random"), "--out", str(out), "--force"]) == 0
     assert (out / "compare.html").read_bytes() != before
+
+
+@pytest.mark.integration
+def test_soft_label_flags_are_checked_before_any_training(compared_runs, capsys):
+    d = compared_runs / "idc"
+    before = sorted(p.name for p in d.iterdir())
+    for argv, says in ((["--soft-labels", "--temperature", "0"], "--temperature must be a finite number > 0"),
+                       (["--teacher-epochs", "2"], "--teacher-epochs and --temperature are for --soft-labels"),
+                       (["--soft-labels", "--teacher-epochs", "0"], "--teacher-epochs must be >= 1")):
+        assert evaluate_main([str(d), *argv, "--no-progress"]) == 2
+        assert says in capsys.readouterr().err
+    assert sorted(p.name for p in d.iterdir()) == before

@@ -98,3 +98,60 @@ def test_default_run_directory_of_method_full_names_no_ipc():
     assert str(_default_out(DataSource.parse("cifar10"), args)) == "runs/cifar10-full-quick-s0"
     args.method = "idc"
     assert str(_default_out(DataSource.parse("cifar10"), args)) == "runs/cifar10-ipc1-idc-quick-s0"
+
+
+# -- the soft labels' teacher ----------------------------------------------------------------------------
+
+def test_soft_label_loss_is_the_kl_divergence_at_the_temperature():
+    from udd_fast.train import SoftLabels
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.nn.Linear(6, 5).double()
+    x, out = torch.randn(7, 6, generator=gen, dtype=torch.float64), torch.randn(7, 5, generator=gen,
+                                                                                  dtype=torch.float64)
+    t = 1.7
+    p = torch.softmax(teacher(x).detach() / t, 1)
+    want = (p * (p.log() - torch.log_softmax(out / t, 1))).sum() / 7  # KL(p_teacher || p_student), batch mean
+    assert torch.allclose(SoftLabels(teacher, t).loss(out, x), want, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="temperature"):
+        SoftLabels(teacher, 0.0)
+
+
+class _Says(torch.nn.Module):
+    """A teacher that calls every image class k."""
+
+    def __init__(self, k, classes=10):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.full((classes,), -8.0).index_fill(0, torch.tensor([k]), 8.0))
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], -1)
+
+
+def test_a_student_learns_the_teachers_labels_not_the_sets(mnist_arrays):
+    """Hard labels say 0..9; the teacher says 3 of every image: the student ends calling every test image 3."""
+    from udd_fast.train import SoftLabels
+
+    x, y, tx, ty = _small(mnist_arrays, per_class=5, test=200)
+    data = RealData(from_arrays(x, y, tx, ty, name="mnist50"), "cpu")
+    ev = dataclasses.replace(EV, eval_runs=1, eval_epochs=20, eval_lr=0.05)
+    res = train_and_test(data.to_float(torch.arange(50)), data.labels, data, ev, progress=False,
+                         soft=SoftLabels(_Says(3)))
+    assert res["labels"] == "soft"
+    assert res["accuracy_runs"][0] == pytest.approx(100.0 * float((data.test_labels == 3).float().mean()))
+
+
+def test_the_teacher_is_the_full_data_references_first_run_and_is_cached(mnist_arrays, tmp_path):
+    from udd_fast.reference import teacher_network
+    from udd_fast.train import accuracy
+
+    x, y, tx, ty = _small(mnist_arrays)
+    data = RealData(from_arrays(x, y, tx, ty, name="mnist60"), "cpu")
+    ev = dataclasses.replace(EV, eval_runs=1)
+    model, facts = teacher_network(data, ev, seed=3, cache_dir=tmp_path, progress=False)
+    full = full_data_accuracy(data, EV, seed=3, cache_dir=tmp_path, progress=False)
+    assert facts["source"] == "trained" and facts["test_accuracy"] == full["accuracy_runs"][0]
+    again, facts2 = teacher_network(data, ev, seed=3, cache_dir=tmp_path, progress=False)
+    assert facts2["source"] == "cached" and facts2["test_accuracy"] == facts["test_accuracy"]
+    assert accuracy(again, data.test_images, data.test_labels, data.mean, data.std) == facts["test_accuracy"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
