@@ -501,6 +501,14 @@ def preset_values(preset: str) -> dict:
     raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 
+def full_data_eval(info, preset: str, arch: str, epochs: int = None) -> "EvalConfig":
+    """The evaluation settings of `--method full` on this dataset and preset (IDC's protocol for factor 1, the
+    preset's full-data epochs, or `epochs`), for network `arch`, one run: what the soft labels' teacher is
+    trained with, whichever set it labels, so that every set of a dataset shares one teacher."""
+    return build_config(info.name, 1, preset, info.size, info.size_base, factor=1, num_classes=info.num_classes,
+                        method="full", eval_arch=arch, eval_runs=1, eval_epochs=epochs).eval
+
+
 def build_config(dataset: str, ipc: int, preset: str, size: int, size_base: int, factor: int = 2,
                  num_classes: int = 10, **overrides) -> Config:
     """Dataset defaults, then the preset, then explicit overrides (flat settings; None means not given).

@@ -12,7 +12,7 @@ import torch
 
 from . import foreign
 from .artifacts import ArtifactError, RunDirLock, WriteError, write_json
-from .config import FULL_EPOCHS, UsageError, arch_eval_epochs, eval_archs
+from .config import UsageError, arch_eval_epochs, eval_archs, full_data_eval
 from .data import NO_TEST_IMAGES, ArrayDataset, DataError, DataSource, RealData, load_dataset
 from .logs import sigterm_as_interrupt
 from .models import ARCHS
@@ -50,8 +50,8 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
     arch, runs, epochs, seed, with_region_views: default the run's own settings (IDC's for the data,
       paper preset, for another tool's set).
     soft_labels: train on a teacher's soft labels instead of the set's (train.SoftLabels, as DD-Ranking does,
-      at `temperature`); the teacher is `arch` trained on the full training set for `teacher_epochs` (default
-      --method full's for the run's preset) with the same protocol, cached (reference.teacher_network).
+      at `temperature`); the teacher is `arch` trained on the full training set as --method full trains it
+      (config.full_data_eval: its first run, `teacher_epochs` or the preset's), cached (reference.teacher_network).
     """
     if teacher_epochs is not None and teacher_epochs < 1:
         raise UsageError(f"--teacher-epochs must be >= 1 (got {teacher_epochs})")
@@ -114,7 +114,7 @@ def evaluate_distilled(source, *, data=None, data_dir=None, download=True, arch=
     seed = cfg.run.seed if seed is None else seed
     soft, teacher = None, None
     if soft_labels:
-        tev = dataclasses.replace(ev, eval_runs=1, eval_epochs=teacher_epochs or FULL_EPOCHS[cfg.run.preset])
+        tev = full_data_eval(real.info, cfg.run.preset, arch, teacher_epochs)
         model, teacher = teacher_network(real, tev, seed, progress=progress)
         soft, teacher["temperature"] = SoftLabels(model, temperature), temperature
     res = accuracy_of(result, real, ev, seed, progress, with_region_views=views, soft=soft)

@@ -37,7 +37,8 @@ def default_cache_dir() -> Path:
 
 def reference_key(data, ev: EvalConfig, seed: int) -> dict:
     """What decides the full-data accuracy."""
-    fields = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev) if f.name != "eval_group"}
+    fields = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)
+              if f.name not in ("eval_group", "eval_every", "eval_region_views")}  # none of them changes it
     fields["eval_aug"] = str(Strategy.parse(ev.eval_aug))
     return {"dataset": data.info.name, "fingerprint": data_fingerprint(data), "seed": int(seed),
             "version": __version__, **fields}
