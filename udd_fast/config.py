@@ -183,7 +183,9 @@ class RunConfig(_Group):
     dataset: str = setting("cifar10")
     ipc: int = setting(1, "stored images per class (default 1)", flag=MAIN, flag_default=True, fixed_on_resume=True,
                        at_least=1)
-    method: str = setting("idc", flag=MAIN, flag_default=True, fixed_on_resume=True, choices=METHODS)
+    method: str = setting("idc", "idc or udd distill; the reference points: random, herding, kcenter (IPC real images "
+                                 "per class), full (the evaluation trained on every training image, cached; no set)",
+                          flag=MAIN, flag_default=True, fixed_on_resume=True, choices=METHODS)
     preset: str = setting("quick", flag=MAIN, flag_default=True, fixed_on_resume=True, choices=tuple(PRESETS))
     seed: int = setting(0, flag=MAIN, flag_default=True, fixed_on_resume=True)
     device: str = setting("cpu", flag=MAIN, flag_default=True, flag_choices=("cpu", "cuda"), fixed_on_resume=True,

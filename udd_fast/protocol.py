@@ -165,12 +165,13 @@ def train_and_test(x, y, data, ev: EvalConfig, seed: int = 0, progress: bool = T
                            progress, soft)
 
 
-def train_and_test_real(data, ev: EvalConfig, seed: int = 0, progress: bool = True) -> dict:
-    """train_and_test on the whole real training set (the full-data reference, udd_fast/reference.py)."""
-    return _train_and_test(RealImages(data), data.labels, data, ev, seed, progress)
+def train_and_test_real(data, ev: EvalConfig, seed: int = 0, progress: bool = True, trained: list = None) -> dict:
+    """train_and_test on the whole real training set (the full-data reference, udd_fast/reference.py); each
+    run's network is appended to `trained` where the runs train one by one."""
+    return _train_and_test(RealImages(data), data.labels, data, ev, seed, progress, trained=trained)
 
 
-def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool, soft=None) -> dict:
+def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool, soft=None, trained=None) -> dict:
     arch, epochs, runs = ev.eval_arch, ev.eval_epochs, ev.eval_runs
     if runs < 1 or epochs < 1:
         raise ValueError(f"evaluation needs runs >= 1 and epochs >= 1 (got runs={runs}, epochs={epochs})")
@@ -184,7 +185,8 @@ def _train_and_test(x, y, data, ev: EvalConfig, seed: int, progress: bool, soft=
     else:
         last, best = [], []
         for r, key in enumerate(keys):
-            a, b = train_once(x, y, data, ev, key, progress, desc=f"eval {arch} run {r + 1}/{runs}", soft=soft)
+            a, b = train_once(x, y, data, ev, key, progress, desc=f"eval {arch} run {r + 1}/{runs}", soft=soft,
+                              trained=trained)
             last.append(a)
             best.append(b)
     return {

@@ -87,7 +87,11 @@ def full_data_accuracy(data, ev: EvalConfig, seed: int, cache_dir=None, progress
             log(f"warning: full-data reference cache {path} unusable ({type(e).__name__}); retraining")
     log(f"training on the full training set ({data.images.shape[0]} images): {ev.eval_arch}, {ev.eval_epochs} "
         f"epochs x {ev.eval_runs} runs")
-    res = {k: v for k, v in train_and_test_real(data, ev, seed, progress).items() if k in KEPT}
+    models = []  # each run's network (runs one by one): run 0 is the soft labels' teacher
+    res = {k: v for k, v in train_and_test_real(data, ev, seed, progress, trained=models).items() if k in KEPT}
+    if models:
+        path_t, key_t = _teacher_file(data, ev, seed, cache_dir)
+        _cache_teacher(path_t, key_t, models[0], res["accuracy_runs"][0], log)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, {"key": key, "result": res})
@@ -103,8 +107,7 @@ def teacher_network(data, ev: EvalConfig, seed: int, cache_dir=None, progress=Tr
     (`ev`), run 0 of full_data_accuracy's runs (the same keyed initialization and batches, so the same network
     and accuracy). Returns (network in eval mode on data.device, facts: arch, epochs, test accuracy, source,
     cache). Cached as a state dict, read back as tensors only."""
-    key = {k: v for k, v in reference_key(data, ev, seed).items() if k != "eval_runs"}
-    path = _file_for(Path(cache_dir) if cache_dir else default_cache_dir(), key, "teacher", ".pt")
+    path, key = _teacher_file(data, ev, seed, cache_dir)
     info = data.info
     facts = {"arch": ev.eval_arch, "epochs": ev.eval_epochs, "cache": str(path)}
     if path.exists():
@@ -125,7 +128,17 @@ def teacher_network(data, ev: EvalConfig, seed: int, cache_dir=None, progress=Tr
     trained = []
     acc, _ = train_once(RealImages(data), data.labels, data, ev, rng.key(seed, "eval", ev.eval_arch, 0), progress,
                         desc="teacher", trained=trained)
-    model = trained[0]
+    _cache_teacher(path, key, trained[0], acc, log)
+    return trained[0], {**facts, "test_accuracy": acc, "source": "trained"}
+
+
+def _teacher_file(data, ev: EvalConfig, seed: int, cache_dir):
+    """(cache file, key) of the teacher: the full-data reference's key without the number of runs."""
+    key = {k: v for k, v in reference_key(data, ev, seed).items() if k != "eval_runs"}
+    return _file_for(Path(cache_dir) if cache_dir else default_cache_dir(), key, "teacher", ".pt"), key
+
+
+def _cache_teacher(path: Path, key: dict, model, acc: float, log):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_torch(path, {"key": key, "test_accuracy": acc,
@@ -134,4 +147,3 @@ def teacher_network(data, ev: EvalConfig, seed: int, cache_dir=None, progress=Tr
     except (OSError, WriteError) as e:  # a cache: the evaluation goes on without it
         warnings.warn(f"could not cache the teacher network at {path}: {e}", stacklevel=2)
         log(f"warning: could not cache the teacher network ({e})")
-    return model, {**facts, "test_accuracy": acc, "source": "trained"}

@@ -98,7 +98,9 @@ def test_compare_page_and_scores_from_real_runs(compared_runs, tmp_path, capsys)
     # soft labels: IOR from the soft accuracies, HLR from the hard ones
     soft_idc, soft_rnd = (json.loads((runs / n / "eval_convnet_soft.json").read_text()) for n in ("idc", "random"))
     assert soft_idc["labels"] == "soft" and soft_idc["teacher"]["epochs"] == 1
-    assert soft_idc["teacher"]["source"] == "trained" and soft_rnd["teacher"]["source"] == "cached"
+    # one teacher, the full-data reference's first network (kept by --method full, read back for both)
+    assert soft_idc["teacher"]["source"] == soft_rnd["teacher"]["source"] == "cached"
+    assert soft_idc["teacher"]["test_accuracy"] == full["accuracy_runs"][0]
     with_soft = scores.scores(idc["accuracy_runs"], None, full["accuracy_runs"],
                               soft=(soft_idc["accuracy_runs"], soft_rnd["accuracy_runs"]))
     assert f"{with_soft['lrs']['mean']:.2f} &plusmn; {with_soft['lrs']['std']:.2f}" in page
