@@ -30,8 +30,8 @@ SELECTIONS = ("random", "herding", "kcenter")
 # the whole real training set (udd_fast/reference.py), which stores no set
 NOT_DISTILLED = SELECTIONS + ("full",)
 # --method full's evaluation epochs where --eval-epochs is not given. paper: IDC's ipc_epoch for more than
-# 500 images per class (300); the short presets keep to their minutes (an epoch of CIFAR-10's 50,000 images
-# is about a minute of a 2-core CPU)
+# 500 images per class (300); quick: 2, the fewest whose lr schedule does not decay from the start (MNIST's
+# 3 runs took 30 minutes of a 2-core CPU); smoke: 1, for tests
 FULL_EPOCHS = {"paper": 300, "quick": 2, "smoke": 1}
 USES_PROXY = ("udd", "herding", "kcenter")
 PROXY_SETTINGS = ("proxy_epochs", "proxy_cache")
