@@ -5,7 +5,7 @@ together as one grouped model (--eval-group off / on), side by side in one proce
 
 The training set is what a set of IPC images per class at the factor decodes to (ipc x factor^2 real training
 images per class: the cost depends on their number, not their content); the test set is the first 2000 test
-images, tested at IDC's 4 validations. --dataset mnist for a machine that has MNIST alone (the GPU session). Prints the median seconds of each and
+images (--test), tested at IDC's 4 validations. --dataset mnist for a machine that has MNIST alone (the GPU session). Prints the median seconds of each and
 their ratio."""
 import argparse
 import dataclasses
@@ -33,12 +33,13 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--test", type=int, default=2000, help="test images (default 2000; the dry run's tiny: fewer)")
     a = p.parse_args(argv)
     ds = load_dataset(a.dataset, a.data_dir, download=False)
     per = a.ipc * a.factor ** 2
     idx = np.concatenate([np.flatnonzero(ds.train_labels == c)[:per] for c in range(10)])
-    data = RealData(ArrayDataset(ds.info, ds.train_images[idx], ds.train_labels[idx], ds.test_images[:2000],
-                                 ds.test_labels[:2000]), a.device)
+    data = RealData(ArrayDataset(ds.info, ds.train_images[idx], ds.train_labels[idx], ds.test_images[:a.test],
+                                 ds.test_labels[:a.test]), a.device)
     x = torch.from_numpy(ds.train_images[idx]).float() / 255.0
     y = torch.from_numpy(ds.train_labels[idx]).long()
     size = ds.info.size

@@ -94,7 +94,8 @@ def stages(args):
                                                                                            "--compile", "off"]),
             # an evaluation's 5 runs trained one by one and grouped (--eval-group)
             [PY, "bench/eval_timing.py", "--device", dev, "--dataset", "mnist", "--data-dir", str(args.data_dir)]
-            + (["--ipc", "1", "--epochs", "1", "--rounds", "1"] if dry else ["--epochs", "30", "--rounds", "2"])]
+            + (["--ipc", "1", "--epochs", "1", "--rounds", "1", "--test", "100"] if dry else
+               ["--epochs", "30", "--rounds", "2"])]
     # beyond 32 px: Tiny-ImageNet's shapes (200 classes, 64 px, ConvNet-4) and ImageNet-10's (224 px, ResNetAP-10)
     large = [[PY, "bench/loop_timing.py", "--device", dev, "--shape", shape, "--staged"]
              + (["--tiny"] if dry else ["--ipc", "1", "--inner", "3"]) for shape in ("tinyimagenet", "imagenet10")]
