@@ -90,6 +90,24 @@ def _write(path, data: bytes):
         raise WriteError(write_error_message(path, e)) from None
 
 
+JSON_MAX_BYTES = 64 << 20  # a summary or an evaluation is kilobytes; more is not one
+
+
+def read_json_object(path, what: str) -> dict:
+    """A JSON object from a regular file of bounded size (never a device or a pipe read without end); `what`
+    names what it should be ("a udd_fast summary") in the one-line refusal of anything else."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > JSON_MAX_BYTES:
+            raise ArtifactError(f"{path} is not {what}: not a regular file of at most {JSON_MAX_BYTES >> 20} MiB")
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ArtifactError(f"{path} is not {what}: it holds a {type(obj).__name__}, not an object")
+    return obj
+
+
 def write_json(path, obj):
     _write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

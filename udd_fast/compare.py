@@ -10,30 +10,21 @@ before anything is written; the page and the picture replace earlier ones only w
 import argparse
 import base64
 import html
-import json
+import io
 import math
 import sys
 from pathlib import Path
 
-from .artifacts import INCOMPLETE, ArtifactError, write_bytes, write_text
+from .artifacts import INCOMPLETE, ArtifactError, read_json_object, write_bytes, write_text
 from .fields import is_number
 from .scores import WEIGHT, scores
 
 REFERENCES = ("random", "herding", "kcenter", "full")  # what a distilled set is measured against
 OUT_FILES = ("compare.html", "compare.png")
-MAX_JSON_BYTES = 64 << 20
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
-            raise ArtifactError(f"{path} is not a regular file of at most {MAX_JSON_BYTES >> 20} MiB")
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ArtifactError(f"{path} holds a {type(obj).__name__}, not an object")
-    return obj
+    return read_json_object(path, "a udd_fast summary or evaluation")
 
 
 def _accuracies(res: dict, where: str) -> dict:
@@ -153,7 +144,6 @@ def bar_chart_png(entries) -> bytes:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

@@ -10,17 +10,18 @@ The artifacts of a run directory, in the order they are written:
     report.html    one self-contained page: accuracy, timings, pictures, settings (report.report_html)
     summary.json   the numbers, the last artifact: a directory holding it is complete
 """
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .artifacts import (INCOMPLETE, ArtifactError, RunDirLock, check_out_dir, claim_run_dir, load_distilled,
+                        read_json_object,
                         mark_complete, save_distilled, write_bytes, write_json, write_text)
 from .config import Config
 from .decode import RegionViews, training_set
 
+SUMMARY = "a udd_fast summary"  # what a summary.json that is none is refused as
 KEPT_ON_RESAVE = ("checkpoint.pt", "log.txt")  # a run's files a Result saved over its own directory keeps
 
 
@@ -89,7 +90,7 @@ class Result:
         from .data import DatasetInfo
 
         if Path(path).is_dir() and not (Path(path) / "distilled.pt").exists() and (Path(path) / "summary.json").is_file():
-            if _read_summary(Path(path) / "summary.json").get("method") == "full":
+            if read_json_object(Path(path) / "summary.json", SUMMARY).get("method") == "full":
                 raise ArtifactError(f"{path} is a full-data reference run (--method full): it stores no set to "
                                     f"evaluate; its accuracy is in {Path(path) / 'summary.json'}")
         d = load_distilled(path)
@@ -101,7 +102,7 @@ class Result:
                                 f"{run_dir}) or pass --allow-incomplete")
         summary = {}
         if (run_dir / "summary.json").exists():
-            summary = _read_summary(run_dir / "summary.json")
+            summary = read_json_object(run_dir / "summary.json", SUMMARY)
         info = d["dataset_info"]
         info = DatasetInfo(name=d["dataset"], channels=info["channels"], size=info["size"],
                            num_classes=info["num_classes"], mean=tuple(d["mean"]), std=tuple(d["std"]),
@@ -109,23 +110,6 @@ class Result:
         views = None if d.get("boxes") is None else RegionViews(d["region_src"], d["boxes"])
         return cls(d["images"], d["labels"].long(), d["factor"], views, info, d["config"], summary, d.get("data"),
                    d.get("data_dir"), incomplete, str(run_dir))
-
-
-SUMMARY_MAX_BYTES = 64 << 20  # a summary.json is kilobytes; more is not one
-
-
-def _read_summary(path: Path) -> dict:
-    """summary.json as a dict: a regular file of bounded size (never a device or a pipe read without end)."""
-    try:
-        if not path.is_file() or path.stat().st_size > SUMMARY_MAX_BYTES:
-            raise ArtifactError(f"{path} is not a udd_fast summary: not a regular file of at most "
-                                f"{SUMMARY_MAX_BYTES >> 20} MiB")
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(summary, dict):
-        raise ArtifactError(f"{path} is not a udd_fast summary: it holds a {type(summary).__name__}, not an object")
-    return summary
 
 
 def incomplete_message(run_dir) -> str:
